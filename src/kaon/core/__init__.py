@@ -1,0 +1,1 @@
+"""The words every part of Kaon shares: specs, states, errors, resource arithmetic. No I/O."""

@@ -1,0 +1,64 @@
+"""Tokens and workspaces as the API shows them. Secrets are shown once, at creation."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_name(value: str, what: str = "name") -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{what} must be 1-63 characters of a-z, 0-9 and '-'")
+    return value
+
+
+class WorkspaceView(BaseModel):
+    name: str
+    created_at: datetime
+
+
+class CreateWorkspace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "workspace name")
+
+
+class TokenView(BaseModel):
+    id: str
+    name: str
+    prefix: str = Field(description="the first characters, to tell tokens apart")
+    role: str
+    workspaces: list[str]
+    created_at: datetime
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class CreateToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    workspaces: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    role: str = Field(default="member", pattern="^(admin|member)$")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "token name")
+
+
+class CreatedToken(TokenView):
+    token: str = Field(description="the secret; shown only now")
+
+
+class WhoAmI(BaseModel):
+    token: str
+    role: str
+    workspaces: list[str]

@@ -1,0 +1,229 @@
+"""Jobs: the spec a user submits, the lifecycle the control plane drives, the views it returns."""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kaon.core.errors import IllegalTransitionError
+from kaon.core.resources import Resources
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_JOB_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+RESERVED_ENV_PREFIXES = ("KAON_",)
+RESERVED_ENV = frozenset(
+    {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
+     "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES"}
+)  # fmt: skip
+
+
+class JobStatus(str, enum.Enum):
+    """Lifecycle of a job in the control plane.
+
+    QUEUED -> STARTING -> RUNNING -> SUCCEEDED
+    STARTING -> SUCCEEDED                               (finished before we saw it run)
+    STARTING | RUNNING -> RETRYING -> QUEUED            (a worker failed, retries are left)
+    STARTING | RUNNING -> PREEMPTED -> QUEUED           (the scheduler needs the resources)
+    any non-terminal -> FAILED | CANCELLED
+
+    While a job is RETRYING or PREEMPTED its workers are being stopped and it still holds
+    its resources; it goes back to QUEUED, with `restart_count` one higher, once every
+    worker is gone.
+    """
+
+    QUEUED = "queued"  # waiting for resources
+    STARTING = "starting"  # placed; workers being launched
+    RUNNING = "running"  # every worker launched
+    RETRYING = "retrying"  # a worker failed; stopping the rest before queueing again
+    PREEMPTED = "preempted"  # stopped to make room; will be queued again
+    SUCCEEDED = "succeeded"  # every worker exited 0
+    FAILED = "failed"  # a worker failed with no retries left, a timeout, or a bad spec
+    CANCELLED = "cancelled"  # a user asked
+
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def holds_resources(self) -> bool:
+        """True while the job's workers may be alive, so its allocation must stay."""
+        return self in _HOLDING
+
+    def can_become(self, new: JobStatus) -> bool:
+        return new in _NEXT[self]
+
+    def check_transition(self, new: JobStatus) -> None:
+        if not self.can_become(new):
+            raise IllegalTransitionError(f"a job cannot go from {self.value} to {new.value}")
+
+
+_TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+_HOLDING = frozenset(
+    {JobStatus.STARTING, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.PREEMPTED}
+)
+_STOPPING = frozenset({JobStatus.RETRYING, JobStatus.PREEMPTED})
+_END = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+_NEXT: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.STARTING}) | _END,
+    JobStatus.STARTING: frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED}) | _STOPPING | _END,
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED}) | _STOPPING | _END,
+    JobStatus.RETRYING: frozenset({JobStatus.QUEUED}) | _END,
+    JobStatus.PREEMPTED: frozenset({JobStatus.QUEUED}) | _END,
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class JobSpec(BaseModel):
+    """What a user asks to run. Given as YAML, CLI flags or through the SDK.
+
+    ``workers`` is a gang: every worker starts together or none does, each with
+    ``resources``. ``snapshot`` names an uploaded working directory (its content hash).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="a label; lowercase, digits, . _ -")
+    command: list[str] = Field(description="argv of each worker, e.g. ['python', 'train.py']")
+    snapshot: str | None = Field(default=None, description="sha256 of an uploaded folder")
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    workers: int = Field(default=1, ge=1, le=1024)
+    max_retries: int = Field(default=0, ge=0, le=100)
+    timeout_s: float | None = Field(default=None, gt=0, description="wall-clock limit per attempt")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
+    labels: dict[str, str] = Field(default_factory=dict, description="node labels required")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if not value or not value[0].strip():
+            raise ValueError("command must not be empty")
+        if any("\x00" in part for part in value):
+            raise ValueError("command must not contain NUL characters")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _JOB_NAME.match(value):
+            raise ValueError("name must be 1-63 characters of a-z, 0-9, '.', '_' or '-'")
+        return value
+
+    @field_validator("snapshot")
+    @classmethod
+    def _snapshot(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("snapshot must be the sha256 hex digest of an uploaded folder")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"env name {key!r} is not a valid variable name")
+            if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"env {key!r} is set by Kaon and cannot be overridden")
+            if "\x00" in item:
+                raise ValueError(f"env {key!r} must not contain NUL characters")
+        return value
+
+    @model_validator(mode="after")
+    def _gang(self) -> JobSpec:
+        if self.workers > 1 and self.resources.gpus == 0 and self.resources.cpu <= 0:
+            raise ValueError("each worker of a gang needs some CPU")  # pragma: no cover
+        return self
+
+
+class WorkerView(BaseModel):
+    """One worker of a job's current attempt, as observed."""
+
+    index: int
+    node: str
+    gpus: list[int] = Field(default_factory=list)
+    pid: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class JobView(BaseModel):
+    """A job as the API returns it."""
+
+    id: str
+    workspace: str
+    name: str | None
+    status: JobStatus
+    spec: JobSpec
+    message: str = ""
+    waiting_reason: str | None = None
+    restart_count: int = 0
+    preemptions: int = 0
+    lost_gpu_seconds: float = 0.0
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    workers: list[WorkerView] = Field(default_factory=list)
+
+    def is_done(self) -> bool:
+        return self.status.is_terminal()
+
+
+class MetricPoint(BaseModel):
+    """One reported value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int | None = Field(default=None, ge=0)
+    time: float | None = None
+    values: dict[str, float]
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("values must hold at least one metric")
+        for key in value:
+            if not key or len(key) > 128:
+                raise ValueError("metric names must be 1-128 characters")
+        return value
+
+
+class MetricBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    worker: int = Field(default=0, ge=0)
+    points: list[MetricPoint] = Field(max_length=10_000)
+
+
+class MetricView(BaseModel):
+    worker: int
+    step: int | None
+    time: float
+    name: str
+    value: float
+
+
+def job_env_defaults() -> dict[str, Any]:  # pragma: no cover - documentation helper
+    """The variables every worker gets (see docs/jobs.md)."""
+    return {
+        "MASTER_ADDR": "address of worker 0's node",
+        "MASTER_PORT": "a free port on it",
+        "WORLD_SIZE": "number of workers",
+        "RANK": "this worker's index",
+        "LOCAL_RANK": "index among the job's workers on this node",
+        "NODE_RANK": "index of this node among the job's nodes",
+        "KAON_JOB_ID": "the job id",
+        "KAON_WORKER_INDEX": "same as RANK",
+        "KAON_RESTART_COUNT": "how many times the job was restarted",
+        "KAON_CHECKPOINT_DIR": "a folder that survives restarts of this job",
+    }
+
+
+EXIT_CODE_RESUME = 75
+"""A worker that exits with this code (EX_TEMPFAIL) asks to be resumed, not failed: it was
+told to stop (SIGTERM), saved a checkpoint, and wants to continue later. The control plane
+queues the job again without spending one of its retries. `kaon.train` exits so."""
