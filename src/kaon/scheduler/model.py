@@ -1,0 +1,99 @@
+"""Inputs and outputs of the scheduling core. Plain frozen dataclasses: cheap to build for
+10,000 jobs, hashable, and free of any database or HTTP type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """A node's capacity and what is free on it right now."""
+
+    id: str
+    cpu: float
+    memory: int
+    gpus: tuple[int, ...]  # indices of all GPUs
+    cpu_free: float
+    memory_free: int
+    gpus_free: tuple[int, ...]  # indices of free GPUs
+    gpu_type: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    schedulable: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    node_id: str
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A job (or a deployment's replica set) as the scheduler sees it.
+
+    Running workloads carry their `placement`; pending ones have none.
+    """
+
+    id: str
+    workspace: str
+    workers: int
+    cpu: float  # per worker
+    memory: int  # per worker, bytes
+    gpus: int  # per worker
+    submitted_at: float  # seconds, any epoch, same clock as Snapshot.now
+    priority: int = 0
+    gpu_type: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    attained_gpu_s: float = 0.0  # service received so far (GPU-seconds; CPU-seconds if no GPU)
+    placement: tuple[WorkerPlacement, ...] = ()
+    preemptible: bool = True
+    not_before: float | None = None  # do not place before this time (retry back-off)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.placement)
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus * self.workers
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A workspace's nominal share and how much idle capacity it may borrow beyond it."""
+
+    gpus: float = float("inf")
+    cpu: float = float("inf")
+    memory: float = float("inf")
+    borrow_gpus: float = float("inf")
+    borrow_cpu: float = float("inf")
+    borrow_memory: float = float("inf")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    nodes: tuple[NodeSnapshot, ...]
+    pending: tuple[Workload, ...]
+    running: tuple[Workload, ...] = ()
+    quotas: dict[str, Quota] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Placement:
+    workload_id: str
+    workers: tuple[WorkerPlacement, ...]
+
+
+@dataclass(frozen=True)
+class Preemption:
+    workload_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decisions:
+    placements: tuple[Placement, ...] = ()
+    preemptions: tuple[Preemption, ...] = ()
+    waiting: dict[str, str] = field(default_factory=dict)  # workload id -> why it waits
