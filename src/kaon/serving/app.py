@@ -1,0 +1,304 @@
+"""The replica: one `Service` instance behind a raw ASGI app.
+
+Lifecycle, as the control plane sees it through ``/ready``:
+
+    starting (setup() running, 503) -> ready (200)
+    starting -> failed (setup() raised: 503 with the reason; traceback on stderr)
+
+``/healthz`` answers 200 as long as the event loop runs. Handler routes answer 503 until
+the replica is ready, so a request that slips in early is refused cleanly rather than run
+against a half-loaded model.
+
+Status codes a handler route can return: 200, 404/405 (no such route), 413 (body over the
+handler's limit), 422 (malformed JSON or a field of the wrong type; ``detail[*].loc``
+names the field, as FastAPI does), 500 (the handler raised, or returned a value that does
+not fit its return type), 503 (not ready), 504 (over ``timeout_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from kaon.serving import asgi
+from kaon.serving.batching import Batcher
+from kaon.serving.endpoint import Endpoint, build_endpoint, error_details
+from kaon.serving.metrics import HandlerMetrics, ReplicaMetrics
+from kaon.serving.openapi import docs_page, openapi_document
+from kaon.serving.service import Service, handlers_of
+
+__all__ = ["ReplicaApp", "ReplicaState"]
+
+logger = logging.getLogger("kaon.serving")
+
+_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+_HTML = b"text/html; charset=utf-8"
+
+
+class ReplicaState(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    extra: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _error(status: int, detail: Any, *extra: tuple[bytes, bytes]) -> _Reply:
+    return _Reply(status, json.dumps({"detail": detail}).encode(), extra)
+
+
+class _Runner:
+    """Calls one handler: in the thread pool or on the loop, batched or not, bounded."""
+
+    def __init__(
+        self, app: ReplicaApp, ep: Endpoint, metrics: HandlerMetrics, pool: ThreadPoolExecutor
+    ) -> None:
+        self.ep = ep
+        self.metrics = metrics
+        self._service = app.service
+        self._pool = pool
+        limit = ep.options.max_concurrency
+        self._limit = asyncio.Semaphore(limit) if limit and not ep.batched else None
+        self._batcher: Batcher | None = None
+        if ep.batched:
+            self._batcher = Batcher(
+                self._call_batch,
+                ep.options.max_batch_size,
+                ep.options.max_wait_ms / 1000,
+                on_batch=metrics.batch_size.observe,
+            )
+
+    async def call(self, kwargs: dict[str, Any]) -> Any:
+        if self._batcher is not None:
+            return await self._batcher.submit(next(iter(kwargs.values())))
+        if self._limit is None:
+            return await self._call(kwargs)
+        async with self._limit:
+            return await self._call(kwargs)
+
+    async def _call(self, kwargs: dict[str, Any]) -> Any:
+        fn = self.ep.function
+        if self.ep.is_async:
+            return await fn(self._service, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, self._service, **kwargs))
+
+    async def _call_batch(self, items: list[Any]) -> list[Any]:
+        fn = self.ep.function
+        if self.ep.is_async:
+            result = await fn(self._service, items)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._pool, fn, self._service, items)
+        return list(result)
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+
+
+class ReplicaApp:
+    """ASGI app serving one `Service`. Runs ``setup()`` in the background at startup.
+
+    ``on_setup_failed`` is called (on the loop) after setup() raised; the runtime uses it to
+    stop the process a little later, so the control plane sees a crash and restarts it.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        title: str | None = None,
+        threads: int = 32,
+        on_setup_failed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.title = title or type(service).__name__
+        self.state = ReplicaState.STARTING
+        self.reason = "setup() is running"
+        self.setup_seconds: float | None = None
+        self.metrics = ReplicaMetrics()
+        self._on_setup_failed = on_setup_failed
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kaon-handler")
+        self._endpoints = self._build_endpoints()
+        self._runners: dict[tuple[str, str], _Runner] = {}
+        self._setup_task: asyncio.Task[None] | None = None
+        self._openapi: bytes | None = None
+        self._builtins: dict[str, Callable[[], _Reply]] = {
+            "/healthz": lambda: _Reply(200, b'{"status":"alive"}'),
+            "/ready": self._ready,
+            "/metrics": lambda: _Reply(200, self.metrics.render(), ((b"content-type", _TEXT),)),
+            "/openapi.json": self._openapi_reply,
+            "/docs": lambda: _Reply(200, docs_page(self.title), ((b"content-type", _HTML),)),
+        }
+
+    def _build_endpoints(self) -> dict[tuple[str, str], Endpoint]:
+        endpoints: dict[tuple[str, str], Endpoint] = {}
+        for name, (function, options) in handlers_of(self.service).items():
+            ep = build_endpoint(name, function, options)
+            if (ep.method, ep.path) in endpoints or ep.path in ("/healthz", "/ready", "/metrics"):
+                raise ValueError(f"handler {name}: route {ep.method} {ep.path} is taken")
+            endpoints[(ep.method, ep.path)] = ep
+        if not endpoints:
+            raise ValueError(f"{type(self.service).__name__} has no @kaon.handler methods")
+        return endpoints
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
+
+    # --- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await asgi.lifespan(receive, send, self.startup, self.shutdown)
+
+    async def _http(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        key = (scope["method"], scope["path"])
+        runner = self._runners.get(key)
+        if runner is None:
+            runner = self._runner_for(key)
+        if runner is not None:
+            reply = await self._serve(runner, scope, receive)
+        elif scope["method"] == "GET" and scope["path"] in self._builtins:
+            reply = self._builtins[scope["path"]]()
+        elif any(path == scope["path"] for _, path in self._endpoints):
+            reply = _error(405, "method not allowed")
+        else:
+            reply = _error(404, f"no handler at {scope['path']}")
+        await asgi.respond(send, reply.status, reply.body, extra=reply.extra)
+
+    def _runner_for(self, key: tuple[str, str]) -> _Runner | None:
+        ep = self._endpoints.get(key)
+        if ep is None:
+            return None
+        runner = _Runner(self, ep, self.metrics.handler(ep.name), self._pool)
+        self._runners[key] = runner
+        return runner
+
+    async def _serve(self, runner: _Runner, scope: asgi.Scope, receive: asgi.Receive) -> _Reply:
+        if self.state is not ReplicaState.READY:
+            return _error(503, f"replica not ready: {self.reason}", asgi.retry_after(1))
+        metrics = runner.metrics
+        start = time.perf_counter()
+        metrics.in_flight.inc()
+        try:
+            reply = await self._handle(runner, scope, receive)
+        finally:
+            metrics.in_flight.dec()
+        metrics.observe(reply.status, time.perf_counter() - start)
+        return reply
+
+    async def _handle(self, runner: _Runner, scope: asgi.Scope, receive: asgi.Receive) -> _Reply:
+        ep = runner.ep
+        try:
+            if ep.method == "GET":
+                parsed = ep.parse_query(dict(parse_qsl(scope["query_string"].decode())))
+            else:
+                parsed = ep.parse(await asgi.read_body(scope, receive, ep.options.max_body_bytes))
+        except asgi.BodyTooLargeError:
+            return _error(413, f"body over {ep.options.max_body_bytes} bytes")
+        except ValidationError as exc:
+            return _error(422, error_details(exc))
+        return await self._run(runner, ep.to_call(parsed))
+
+    async def _run(self, runner: _Runner, kwargs: dict[str, Any]) -> _Reply:
+        timeout = runner.ep.options.timeout_s
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result = await runner.call(kwargs)
+        except TimeoutError:
+            if deadline.expired():
+                return _error(504, f"handler {runner.ep.name} took over {timeout} s")
+            return self._crash(runner.ep)
+        except Exception:
+            return self._crash(runner.ep)
+        return self._dump(runner.ep, result)
+
+    def _crash(self, ep: Endpoint) -> _Reply:
+        logger.error("handler %s raised\n%s", ep.name, traceback.format_exc())
+        exc = sys.exception()
+        return _error(500, f"handler {ep.name} raised {type(exc).__name__}: {exc}")
+
+    def _dump(self, ep: Endpoint, result: Any) -> _Reply:
+        try:
+            return _Reply(200, ep.reply.dump_json(result, warnings="error"))
+        except PydanticSerializationError:
+            pass
+        try:  # lax path: tuples, numpy scalars and the like, converted by validation
+            return _Reply(200, ep.reply.dump_json(ep.reply.validate_python(result)))
+        except (ValidationError, PydanticSerializationError) as exc:
+            logger.error("handler %s returned a value that does not fit: %s", ep.name, exc)
+            return _error(500, f"handler {ep.name} returned a value that does not fit its type")
+
+    # --- built-in routes ----------------------------------------------------------------
+
+    def _ready(self) -> _Reply:
+        status = 200 if self.state is ReplicaState.READY else 503
+        body = {"status": self.state.value, "reason": None if status == 200 else self.reason}
+        return _Reply(status, json.dumps(body).encode())
+
+    def _openapi_reply(self) -> _Reply:
+        if self._openapi is None:
+            doc = openapi_document(self.title, "1", self.endpoints)
+            self._openapi = json.dumps(doc).encode()
+        return _Reply(200, self._openapi)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start setup() in the background: the port must open at once for /healthz."""
+        self._setup_task = asyncio.create_task(self._run_setup(), name="kaon-setup")
+
+    async def shutdown(self) -> None:
+        for runner in self._runners.values():
+            runner.close()
+        if self._setup_task is not None and not self._setup_task.done():
+            self._setup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._setup_task
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run_setup(self) -> None:
+        start = time.perf_counter()
+        try:
+            setup = self.service.setup
+            if asyncio.iscoroutinefunction(setup):
+                await setup()
+            else:
+                await asyncio.get_running_loop().run_in_executor(self._pool, setup)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self.setup_seconds = time.perf_counter() - start
+        self.state, self.reason = ReplicaState.READY, ""
+        logger.info("replica ready: setup() took %.3f s", self.setup_seconds)
+
+    def _fail(self, exc: Exception) -> None:
+        self.state = ReplicaState.FAILED
+        self.reason = f"setup() raised {type(exc).__name__}: {exc}"
+        print(f"kaon: {self.reason}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        if self._on_setup_failed is not None:
+            self._on_setup_failed(self.reason)

@@ -1,0 +1,145 @@
+"""From a handler's signature to the adapters that parse its requests and write its replies.
+
+Everything expensive (reading type hints, building Pydantic models and adapters) happens
+once, when the replica starts; a request only runs the adapters' compiled validators.
+
+Body rules, in order:
+
+1. One parameter typed as a Pydantic model: the body *is* that model.
+2. Otherwise the body is an object with one field per parameter, named like it, required
+   unless the parameter has a default (``def predict(self, x: list[float])`` takes
+   ``{"x": [...]}``). Unknown fields are rejected, so a typo fails loudly.
+
+A batched handler (``max_batch_size > 1``) has exactly one parameter typed ``list[T]`` and
+returns ``list[R]``; the rules above apply to ``T`` for one request, and each reply is ``R``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from kaon.serving.service import HandlerOptions
+
+__all__ = ["Endpoint", "build_endpoint", "error_details"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A handler, ready to serve: how to parse a body, call the function, write the reply.
+
+    ``body`` is None for handlers without parameters (no body is read).
+    ``to_call`` turns one parsed body into the argument(s) of the function: a dict of
+    keyword arguments, or for a batched handler the single item it gets in its list.
+    """
+
+    name: str
+    method: str
+    path: str
+    options: HandlerOptions
+    function: Callable[..., Any]
+    is_async: bool
+    body: TypeAdapter[Any] | None
+    reply: TypeAdapter[Any]
+    to_call: Callable[[Any], Any]
+    request_schema: type[BaseModel] | None
+    reply_type: Any
+
+    @property
+    def batched(self) -> bool:
+        return self.options.max_batch_size > 1
+
+    def parse(self, raw: bytes) -> Any:
+        """The parsed body; raises `ValidationError` for malformed JSON or wrong types."""
+        if self.body is None:
+            return {}
+        return self.body.validate_json(raw or b"{}")
+
+    def parse_query(self, query: dict[str, str]) -> Any:
+        """For GET handlers: the query string, validated in lax mode ("3" -> 3)."""
+        if self.body is None:
+            return {}
+        return self.body.validate_python(query)
+
+
+def build_endpoint(name: str, function: Callable[..., Any], options: HandlerOptions) -> Endpoint:
+    """Inspect `function` (a method of a Service class) and build its endpoint."""
+    hints = typing.get_type_hints(function)
+    params = _parameters(name, function)
+    reply_type = hints.get("return", Any)
+    if options.max_batch_size > 1:
+        params, reply_type = _unbatch(name, params, hints, reply_type)
+    model, to_call = _request_model(name, params, hints)
+    return Endpoint(
+        name=name,
+        method=options.method,
+        path=options.path or f"/{name}",
+        options=options,
+        function=function,
+        is_async=inspect.iscoroutinefunction(function),
+        body=TypeAdapter(model) if model is not None else None,
+        reply=TypeAdapter(reply_type),
+        to_call=to_call,
+        request_schema=model,
+        reply_type=reply_type,
+    )
+
+
+def _parameters(name: str, function: Callable[..., Any]) -> list[inspect.Parameter]:
+    params = list(inspect.signature(function).parameters.values())[1:]  # drop self
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise TypeError(f"handler {name}: parameter {p.name!r} must be a plain parameter")
+    return params
+
+
+def _unbatch(
+    name: str, params: list[inspect.Parameter], hints: dict[str, Any], reply_type: Any
+) -> tuple[list[inspect.Parameter], Any]:
+    """For a batched handler ``f(self, x: list[T]) -> list[R]``: one request is T, one reply R."""
+    if len(params) != 1 or typing.get_origin(hints.get(params[0].name)) is not list:
+        raise TypeError(f"batched handler {name} must take one parameter typed list[T]")
+    item = typing.get_args(hints[params[0].name])[0]
+    hints[params[0].name] = item
+    if typing.get_origin(reply_type) is list:
+        return params, typing.get_args(reply_type)[0]
+    if reply_type is Any:
+        return params, Any
+    raise TypeError(f"batched handler {name} must return list[R]")
+
+
+def _request_model(
+    name: str, params: list[inspect.Parameter], hints: dict[str, Any]
+) -> tuple[type[BaseModel] | None, Callable[[Any], Any]]:
+    if not params:
+        return None, lambda _body: {}
+    first = hints.get(params[0].name, Any)
+    if len(params) == 1 and isinstance(first, type) and issubclass(first, BaseModel):
+        pname = params[0].name
+        return first, lambda body: {pname: body}
+    fields: dict[str, Any] = {
+        p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
+        for p in params
+    }
+    model = create_model(  # type: ignore[call-overload]
+        f"{_camel(name)}Request", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    names = tuple(fields)
+    return model, lambda body: {n: getattr(body, n) for n in names}
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def error_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors in FastAPI's shape: ``loc`` starts with ``"body"``, then the field."""
+    return [
+        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
