@@ -1,0 +1,1 @@
+"""Executors: the one seam between Kaon and the processes it runs (see `base.py`)."""

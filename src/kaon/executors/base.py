@@ -1,0 +1,97 @@
+"""The executor interface: the only code that starts, watches and stops workers.
+
+An executor knows its nodes (inventory), launches a gang of workers with per-worker
+resources, reports each worker's state, returns its log, and stops it. The local executor
+runs child processes on this machine; a Ray executor runs the same gangs as Ray actors in
+a placement group. Reconcilers talk only to this interface.
+
+Every call must be idempotent, because the control plane is crash-only: after a restart
+it repeats the step it was in the middle of. `launch` of a worker that already runs
+returns the running worker's handle instead of starting it twice; `stop` of a worker
+that already ended does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from kaon.core.nodes import GpuInfo
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """What a node offers. `id` is stable across restarts of the node and the server."""
+
+    id: str
+    name: str
+    address: str
+    cpu: float
+    memory: int
+    gpus: tuple[GpuInfo, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """One worker of a gang: where it runs, with what, as whom."""
+
+    index: int
+    node_id: str
+    cpu: float
+    memory: int
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GangLaunch:
+    """Everything needed to start (or re-adopt) all workers of one attempt of a job."""
+
+    job_id: str
+    attempt: int
+    command: tuple[str, ...]
+    env: dict[str, str]
+    workers: tuple[WorkerLaunch, ...]
+    snapshot: str | None = None  # path of a tar.gz to unpack as the working directory
+    stop_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """A worker as observed. `exit_code` is None while it runs (or when it was lost)."""
+
+    handle: str
+    alive: bool
+    pid: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None  # why it ended, in words a user can act on
+
+
+@runtime_checkable
+class Executor(Protocol):
+    name: str
+
+    def inventory(self) -> list[NodeInventory]:
+        """The nodes this executor can run workers on."""
+        ...
+
+    def launch(self, gang: GangLaunch) -> list[WorkerState]:
+        """Start every worker of the gang (or adopt those already started)."""
+        ...
+
+    def status(self, handles: list[str]) -> list[WorkerState]:
+        """The current state of each worker, in the order given."""
+        ...
+
+    def stop(self, handles: list[str], grace_s: float) -> None:
+        """Ask workers to stop: SIGTERM now, SIGKILL after `grace_s`. Does not wait."""
+        ...
+
+    def logs(self, handle: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        """Up to `limit` bytes of the worker's log, from byte `offset`."""
+        ...
+
+    def set_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread) when a worker may have changed state."""
+        ...

@@ -1,0 +1,230 @@
+"""The local executor: workers are child processes on this machine.
+
+Each worker gets a folder ``runs/JOB/ATTEMPT/INDEX`` holding its launch spec, its
+supervisor's pid, its log and, once it ended, its exit status. That folder is the
+executor's whole memory, which is what makes it crash-only: after the server restarts,
+`status` reads the same files and `launch` adopts what already runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from kaon.core.errors import PermanentBackendError
+from kaon.executors.base import GangLaunch, NodeInventory, WorkerLaunch, WorkerState
+from kaon.executors.env import worker_env
+
+SHIM = Path(__file__).with_name("_shim.py")
+LOST_AFTER_S = 30.0  # a launch claimed but never started is declared lost after this
+
+
+class LocalExecutor:
+    """Runs gangs as supervised child processes on one node (this machine)."""
+
+    name = "local"
+
+    def __init__(self, runs_dir: Path, checkpoints_dir: Path, node: NodeInventory) -> None:
+        self.runs_dir = runs_dir
+        self.checkpoints_dir = checkpoints_dir
+        self.node = node
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._listener: Callable[[], None] | None = None
+        runs_dir.mkdir(parents=True, exist_ok=True)
+
+    def set_listener(self, callback: Callable[[], None]) -> None:
+        self._listener = callback
+
+    def inventory(self) -> list[NodeInventory]:
+        return [self.node]
+
+    # -- launch -------------------------------------------------------------------------
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        return self.checkpoints_dir / job_id
+
+    def launch(self, gang: GangLaunch) -> list[WorkerState]:
+        for w in gang.workers:
+            if w.node_id != self.node.id:
+                raise PermanentBackendError(f"node {w.node_id!r} is not this executor's")
+        attempt_dir = self.runs_dir / gang.job_id / str(gang.attempt)
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        cwd = self._working_dir(gang)
+        port = self._gang_port(attempt_dir)
+        states = []
+        for worker in sorted(gang.workers, key=lambda w: w.index):
+            states.append(self._launch_worker(gang, worker, attempt_dir, cwd, port))
+        return states
+
+    def _working_dir(self, gang: GangLaunch) -> Path:
+        """The job's code: its snapshot unpacked once per job, or an empty folder."""
+        code = self.runs_dir / gang.job_id / "code"
+        if code.exists():
+            return code
+        tmp = code.with_name(f"code.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if gang.snapshot:
+            try:
+                with tarfile.open(gang.snapshot, "r:gz") as tar:
+                    tar.extractall(tmp, filter="data")
+            except (OSError, tarfile.TarError) as e:
+                raise PermanentBackendError(f"cannot unpack the job's working directory: {e}") from e
+        try:
+            tmp.rename(code)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another launch won the race
+        return code
+
+    def _gang_port(self, attempt_dir: Path) -> int:
+        """MASTER_PORT, chosen once per attempt and remembered for re-launches."""
+        path = attempt_dir / "gang.json"
+        if path.exists():
+            return int(json.loads(path.read_text())["master_port"])
+        with socket.socket() as s:
+            s.bind((self.node.address, 0))
+            port = int(s.getsockname()[1])
+        _write_json(path, {"master_port": port})
+        return port
+
+    def _launch_worker(
+        self, gang: GangLaunch, worker: WorkerLaunch, attempt_dir: Path, cwd: Path, port: int
+    ) -> WorkerState:
+        wdir = attempt_dir / str(worker.index)
+        handle = f"{gang.job_id}/{gang.attempt}/{worker.index}"
+        try:
+            wdir.mkdir()
+        except FileExistsError:
+            return self._state(handle)  # launched before (maybe by an earlier server)
+        ckpt = self.checkpoint_dir(gang.job_id)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        env = worker_env(gang, worker, self.node.address, port, os.environ)
+        env["KAON_CHECKPOINT_DIR"] = str(ckpt)
+        spec = {
+            "command": list(gang.command),
+            "cwd": str(cwd),
+            "env": env,
+            "memory": worker.memory,
+            "grace_s": gang.stop_grace_s,
+        }
+        _write_json(wdir / "launch.json", spec)
+        proc = subprocess.Popen(
+            [sys.executable, str(SHIM), str(wdir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(wdir / "supervisor.log", "ab"),  # noqa: SIM115
+            start_new_session=True,
+            close_fds=True,
+        )
+        _write_json(wdir / "pid.json", {"pid": proc.pid, "create_time": _create_time(proc.pid)})
+        with self._lock:
+            self._children[handle] = proc
+        threading.Thread(target=self._reap, args=(handle, proc), daemon=True).start()
+        return WorkerState(handle=handle, alive=True, pid=proc.pid)
+
+    def _reap(self, handle: str, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        with self._lock:
+            self._children.pop(handle, None)
+        if self._listener is not None:
+            self._listener()
+
+    # -- observe ------------------------------------------------------------------------
+
+    def status(self, handles: list[str]) -> list[WorkerState]:
+        return [self._state(h) for h in handles]
+
+    def _dir(self, handle: str) -> Path:
+        parts = handle.split("/")
+        if len(parts) != 3 or any(p in ("", ".", "..") for p in parts):
+            raise PermanentBackendError(f"not a local worker handle: {handle!r}")
+        return self.runs_dir.joinpath(*parts)
+
+    def _state(self, handle: str) -> WorkerState:
+        wdir = self._dir(handle)
+        exit_file = wdir / "exit.json"
+        pid_info = _read_json(wdir / "pid.json")
+        pid = int(pid_info["pid"]) if pid_info else None
+        if exit_file.exists():
+            done = _read_json(exit_file) or {}
+            code = done.get("exit_code")
+            return WorkerState(handle, False, pid, code if code is None else int(code), done.get("reason"))
+        if pid_info is None:
+            if not wdir.exists() or time.time() - wdir.stat().st_mtime > LOST_AFTER_S:
+                return WorkerState(handle, False, None, None, "lost: the worker never started")
+            return WorkerState(handle, True, None)
+        if _alive(pid_info):
+            return WorkerState(handle, True, pid)
+        if exit_file.exists():  # it finished between the two checks
+            return self._state(handle)
+        return WorkerState(handle, False, pid, None, "lost: the worker's supervisor died")
+
+    def logs(self, handle: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        path = self._dir(handle) / "log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, offset))
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
+
+    # -- stop ---------------------------------------------------------------------------
+
+    def stop(self, handles: list[str], grace_s: float) -> None:
+        for handle in handles:
+            wdir = self._dir(handle)
+            pid_info = _read_json(wdir / "pid.json")
+            if pid_info is None or (wdir / "exit.json").exists() or not _alive(pid_info):
+                continue
+            if not (wdir / "stop.json").exists():
+                _write_json(wdir / "stop.json", {"grace_s": grace_s, "at": time.time()})
+            try:
+                os.kill(int(pid_info["pid"]), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _alive(pid_info: dict[str, Any]) -> bool:
+    """True if the recorded process still runs (and is not a reused pid or a zombie)."""
+    try:
+        proc = psutil.Process(int(pid_info["pid"]))
+        if pid_info.get("create_time") is not None and abs(proc.create_time() - float(pid_info["create_time"])) > 0.01:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

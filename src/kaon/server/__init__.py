@@ -1,0 +1,1 @@
+"""The control plane: REST API, services, database and reconcilers."""

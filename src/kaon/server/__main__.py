@@ -1,0 +1,5 @@
+"""``python -m kaon.server``: run the control plane in the foreground."""
+
+from kaon.server.main import main
+
+main()

@@ -1,0 +1,193 @@
+"""The control plane's app: `create_app(settings)`, the one place that knows HTTP status
+codes, and the lifespan that migrates the database and starts the reconcilers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kaon import __version__
+from kaon.core.errors import InvalidSpecError, KaonError
+from kaon.executors.base import NodeInventory
+from kaon.executors.gpus import declared_gpus, discover_gpus
+from kaon.executors.local import LocalExecutor
+from kaon.server.config import Settings
+from kaon.server.db.session import Database
+from kaon.server.reconcilers.jobs import JobReconciler, ReconcilerConfig
+from kaon.server.reconcilers.nodes import NodeReconciler
+from kaon.server.routers import auth as auth_router
+from kaon.server.routers import jobs as jobs_router
+from kaon.server.routers import nodes as nodes_router
+from kaon.server.routers import snapshots as snapshots_router
+from kaon.server.services import auth
+
+logger = logging.getLogger("kaon.server")
+JSON_BODY_LIMIT = 8 * 2**20
+
+
+def local_inventory(settings: Settings) -> NodeInventory:
+    gpus = declared_gpus(settings.node_gpus) if settings.node_gpus else discover_gpus()
+    return NodeInventory(
+        id=settings.node_name,
+        name=socket.gethostname() if settings.node_name == "local" else settings.node_name,
+        address="127.0.0.1",
+        cpu=settings.node_cpus or float(os.cpu_count() or 1),
+        memory=settings.node_memory or int(psutil.virtual_memory().total),
+        gpus=tuple(gpus),
+        labels=dict(settings.labels),
+    )
+
+
+def load_token_key(home: Path) -> bytes:
+    """The key that signs job tokens; made once, readable by the server's user only."""
+    path = home / "server.key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.replace(path.with_suffix(".tmp"), path)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
+    """The control plane as an ASGI app. With `run_reconcilers` False (tests that step the
+    reconcilers by hand), nothing runs in the background."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    node = local_inventory(settings)
+    executor = LocalExecutor(settings.runs_dir, settings.home / "checkpoints", node)
+    config = ReconcilerConfig(
+        api_url=settings.api_url,
+        blobs_dir=str(settings.blobs_dir),
+        token_key=load_token_key(settings.home),
+        stop_grace_s=settings.stop_grace_s,
+        interval_s=settings.reconcile_interval_s,
+    )
+    job_reconciler = JobReconciler(db, executor, config)
+    node_reconciler = NodeReconciler(db, executor)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.migrate()
+        async with db.session() as s:
+            await auth.ensure_default_workspace(s)
+            created = await auth.bootstrap_admin(s, settings.bootstrap_token)
+        if created and not settings.bootstrap_token:
+            print(f"kaon: created the admin token (shown once): {created}", flush=True)
+        await node_reconciler.run_once()
+        tasks = []
+        if run_reconcilers:
+            tasks = [asyncio.create_task(job_reconciler.run_forever(), name="jobs"),
+                     asyncio.create_task(node_reconciler.run_forever(), name="nodes")]  # fmt: skip
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await db.dispose()
+
+    app = FastAPI(
+        title="Kaon",
+        version=__version__,
+        description="The Kaon control plane: a pool of compute, jobs and deployments.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.executor = executor
+    app.state.job_reconciler = job_reconciler
+    app.state.node_reconciler = node_reconciler
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT, exempt_suffix="/snapshots")
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    for router in (auth_router.router, nodes_router.router, jobs_router.router,
+                   jobs_router.report_router, snapshots_router.router):  # fmt: skip
+        app.include_router(router)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KaonError)
+    async def _kaon_error(request: Request, exc: KaonError) -> JSONResponse:
+        body: dict[str, Any] = {"detail": exc.message, "error": type(exc).__name__}
+        if isinstance(exc, InvalidSpecError) and exc.field:
+            body["field"] = exc.field
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        fields = [".".join(str(p) for p in e["loc"] if p != "body") for e in errors]
+        message = "; ".join(f"{f or 'body'}: {e['msg']}" for f, e in zip(fields, errors, strict=True))
+        return JSONResponse(
+            {"detail": message, "error": "InvalidSpecError", "field": fields[0] if fields else None,
+             "errors": [{"field": f, "message": e["msg"]} for f, e in zip(fields, errors, strict=True)]},
+            status_code=422,
+        )  # fmt: skip
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413 (uploads have their own limit)."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt_suffix: str) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt_suffix = exempt_suffix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/").endswith(self.exempt_suffix):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Callable[[Message], Awaitable[None]], limit: int) -> None:
+    body = f'{{"detail": "request body over {limit} bytes", "error": "PayloadTooLargeError"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

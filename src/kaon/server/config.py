@@ -1,0 +1,92 @@
+"""Server settings, read once from the environment (``KAON_*``) with embedded defaults.
+
+On one machine nothing needs setting: the database is SQLite under ``~/.kaon`` and the
+pool is this machine. ``KAON_DATABASE_URL`` points the server at PostgreSQL instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kaon.core.resources import parse_memory
+
+DEFAULT_PORT = 8470
+DEFAULT_GATEWAY_PORT = 8471
+
+
+def kaon_home() -> Path:
+    return Path(os.environ.get("KAON_HOME", Path.home() / ".kaon")).expanduser()
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick the async driver for a plain URL: ``postgresql://`` -> asyncpg, ``sqlite`` ->
+    aiosqlite; a bare path means a SQLite file."""
+    if "://" not in url:
+        return f"sqlite+aiosqlite:///{Path(url).expanduser().resolve()}"
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        return f"postgresql+asyncpg://{rest}"
+    if scheme == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to start. Build with `Settings.from_env()`."""
+
+    home: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    upload_limit: int = 100 * 2**20  # bytes per working-directory snapshot
+    reconcile_interval_s: float = 1.0
+    stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this long
+    node_name: str = "local"
+    node_cpus: float | None = None  # override the detected capacity (tests, shared hosts)
+    node_memory: int | None = None
+    node_gpus: str | None = None  # "2" or "H100:2": declared GPUs where NVML has none
+    bootstrap_token: str | None = None  # the admin token to create on first start
+    public_url: str | None = None  # how workers reach the API (default http://host:port)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def api_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        home = Path(str(overrides.pop("home", None) or kaon_home()))
+        url = env.get("KAON_DATABASE_URL") or f"sqlite:///{home / 'kaon.db'}"
+        memory = env.get("KAON_NODE_MEMORY")
+        cpus = env.get("KAON_NODE_CPUS")
+        settings = cls(
+            home=home,
+            database_url=normalize_database_url(url),
+            host=env.get("KAON_HOST", "127.0.0.1"),
+            port=int(env.get("KAON_PORT", DEFAULT_PORT)),
+            upload_limit=parse_memory(env.get("KAON_UPLOAD_LIMIT", "100Mi")),
+            stop_grace_s=float(env.get("KAON_STOP_GRACE_S", "10")),
+            node_cpus=float(cpus) if cpus else None,
+            node_memory=parse_memory(memory) if memory else None,
+            node_gpus=env.get("KAON_NODE_GPUS") or None,
+            bootstrap_token=env.get("KAON_BOOTSTRAP_TOKEN") or None,
+            public_url=env.get("KAON_PUBLIC_URL") or None,
+        )
+        if "database_url" in overrides and isinstance(overrides["database_url"], str):
+            overrides["database_url"] = normalize_database_url(overrides["database_url"])
+        return replace(settings, **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Storage: ORM tables, the engine and session factory, and Alembic migrations."""

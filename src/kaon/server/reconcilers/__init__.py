@@ -1,0 +1,1 @@
+"""Reconcilers: loops that move observed state toward the desired state in the database."""
