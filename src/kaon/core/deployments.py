@@ -186,7 +186,9 @@ def replica_command(spec: DeploymentSpec, host: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def replica_env(spec: DeploymentSpec, replica_id: str, model_dir: str | None = None) -> dict[str, str]:
+def replica_env(
+    spec: DeploymentSpec, replica_id: str, model_dir: str | None = None
+) -> dict[str, str]:
     """The variables Kaon adds to ``spec.env`` for one replica."""
     env = dict(spec.env)
     env[ENV_REPLICA_ID] = replica_id
@@ -196,7 +198,7 @@ def replica_env(spec: DeploymentSpec, replica_id: str, model_dir: str | None = N
     return env
 
 
-class ReplicaStatus(str, enum.Enum):
+class ReplicaStatus(enum.StrEnum):
     """Lifecycle of one replica, as the deployment reconciler drives it.
 
     STARTING -> READY <-> UNHEALTHY          (health probes pass / fail)

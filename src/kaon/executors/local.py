@@ -112,7 +112,7 @@ class LocalExecutor:
             return self._state(handle)  # launched before (maybe by an earlier server)
         ckpt = self.checkpoint_dir(gang.job_id)
         ckpt.mkdir(parents=True, exist_ok=True)
-        env = worker_env(gang, worker, self.node.address, port, os.environ)
+        env = worker_env(gang, worker, self.node.address, port, _host_env())
         env["KAON_CHECKPOINT_DIR"] = str(ckpt)
         spec = {
             "command": list(gang.command),
@@ -196,6 +196,15 @@ class LocalExecutor:
                 os.kill(int(pid_info["pid"]), signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def _host_env() -> dict[str, str]:
+    """The server's environment, with the Python that runs Kaon first on PATH, so a job's
+    ``python`` has the same packages (kaon, torch) as the installation that runs it."""
+    env = dict(os.environ)
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]])
+    return env
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

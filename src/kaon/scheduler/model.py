@@ -49,6 +49,16 @@ class Workload:
     placement: tuple[WorkerPlacement, ...] = ()
     preemptible: bool = True
     not_before: float | None = None  # do not place before this time (retry back-off)
+    # When the current run started: a job is not preempted again before it has run
+    # `min_run_s`, which bounds thrashing. None (unknown) lets any rule preempt it.
+    started_at: float | None = None
+    # When `attained_gpu_s` was measured. None means "at Snapshot.now" (what the control
+    # plane sends); a running workload with an older stamp accrues total_gpus GPU-seconds
+    # per second since then, so a simulator can reuse one object across passes.
+    attained_at: float | None = None
+    # The user's run-time estimate (a walltime limit), only for the policies that use one
+    # (`easy`, and the `srtf` oracle, which is given the true duration). Kaon ignores it.
+    walltime_s: float | None = None
 
     @property
     def running(self) -> bool:
@@ -57,6 +67,13 @@ class Workload:
     @property
     def total_gpus(self) -> int:
         return self.gpus * self.workers
+
+    def attained(self, now: float) -> float:
+        """Service received up to `now`, in GPU-seconds (CPU-seconds for CPU-only work)."""
+        if self.attained_at is None or not self.placement or now <= self.attained_at:
+            return self.attained_gpu_s
+        rate = self.total_gpus or self.cpu * self.workers
+        return self.attained_gpu_s + rate * (now - self.attained_at)
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,8 @@ class Quota:
     borrow_gpus: float = float("inf")
     borrow_cpu: float = float("inf")
     borrow_memory: float = float("inf")
+    # Workspaces in one cohort lend each other their idle nominal capacity.
+    cohort: str = "default"
 
 
 @dataclass(frozen=True)
@@ -97,3 +116,5 @@ class Decisions:
     placements: tuple[Placement, ...] = ()
     preemptions: tuple[Preemption, ...] = ()
     waiting: dict[str, str] = field(default_factory=dict)  # workload id -> why it waits
+    # Nodes held back for a waiting gang so that backfilled jobs cannot take them.
+    reserved: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -50,7 +50,7 @@ _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
 
 
-class ReplicaState(str, enum.Enum):
+class ReplicaState(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
     FAILED = "failed"
@@ -101,7 +101,8 @@ class _Runner:
         if self.ep.is_async:
             return await fn(self._service, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, self._service, **kwargs))
+        call = functools.partial(fn, self._service, **kwargs)
+        return await loop.run_in_executor(self._pool, call)
 
     async def _call_batch(self, items: list[Any]) -> list[Any]:
         fn = self.ep.function

@@ -126,9 +126,7 @@ def _request_model(
         p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
         for p in params
     }
-    model = create_model(  # type: ignore[call-overload]
-        f"{_camel(name)}Request", __config__=ConfigDict(extra="forbid"), **fields
-    )
+    model = create_model(f"{_camel(name)}Request", __config__=ConfigDict(extra="forbid"), **fields)
     names = tuple(fields)
     return model, lambda body: {n: getattr(body, n) for n in names}
 

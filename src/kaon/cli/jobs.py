@@ -1,0 +1,188 @@
+"""`kaon job ...`: submit, watch and manage jobs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from kaon.cli.common import EXIT_FAILED, EXIT_INPUT, ClientOpt, JsonOpt, exit_on_error, make_client
+from kaon.cli.render import console, err, job_detail, jobs_table, metrics_table, print_json, status_text
+from kaon.core.jobs import JobStatus, JobView
+from kaon.sdk.client import Client
+
+app = typer.Typer(help="Run and manage jobs.", no_args_is_help=True)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--env expects KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def _load_spec_file(path: Path) -> tuple[dict[str, Any], Path | None]:
+    """A job YAML: JobSpec fields, plus `workdir` relative to the file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} must hold a mapping of job fields")
+    workdir = data.pop("workdir", None)
+    if isinstance(data.get("command"), str):
+        data["command"] = data["command"].split()
+    return data, (path.parent / workdir) if workdir else None
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    command: Annotated[list[str] | None, typer.Argument(help="the command, after --")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="job spec YAML")] = None,
+    name: Annotated[str | None, typer.Option(help="a label for the job")] = None,
+    workers: Annotated[int | None, typer.Option(help="gang size: all start or none")] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPUs per worker")] = None,
+    memory: Annotated[str | None, typer.Option(help="memory per worker, e.g. 4Gi")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per worker")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="folder to upload as the working directory")] = None,
+    no_workdir: Annotated[bool, typer.Option("--no-workdir", help="do not upload a folder")] = False,
+    max_retries: Annotated[int | None, typer.Option(help="restarts after a failure")] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds before the job is stopped")] = None,
+    priority: Annotated[int | None, typer.Option(help="higher runs first")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="submit and return")] = False,
+    client: ClientOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Submit a job, then follow its log until it ends (exit code 0 only if it succeeded).
+
+    kaon job run --gpus 1 --workers 2 -- python train.py
+    """
+    spec: dict[str, Any] = {}
+    folder = None
+    if file is not None:
+        spec, folder = _load_spec_file(file)
+    if workdir is not None:
+        folder = workdir
+    elif folder is None and not no_workdir and command:
+        folder = Path(".")
+    if no_workdir:
+        folder = None
+    if not command and not spec.get("command"):
+        err.print("[red]error:[/] give a command after -- or a spec file with -f")
+        raise typer.Exit(EXIT_INPUT)
+    kaon = make_client(client)
+    with exit_on_error():
+        with err.status("uploading the working directory ..." if folder else "submitting ..."):
+            job = kaon.jobs.submit(
+                command or None, spec=spec, workdir=folder, name=name, env=_parse_env(env or []) or None,
+                cpu=cpu, memory=memory, gpus=gpus, workers=workers, max_retries=max_retries,
+                timeout_s=timeout, priority=priority,
+            )  # fmt: skip
+    if json_ and detach:
+        print_json(job)
+        return
+    err.print(f"submitted job [bold]{job.id}[/]")
+    if detach:
+        return
+    final = _follow(kaon, job)
+    if json_:
+        print_json(final)
+    raise typer.Exit(0 if final.status is JobStatus.SUCCEEDED else EXIT_FAILED)
+
+
+def _follow(kaon: Client, job: JobView) -> JobView:
+    """Wait for the job to start (with a spinner), stream worker 0's log, report the end."""
+    with exit_on_error():
+        with err.status("queued ...") as spinner:
+            while job.status in (JobStatus.QUEUED, JobStatus.STARTING):
+                spinner.update(f"{job.status.value}: {job.waiting_reason or job.message or '...'}")
+                time.sleep(0.2)
+                job = kaon.jobs.get(job.id)
+        for text in kaon.jobs.follow(job.id):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        job = kaon.jobs.wait(job.id)
+    err.print(f"job {job.id} {status_text(job.status)}: {job.message}")
+    return job
+
+
+@app.command("list")
+def list_(
+    status: Annotated[list[JobStatus] | None, typer.Option(help="filter, repeatable")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+    client: ClientOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List jobs, newest first; a queued job says why it waits."""
+    with exit_on_error():
+        jobs = make_client(client).jobs.list(status, limit)
+    print_json(jobs) if json_ else console.print(jobs_table(jobs))
+
+
+@app.command()
+def get(job_id: str, client: ClientOpt = None, json_: JsonOpt = False) -> None:
+    """Show one job, its workers and why it is where it is."""
+    with exit_on_error():
+        job = make_client(client).jobs.get(job_id)
+    print_json(job) if json_ else console.print(job_detail(job))
+
+
+@app.command()
+def logs(
+    job_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    worker: Annotated[int, typer.Option(help="which worker")] = 0,
+    client: ClientOpt = None,
+) -> None:
+    """Print a worker's log."""
+    kaon = make_client(client)
+    with exit_on_error():
+        if follow:
+            for text in kaon.jobs.follow(job_id, worker):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(kaon.jobs.logs(job_id, worker))
+
+
+@app.command()
+def cancel(job_id: str, client: ClientOpt = None, json_: JsonOpt = False) -> None:
+    """Cancel a job: SIGTERM to every worker, SIGKILL after the grace period."""
+    with exit_on_error():
+        job = make_client(client).jobs.cancel(job_id)
+    print_json(job) if json_ else err.print(f"job {job.id}: {job.message or job.status.value}")
+
+
+@app.command()
+def wait(
+    job_id: str,
+    timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
+    client: ClientOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Wait until a job ends; exit 0 only if it succeeded."""
+    with exit_on_error(), err.status(f"waiting for {job_id} ..."):
+        job = make_client(client).jobs.wait(job_id, timeout=timeout)
+    print_json(job) if json_ else err.print(f"job {job.id} {status_text(job.status)}: {job.message}")
+    raise typer.Exit(0 if job.status is JobStatus.SUCCEEDED else EXIT_FAILED)
+
+
+@app.command()
+def metrics(
+    job_id: str,
+    name: Annotated[str | None, typer.Option(help="only this metric")] = None,
+    client: ClientOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show the metrics a job reported with kaon.report()."""
+    with exit_on_error():
+        points = make_client(client).jobs.metrics(job_id, name)
+    print_json(points) if json_ else console.print(metrics_table(points))

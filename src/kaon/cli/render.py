@@ -1,0 +1,124 @@
+"""Everything the CLI prints: Rich tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from kaon.core.jobs import JobStatus, JobView, MetricView
+from kaon.core.nodes import NodeView
+from kaon.core.resources import format_memory
+
+console = Console()
+err = Console(stderr=True)
+
+STATUS_STYLE = {
+    JobStatus.QUEUED: "yellow", JobStatus.STARTING: "cyan", JobStatus.RUNNING: "blue",
+    JobStatus.RETRYING: "magenta", JobStatus.PREEMPTED: "magenta",
+    JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red", JobStatus.CANCELLED: "dim",
+}  # fmt: skip
+
+
+def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    elif isinstance(value, dict):
+        data = value
+    else:
+        data = [v.model_dump(mode="json") for v in value]
+    print(json.dumps(data, indent=2))
+
+
+def status_text(status: JobStatus) -> str:
+    return f"[{STATUS_STYLE[status]}]{status.value}[/]"
+
+
+def ago(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    seconds = (datetime.now(UTC) - when).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{max(seconds, 0):.0f}s ago"
+
+
+def jobs_table(jobs: Sequence[JobView]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "STATUS", "WORKERS", "RESOURCES/WORKER", "SUBMITTED", "INFO"):
+        table.add_column(column)
+    for job in jobs:
+        res = job.spec.resources
+        gpus = f", {res.gpus} GPU" if res.gpus else ""
+        info = job.waiting_reason if job.status is JobStatus.QUEUED else job.message
+        table.add_row(job.id, job.name or "-", status_text(job.status), str(job.spec.workers),
+                      f"{res.cpu:g} CPU, {format_memory(res.memory)}{gpus}", ago(job.submitted_at),
+                      info or "")  # fmt: skip
+    return table
+
+
+def job_detail(job: JobView) -> Table:
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("id", job.id), ("name", job.name or "-"), ("workspace", job.workspace),
+        ("status", status_text(job.status)), ("message", job.message or "-"),
+        ("command", " ".join(job.spec.command)), ("workers", str(job.spec.workers)),
+        ("restarts", str(job.restart_count)), ("preemptions", str(job.preemptions)),
+        ("submitted", ago(job.submitted_at)), ("started", ago(job.started_at)),
+        ("finished", ago(job.finished_at)),
+    ]  # fmt: skip
+    if job.waiting_reason:
+        rows.insert(5, ("waiting because", job.waiting_reason))
+    for key, value in rows:
+        table.add_row(key, value)
+    for w in job.workers:
+        state = "running" if w.exit_code is None else f"exit {w.exit_code}"
+        gpus = f" GPUs {w.gpus}" if w.gpus else ""
+        table.add_row(f"worker {w.index}", f"{w.node}{gpus} pid {w.pid or '-'} {state} {w.reason or ''}")
+    return table
+
+
+def nodes_table(nodes: Sequence[NodeView]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("NODE", "STATE", "CPU used/total", "MEMORY used/total", "GPUS used/total", "GPU MODEL", "LABELS"):
+        table.add_column(column)
+    for n in nodes:
+        models = sorted({g.model for g in n.gpus})
+        table.add_row(
+            n.name, n.state, f"{n.cpu_allocated:g}/{n.cpu:g}",
+            f"{format_memory(n.memory_allocated)}/{format_memory(n.memory)}",
+            f"{len(n.gpus_allocated)}/{len(n.gpus)}", ", ".join(models) or "-",
+            ", ".join(f"{k}={v}" for k, v in n.labels.items()) or "-",
+        )  # fmt: skip
+    return table
+
+
+def metrics_table(points: Sequence[MetricView]) -> Table:
+    names = sorted({p.name for p in points})
+    by_step: dict[tuple[int, int | None], dict[str, float]] = {}
+    for p in points:
+        by_step.setdefault((p.worker, p.step), {})[p.name] = p.value
+    table = Table(box=None, header_style="bold")
+    for column in ("WORKER", "STEP", *names):
+        table.add_column(column)
+    for (worker, step), values in by_step.items():
+        table.add_row(str(worker), "-" if step is None else str(step),
+                      *(f"{values[n]:.6g}" if n in values else "" for n in names))  # fmt: skip
+    return table
+
+
+def rows_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table

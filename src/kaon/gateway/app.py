@@ -1,0 +1,343 @@
+"""The gateway: ``/{deployment}/{path}`` -> one ready replica of that deployment.
+
+Per request: find the route, check the bearer token (or none, for a public deployment),
+read the body within the route's limit, take a replica slot (`DeploymentState.acquire`),
+forward the request, give the slot back. Answers of its own:
+
+=====  ==============================================================================
+401    no bearer token, or one that no deployment accepts
+404    no such deployment, or the token may not call it (the two look the same)
+413    body over the route's ``max_body_bytes``
+429    the deployment's queue is full (Retry-After)
+502    the replica broke the connection after it had started to answer, or a retry failed
+503    no replica slot within the wait limit, incl. the cold-start hold (Retry-After)
+504    the replica did not answer within ``request_timeout_s``
+=====  ==============================================================================
+
+A request whose replica refused the connection, or dropped it before a byte of the answer
+came back, is sent once more to another replica (the replica is skipped for a few seconds).
+Deployment handlers are expected to be safe to run twice in that case, as model inference
+is; one that is not should be idempotent by a request id of its own.
+
+The bearer token is stripped before forwarding: replicas run user code and never see a
+caller's credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+
+from kaon.core.deployments import GatewayReport, RouteTable
+from kaon.gateway.routing import DeploymentState, NoReplicaError, QueueFullError, Replica
+from kaon.gateway.sources import ReportSink, RouteSource
+from kaon.gateway.stats import GatewayMetrics
+from kaon.gateway.upstream import UpstreamError, UpstreamPool, UpstreamReply
+from kaon.serving import asgi
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger("kaon.gateway")
+
+_DROP_HEADERS = frozenset(
+    {b"host", b"content-length", b"authorization", b"connection", b"keep-alive",
+     b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization", b"expect"}
+)  # fmt: skip
+_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+_BEARER = (b"www-authenticate", b"Bearer")
+
+
+class _Answer(Exception):
+    """Stop handling and answer with this status and detail."""
+
+    def __init__(self, status: int, detail: str, *extra: tuple[bytes, bytes]) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.extra = extra
+
+
+class Gateway:
+    """The gateway as an ASGI app. Starts its route source and report loop on startup."""
+
+    def __init__(
+        self,
+        source: RouteSource,
+        reports: ReportSink | None = None,
+        *,
+        gateway_id: str | None = None,
+        report_interval_s: float = 1.0,
+    ) -> None:
+        self.gateway_id = gateway_id or f"gw-{uuid.uuid4().hex[:8]}"
+        self.deployments: dict[str, DeploymentState] = {}
+        self.metrics = GatewayMetrics()
+        self.table = RouteTable()
+        self._source = source
+        self._reports = reports
+        self._report_interval_s = report_interval_s
+        self._tokens_by_prefix: dict[str, list[tuple[str, frozenset[str]]]] = {}
+        self._pool = UpstreamPool()
+        self._demand = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await asgi.lifespan(receive, send, self.startup, self.shutdown)
+
+    async def _http(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        path: str = scope["path"]
+        if path == "/healthz":
+            await asgi.respond(send, 200, b'{"status":"alive"}')
+        elif path == "/metrics":
+            await asgi.respond(send, 200, self.metrics.render(), _TEXT)
+        else:
+            await self._proxy(scope, receive, send)
+
+    async def _proxy(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        start = time.perf_counter()
+        state: DeploymentState | None = None
+        try:
+            state = self._authorize(scope)
+            self.metrics.arrived(state.name)
+            reply = await self._forward(state, scope, receive)
+        except _Answer as answer:
+            await asgi.respond_json(send, answer.status, {"detail": answer.detail}, answer.extra)
+            status = answer.status
+        except Exception:  # a bug of ours: answer it like one, keep serving
+            logger.exception("gateway failed on %s", scope["path"])
+            await asgi.respond_json(send, 500, {"detail": "gateway error"})
+            status = 500
+        else:
+            await _send_reply(send, reply)
+            status = reply.status
+        if state is not None:
+            self.metrics.answered(state.name, status, time.perf_counter() - start)
+
+    def _authorize(self, scope: asgi.Scope) -> DeploymentState:
+        name = scope["path"][1:].partition("/")[0]
+        state = self.deployments.get(name)
+        if state is not None and state.route.public:
+            return state
+        token = _bearer(scope)
+        if token is None:
+            raise _Answer(401, "missing bearer token", _BEARER)
+        allowed = self._allowed(token)
+        if allowed is None:
+            raise _Answer(401, "invalid token", _BEARER)
+        if state is None or name not in allowed:
+            raise _Answer(404, f"no deployment named {name!r}")
+        return state
+
+    def _allowed(self, token: bytes) -> frozenset[str] | None:
+        """The deployments a token may call, or None for an unknown token.
+
+        Only digests are compared, never the secret: the caller cannot choose the digest
+        of a guess, so timing tells nothing useful. Digests are bucketed by their first
+        byte (a handful per bucket) and each candidate is checked with
+        `hmac.compare_digest`.
+        """
+        digest = hashlib.sha256(token).hexdigest()
+        for known, names in self._tokens_by_prefix.get(digest[:2], ()):
+            if hmac.compare_digest(known, digest):
+                return names
+        return None
+
+    async def _forward(
+        self, state: DeploymentState, scope: asgi.Scope, receive: asgi.Receive
+    ) -> UpstreamReply:
+        route = state.route
+        try:
+            body = await asgi.read_body(scope, receive, route.max_body_bytes)
+        except asgi.BodyTooLargeError:
+            raise _Answer(413, f"body over {route.max_body_bytes} bytes") from None
+        except asgi.ClientGoneError:
+            raise _Answer(499, "client went away") from None
+        target = _target(scope, len(state.name) + 1)
+        headers = _forward_headers(scope)
+        replica = await _acquire(state)
+        try:
+            return await self._exchange(state, replica, scope["method"], target, headers, body)
+        except UpstreamError as exc:
+            if not exc.retry_safe:
+                raise _Answer(502, str(exc)) from None
+        finally:
+            state.release(replica)
+        return await self._retry(state, replica, scope["method"], target, headers, body)
+
+    async def _retry(
+        self,
+        state: DeploymentState,
+        failed: Replica,
+        method: str,
+        target: bytes,
+        headers: bytes,
+        body: bytes,
+    ) -> UpstreamReply:
+        """Once more, on another replica with a free slot now; none -> 502."""
+        other = state.pick(exclude=(failed,))
+        if other is None:
+            raise _Answer(502, "replica failed and no other replica is free")
+        state.take(other)
+        try:
+            return await self._exchange(state, other, method, target, headers, body)
+        except UpstreamError as exc:
+            raise _Answer(502, str(exc)) from None
+        finally:
+            state.release(other)
+
+    async def _exchange(
+        self,
+        state: DeploymentState,
+        replica: Replica,
+        method: str,
+        target: bytes,
+        headers: bytes,
+        body: bytes,
+    ) -> UpstreamReply:
+        timeout = state.route.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._pool.request(
+                    replica.host, replica.port, method, target, headers, body
+                )
+        except TimeoutError:
+            raise _Answer(504, f"replica did not answer within {timeout} s") from None
+        except UpstreamError:
+            state.eject(replica)
+            self._pool.forget(replica.host, replica.port)
+            raise
+
+    # --- routes and reports -------------------------------------------------------------
+
+    def apply(self, table: RouteTable) -> None:
+        """Install a new route table (on the gateway's loop)."""
+        tokens: dict[str, set[str]] = {}
+        fresh: dict[str, DeploymentState] = {}
+        for route in table.routes:
+            state = self.deployments.get(route.name)
+            if state is None:
+                state = DeploymentState(route, on_demand=self._on_demand)
+                self.metrics.attach(state)
+            else:
+                for gone in state.update(route):
+                    self._pool.forget(gone.host, gone.port)
+            fresh[route.name] = state
+            for digest in route.token_hashes:
+                tokens.setdefault(digest, set()).add(route.name)
+        for name, state in self.deployments.items():
+            if name not in fresh:
+                state.fail_waiters()
+        self.deployments = fresh
+        index: dict[str, list[tuple[str, frozenset[str]]]] = {}
+        for digest, names in tokens.items():
+            index.setdefault(digest[:2], []).append((digest, frozenset(names)))
+        self._tokens_by_prefix = index
+        self.table = table
+
+    def _on_demand(self, name: str) -> None:
+        logger.info("request for %s, which has no ready replica: reporting demand", name)
+        self._demand.set()
+
+    def report(self, reason: str = "periodic") -> GatewayReport:
+        states = list(self.deployments.values())
+        if reason == "demand":
+            states = [s for s in states if s.waiting_for_replica]
+        return GatewayReport(
+            gateway_id=self.gateway_id,
+            time=time.time(),
+            window_s=self._report_interval_s,
+            reason="demand" if reason == "demand" else "periodic",
+            deployments=self.metrics.loads(states, reset=reason == "periodic"),
+        )
+
+    async def _report_loop(self) -> None:
+        next_at = time.monotonic() + self._report_interval_s
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, next_at - time.monotonic())):
+                    await self._demand.wait()
+                reason = "demand"
+            except TimeoutError:
+                reason = "periodic"
+                next_at = time.monotonic() + self._report_interval_s
+            self._demand.clear()
+            await self._send_report(self.report(reason))
+
+    async def _send_report(self, report: GatewayReport) -> None:
+        if self._reports is None:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await self._reports.send(report)
+        except Exception as exc:  # the next report replaces this one
+            logger.warning("cannot send gateway report: %s", exc)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._demand = asyncio.Event()  # bound to the serving loop
+        self._tasks = [
+            asyncio.create_task(self._run_source(), name="kaon-routes"),
+            asyncio.create_task(self._report_loop(), name="kaon-report"),
+        ]
+
+    async def _run_source(self) -> None:
+        while True:  # the source never ends on its own; if it crashes, start it again
+            try:
+                await self._source.run(self.apply)
+            except Exception:
+                logger.exception("route source failed; restarting it")
+                await asyncio.sleep(1.0)
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.close()
+
+
+async def _acquire(state: DeploymentState) -> Replica:
+    try:
+        return await state.acquire()
+    except QueueFullError:
+        raise _Answer(429, "too many requests queued", asgi.retry_after(1)) from None
+    except NoReplicaError:
+        raise _Answer(503, "no replica available in time", asgi.retry_after(5)) from None
+
+
+def _bearer(scope: asgi.Scope) -> bytes | None:
+    value = asgi.header(scope, b"authorization")
+    if value is None or value[:7].lower() != b"bearer ":
+        return None
+    token = value[7:].strip()
+    return token or None
+
+
+def _target(scope: asgi.Scope, prefix: int) -> bytes:
+    """The request target after ``/{name}``, as the client sent it (raw, with query)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    rest = raw[prefix:] or b"/"
+    query: bytes = scope.get("query_string", b"")
+    return rest + b"?" + query if query else rest
+
+
+def _forward_headers(scope: asgi.Scope) -> bytes:
+    parts = [b"%s: %s\r\n" % (k, v) for k, v in scope["headers"] if k not in _DROP_HEADERS]
+    client = scope.get("client")
+    if client:
+        parts.append(b"x-forwarded-for: %s\r\n" % client[0].encode())
+    return b"".join(parts)
+
+
+async def _send_reply(send: asgi.Send, reply: UpstreamReply) -> None:
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})

@@ -1,0 +1,156 @@
+"""Where the gateway gets its routes from, and where it sends its load reports.
+
+Two small protocols keep the gateway ignorant of the control plane's internals:
+
+- `RouteSource.run(apply)` calls ``apply(table)`` with the current `RouteTable` and again
+  with every new one, until cancelled.
+- `ReportSink.send(report)` delivers one `GatewayReport`.
+
+The HTTP versions poll ``GET {cp}/api/v1/gateway/routes`` and post to
+``POST {cp}/api/v1/gateway/report`` with the gateway's bearer token. When the control plane
+is down (it may restart at any moment), the gateway keeps serving with the last table it
+had and drops reports: both are snapshots, and the next one replaces what was lost.
+The static versions serve tests, benchmarks and single-machine setups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import httpx
+
+from kaon.core.deployments import GatewayReport, RouteTable
+
+__all__ = [
+    "HttpReportSink",
+    "HttpRouteSource",
+    "MemoryReportSink",
+    "ReportSink",
+    "RouteSource",
+    "StaticRouteSource",
+]
+
+logger = logging.getLogger("kaon.gateway")
+
+ROUTES_PATH = "/api/v1/gateway/routes"
+REPORT_PATH = "/api/v1/gateway/report"
+
+Apply = Callable[[RouteTable], None]
+
+
+class RouteSource(Protocol):
+    async def run(self, apply: Apply) -> None:
+        """Call `apply` with the current table, then with each new one, until cancelled."""
+
+
+class ReportSink(Protocol):
+    async def send(self, report: GatewayReport) -> None:
+        """Deliver one report; may raise, the gateway logs and carries on."""
+
+
+class StaticRouteSource:
+    """A table set in code. `set` may be called from any thread (tests, benchmark drivers)."""
+
+    def __init__(self, table: RouteTable | None = None) -> None:
+        self._table = table or RouteTable()
+        self._lock = threading.Lock()
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, Apply]] = []
+
+    @property
+    def table(self) -> RouteTable:
+        return self._table
+
+    def set(self, table: RouteTable) -> None:
+        with self._lock:
+            self._table = table
+            subscribers = list(self._subscribers)
+        for loop, apply in subscribers:
+            loop.call_soon_threadsafe(apply, table)
+
+    async def run(self, apply: Apply) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._subscribers.append((loop, apply))
+            table = self._table
+        apply(table)
+        try:
+            await asyncio.Event().wait()  # forever; new tables arrive through set()
+        finally:
+            with self._lock:
+                self._subscribers.remove((loop, apply))
+
+
+class HttpRouteSource:
+    """Polls the control plane every `interval_s`; applies a table when its version changes."""
+
+    def __init__(
+        self,
+        control_plane: str,
+        token: str,
+        interval_s: float = 0.5,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._url = control_plane.rstrip("/") + ROUTES_PATH
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._interval_s = interval_s
+        self._client = client
+
+    async def run(self, apply: Apply) -> None:
+        client = self._client or httpx.AsyncClient(timeout=5.0)
+        version: int | None = None
+        try:
+            while True:
+                table = await self._fetch(client)
+                if table is not None and table.version != version:
+                    version = table.version
+                    apply(table)
+                await asyncio.sleep(self._interval_s)
+        finally:
+            if self._client is None:
+                await client.aclose()
+
+    async def _fetch(self, client: httpx.AsyncClient) -> RouteTable | None:
+        try:
+            response = await client.get(self._url, headers=self._headers)
+            response.raise_for_status()
+            return RouteTable.model_validate_json(response.content)
+        except Exception as exc:  # keep serving with the last table
+            logger.warning("cannot fetch routes from %s: %s", self._url, exc)
+            return None
+
+
+class HttpReportSink:
+    """Posts reports to the control plane, one at a time, with a short timeout."""
+
+    def __init__(
+        self, control_plane: str, token: str, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self._url = control_plane.rstrip("/") + REPORT_PATH
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self._client = client or httpx.AsyncClient(timeout=2.0)
+
+    async def send(self, report: GatewayReport) -> None:
+        response = await self._client.post(
+            self._url, content=report.model_dump_json(), headers=self._headers
+        )
+        response.raise_for_status()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class MemoryReportSink:
+    """Keeps every report; `on_report`, if given, is called with each (on the gateway loop)."""
+
+    def __init__(self, on_report: Callable[[GatewayReport], None] | None = None) -> None:
+        self.reports: list[GatewayReport] = []
+        self._on_report = on_report
+
+    async def send(self, report: GatewayReport) -> None:
+        self.reports.append(report)
+        if self._on_report is not None:
+            self._on_report(report)

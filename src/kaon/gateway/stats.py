@@ -1,0 +1,120 @@
+"""What the gateway measures per deployment: Prometheus series for people and dashboards,
+and a rolling window (arrivals, latencies) summarised into each `DeploymentLoad` report for
+the autoscaler.
+
+The window is reset by each periodic report, so ``requests_per_s`` and the percentiles
+describe the last second or so: recent enough to scale on, long enough not to be noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from kaon.core.deployments import DeploymentLoad
+from kaon.gateway.routing import DeploymentState
+
+__all__ = ["GatewayMetrics", "Window", "percentile"]
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class Window:
+    """Arrivals and latencies of one deployment since the last reset."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.arrivals = 0
+        self.latencies_s: list[float] = []
+
+    def summary(self, state: DeploymentState, now: float) -> DeploymentLoad:
+        elapsed = max(now - self.started, 1e-3)
+        values = sorted(self.latencies_s)
+        return DeploymentLoad(
+            name=state.name,
+            in_flight=state.in_flight,
+            queued=state.queued,
+            requests_per_s=self.arrivals / elapsed,
+            p50_ms=percentile(values, 50) * 1000 if values else None,
+            p99_ms=percentile(values, 99) * 1000 if values else None,
+            waiting_for_replica=state.waiting_for_replica,
+        )
+
+
+class _Series:
+    """The bound label children of one deployment."""
+
+    def __init__(self, metrics: GatewayMetrics, state: DeploymentState) -> None:
+        name = state.name
+        self._metrics = metrics
+        self._name = name
+        self.latency = metrics.latency.labels(name)
+        self._by_code: dict[int, Counter] = {}
+        metrics.in_flight.labels(name).set_function(lambda: state.in_flight)
+        metrics.queued.labels(name).set_function(lambda: state.queued)
+
+    def observe(self, status: int, seconds: float) -> None:
+        counter = self._by_code.get(status)
+        if counter is None:
+            counter = self._metrics.requests.labels(self._name, str(status))
+            self._by_code[status] = counter
+        counter.inc()
+        self.latency.observe(seconds)
+
+
+class GatewayMetrics:
+    """Per-deployment series on ``/metrics`` and the windows behind each report."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "kaon_gateway_requests", "Requests answered, by deployment and status code.",
+            ["deployment", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "kaon_gateway_request_duration_seconds", "Time in the gateway, queue included.",
+            ["deployment"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "kaon_gateway_in_flight", "Requests at a replica now.",
+            ["deployment"], registry=self.registry,
+        )  # fmt: skip
+        self.queued = Gauge(
+            "kaon_gateway_queued", "Requests waiting for a replica now.",
+            ["deployment"], registry=self.registry,
+        )  # fmt: skip
+        self._series: dict[str, _Series] = {}
+        self._windows: dict[str, Window] = {}
+
+    def attach(self, state: DeploymentState) -> None:
+        if state.name not in self._series:
+            self._series[state.name] = _Series(self, state)
+            self._windows[state.name] = Window()
+
+    def arrived(self, name: str) -> None:
+        self._windows[name].arrivals += 1
+
+    def answered(self, name: str, status: int, seconds: float) -> None:
+        self._series[name].observe(status, seconds)
+        self._windows[name].latencies_s.append(seconds)
+
+    def loads(self, states: list[DeploymentState], reset: bool) -> list[DeploymentLoad]:
+        now = time.monotonic()
+        loads = [self._windows[s.name].summary(s, now) for s in states]
+        if reset:
+            for s in states:
+                self._windows[s.name] = Window()
+        return loads
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

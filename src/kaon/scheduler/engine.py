@@ -1,0 +1,211 @@
+"""One scheduling pass: the same loop for every policy.
+
+The queue is sorted once by the policy's key. Each job in turn is checked against its
+workspace's quota, placed on free capacity (best fit, fewest nodes), or, if the policy
+allows, placed by preempting running jobs the policy names as victims. A job that still
+cannot start gets a human-readable reason and applies the policy's blocking rule to the
+jobs behind it (strict FIFO, skip, an EASY reservation, or a Kaon drain reservation).
+
+Cost is kept near O(jobs log jobs + placements): placement uses the bucketed free index,
+a job bigger than the free GPUs is rejected by one comparison, and preemption, the only
+step that looks at running jobs, is skipped for a job shape that has already failed to
+find victims in this pass and stops after a few fruitless attempts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kaon.scheduler.backfill import drain_reservation, easy_reservation
+from kaon.scheduler.capacity import FreeIndex, place_gang
+from kaon.scheduler.model import (
+    Decisions,
+    Placement,
+    Preemption,
+    Snapshot,
+    WorkerPlacement,
+    Workload,
+)
+from kaon.scheduler.policies import Key, Policy
+from kaon.scheduler.preempt import plan
+from kaon.scheduler.quota import QuotaLedger
+
+GIVE_UP_AFTER = 4  # fruitless preemption attempts before a pass stops trying
+
+_Shape = tuple[int, int, float, int, str]
+
+
+class Pass:
+    """The mutable state of one pass; `run()` returns the decisions."""
+
+    def __init__(self, snapshot: Snapshot, policy: Policy) -> None:
+        self.snapshot = snapshot
+        self.policy = policy
+        self.now = snapshot.now
+        self.index = FreeIndex(snapshot.nodes)
+        self.ledger: QuotaLedger | None = None
+        if policy.uses_quotas and snapshot.quotas:
+            self.ledger = QuotaLedger(snapshot.quotas, snapshot.running)
+        self.placements: list[Placement] = []
+        self.preemptions: list[Preemption] = []
+        self.waiting: dict[str, str] = {}
+        self.reserved: dict[str, tuple[str, ...]] = {}
+        self.started: list[Workload] = []
+        self.evicted: set[str] = set()
+        self.victims: list[tuple[Key, Workload]] | None = None
+        self.failed_shapes: set[_Shape] = set()
+        self.failures = 0
+        self.held: list[int] = []
+        self.shadow: float | None = None
+        self.blocker: Workload | None = None
+
+    def run(self) -> Decisions:
+        key = self.policy.key
+        now = self.now
+        queue = sorted((key(w, now), w.id, w) for w in self.snapshot.pending)
+        for k, _, w in queue:
+            reason = self._consider(k, w)
+            if reason is not None:
+                self.waiting[w.id] = reason
+        return Decisions(
+            placements=tuple(self.placements),
+            preemptions=tuple(self.preemptions),
+            waiting=self.waiting,
+            reserved=self.reserved,
+        )
+
+    def _consider(self, k: Key, w: Workload) -> str | None:
+        """Start `w` (returns None) or say why it waits."""
+        if w.not_before is not None and w.not_before > self.now:
+            return "backing off before a retry"
+        if self.blocker is not None:
+            return _behind(self.blocker, w)
+        if self.ledger is not None:
+            refusal = self.ledger.refusal(w)
+            if refusal is not None:
+                return refusal
+        placed = self._place(w)
+        if placed is None and self.policy.preempts:
+            placed = self._preempt(k, w)
+        if placed is None:
+            return self._block(w)
+        self.placements.append(Placement(w.id, placed))
+        if self.ledger is not None:
+            self.ledger.add(w, +1)
+        if self.policy.blocking == "easy":
+            self.started.append(replace(w, placement=placed, started_at=self.now))
+        return None
+
+    def _place(self, w: Workload) -> tuple[WorkerPlacement, ...] | None:
+        placed = place_gang(self.index, w)
+        if placed is None and self.shadow is not None and self.held:
+            if w.walltime_s is not None and self.now + w.walltime_s <= self.shadow:
+                for i in self.held:  # ends before the head's shadow time: may use its nodes
+                    self.index.unhold(i)
+                placed = place_gang(self.index, w)
+                for i in self.held:
+                    self.index.hold(i)
+        return placed
+
+    # -- preemption ---------------------------------------------------------------------
+
+    def _preempt(self, k: Key, w: Workload) -> tuple[WorkerPlacement, ...] | None:
+        shape = self._shape(w)
+        if self.failures >= GIVE_UP_AFTER or shape in self.failed_shapes:
+            return None
+        reasons: dict[str, str] = {}
+        eligible = []
+        lent: dict[str, float] = {}  # what other workspaces borrow, left to take back
+        for vk, v in self._victims():
+            if v.id in self.evicted:
+                continue
+            why = self.policy.victim(w, k, v, vk, self.now, self.ledger)
+            if why is None or not self._within_loan(w, v, lent):
+                continue
+            reasons[v.id] = why
+            eligible.append(v)
+        result = plan(self.index, w, eligible) if eligible else None
+        if result is None:
+            self.failed_shapes.add(shape)
+            self.failures += 1
+            return None
+        placed, released = result
+        for v in released:
+            self.evicted.add(v.id)
+            self.preemptions.append(Preemption(v.id, reasons[v.id]))
+            if self.ledger is not None:
+                self.ledger.add(v, -1)
+        return placed
+
+    def _within_loan(self, w: Workload, v: Workload, lent: dict[str, float]) -> bool:
+        """Take from another quota-bound workspace only while it is still borrowing, so
+        preemption never pushes it below its nominal quota by more than one job."""
+        ledger = self.ledger
+        if ledger is None or v.workspace == w.workspace or not ledger.limited(v.workspace):
+            return True
+        left = lent.setdefault(v.workspace, ledger.borrowed_gpus(v.workspace))
+        if left <= 1e-9:
+            return False
+        lent[v.workspace] = left - v.total_gpus
+        return True
+
+    def _shape(self, w: Workload) -> _Shape:
+        """Jobs of one shape later in the queue cannot find victims an earlier one missed
+        (they rank no better); the workspace matters only where quotas do."""
+        ws = w.workspace if self.ledger is not None else ""
+        return (w.workers, w.gpus, w.cpu, w.memory, ws)
+
+    def _victims(self) -> list[tuple[Key, Workload]]:
+        """Running preemptible jobs, first to go first (built once, on first need)."""
+        if self.victims is None:
+            policy, now = self.policy, self.now
+            order = []
+            for v in self.snapshot.running:
+                if v.preemptible and v.placement:
+                    vk = policy.key(v, now)
+                    order.append((policy.victim_order(v, vk, now), v.id, vk, v))
+            order.sort()
+            self.victims = [(vk, v) for _, _, vk, v in order]
+        return self.victims
+
+    # -- blocking -------------------------------------------------------------------------
+
+    def _block(self, w: Workload) -> str:
+        why = self._no_room(w)
+        blocking = self.policy.blocking
+        if blocking == "strict":
+            self.blocker = w
+        elif blocking != "skip" and len(self.reserved) < self.policy.max_reservations:
+            if blocking == "easy":
+                running = [*self.snapshot.running, *self.started]
+                self.shadow, nodes = easy_reservation(self.index, w, running, self.now)
+            else:
+                nodes = drain_reservation(self.index, w)
+            if nodes:
+                for i in nodes:
+                    self.index.hold(i)
+                self.held.extend(nodes)
+                self.reserved[w.id] = tuple(self.index.nodes[i].id for i in nodes)
+                why += f"; holding node(s) {', '.join(self.reserved[w.id])} for it"
+        return why
+
+    def _no_room(self, w: Workload) -> str:
+        shape = f"{w.workers} x {w.gpus} GPU" if w.workers > 1 else f"{w.gpus} GPU"
+        room = (
+            f"no fitting node for {shape}: {self.index.free_gpus} GPUs free, "
+            f"at most {self.index.largest_free()} on one node"
+        )
+        if self.reserved:
+            room += f" outside the nodes held for {', '.join(self.reserved)}"
+        return room
+
+
+def _behind(blocker: Workload, w: Workload) -> str:
+    if blocker.priority > w.priority:
+        return f"behind higher-priority job {blocker.id}"
+    return f"behind earlier job {blocker.id}, which does not fit yet (strict FIFO)"
+
+
+def run_pass(snapshot: Snapshot, policy: Policy) -> Decisions:
+    """Decide one pass under `policy`. Pure: same snapshot, same decisions."""
+    return Pass(snapshot, policy).run()

@@ -1,0 +1,216 @@
+"""The scheduling policies: Kaon's own and the baselines it is measured against.
+
+A policy only says three things; the pass in `engine.py` does the rest, identically for
+all of them, so a comparison measures the policy and not its plumbing:
+
+* `key(w, now)`: the order of the queue (smaller first). It is computed from the
+  snapshot alone (priority, submit time, attained service, the clock), because the
+  control plane is crash-only and keeps no scheduler memory between passes.
+* `victim(p, v, ...)`: whether waiting job `p` may preempt running job `v`, and why.
+* `blocking`: what a job that cannot start does to the jobs behind it: "strict" stops
+  the queue (FIFO), "skip" lets everything behind it try (work conserving: LAS, SRTF),
+  "easy" reserves for the head with walltime estimates (EASY backfill), "reserve"
+  holds the nodes the head will use, so that backfill never lands on them (Kaon).
+
+Kaon (`KaonPolicy`) is priority classes, then least attained service in geometric levels
+(short jobs finish first without anyone declaring a duration), lowered by waiting time
+(aging, so nothing starves), then submit time; with quotas, borrowing and reclaim from
+`quota.py`, a node reservation for the job at the head, and preemption that is bounded by
+a minimum run time sized to the restart penalty.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from kaon.scheduler.model import Workload
+from kaon.scheduler.quota import QuotaLedger
+
+Key = tuple[float, ...]
+Blocking = Literal["strict", "skip", "easy", "reserve"]
+
+
+class Policy:
+    """Base: priority, then FIFO; never preempts; strict head-of-line blocking."""
+
+    name: ClassVar[str] = "fifo"
+    blocking: ClassVar[Blocking] = "strict"
+    uses_quotas: ClassVar[bool] = False
+    preempts: ClassVar[bool] = False
+    max_reservations: int = 0
+
+    def key(self, w: Workload, now: float) -> Key:
+        return (-w.priority, w.submitted_at)
+
+    def victim(
+        self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
+    ) -> str | None:
+        """Why `p` may preempt `v`, or None if it may not."""
+        return None
+
+    def victim_order(self, v: Workload, vk: Key, now: float) -> Key:
+        """Victims with the smallest value are preempted first: by default the worst ranked,
+        most recently started (least work lost)."""
+        return (*(-x for x in vk), -(v.started_at or 0.0))
+
+
+class FifoPolicy(Policy):
+    """Strict priority FIFO: the head waits and everything waits behind it."""
+
+
+class EasyPolicy(Policy):
+    """Priority FIFO with EASY backfill on the users' walltime estimates."""
+
+    name: ClassVar[str] = "easy"
+    blocking: ClassVar[Blocking] = "easy"
+    max_reservations = 1
+
+
+def _priority_victim(p: Workload, v: Workload) -> str | None:
+    if p.priority > v.priority:
+        return f"preempted by higher-priority job {p.id} ({p.priority} > {v.priority})"
+    return None
+
+
+@dataclass(frozen=True)
+class LasPolicy(Policy):
+    """Tiresias' discretized two-dimensional LAS: attained GPU-seconds (GPUs x time) put a
+    job in one of a few queues; FIFO inside a queue; a job preempts any running job in a
+    lower queue. Work conserving: a job that does not fit is skipped."""
+
+    thresholds: tuple[float, ...] = (3250.0, 7200.0, 18000.0)
+    name: ClassVar[str] = "las"
+    blocking: ClassVar[Blocking] = "skip"
+    preempts: ClassVar[bool] = True
+
+    def key(self, w: Workload, now: float) -> Key:
+        return (-w.priority, bisect_right(self.thresholds, w.attained(now)), w.submitted_at)
+
+    def victim(
+        self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
+    ) -> str | None:
+        if p.priority != v.priority:
+            return _priority_victim(p, v)
+        if pk[1] < vk[1]:
+            return f"preempted by {p.id}: it has had less service (queue {pk[1]:g} < {vk[1]:g})"
+        return None
+
+
+@dataclass(frozen=True)
+class SrtfPolicy(Policy):
+    """Oracle shortest remaining time first: it reads the true duration from `walltime_s`.
+    A lower bound for policies that do not know durations, not a policy to deploy."""
+
+    restart_penalty_s: float = 60.0
+    name: ClassVar[str] = "srtf"
+    blocking: ClassVar[Blocking] = "skip"
+    preempts: ClassVar[bool] = True
+
+    def key(self, w: Workload, now: float) -> Key:
+        done = w.attained(now) / max(w.total_gpus, 1)
+        remaining = (w.walltime_s if w.walltime_s is not None else math.inf) - done
+        return (-w.priority, max(remaining, 0.0), w.submitted_at)
+
+    def victim(
+        self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
+    ) -> str | None:
+        if p.priority != v.priority:
+            return _priority_victim(p, v)
+        if pk[1] + self.restart_penalty_s < vk[1]:
+            return f"preempted by {p.id}: shorter remaining time"
+        return None
+
+
+@dataclass(frozen=True)
+class KaonPolicy(Policy):
+    """Kaon's policy. Every knob has a default meant for any pool, not for one trace.
+
+    * LAS levels: attained GPU-seconds below `las_base_gpu_s` is level 0; each further
+      factor of `las_ratio` is one level more (geometric, as in multi-level feedback
+      queues: a job's expected remaining time grows with what it has already received
+      under heavy-tailed run times, so this approximates shortest-remaining-first).
+    * Aging: a job gains one level for every `age_s` seconds it has waited in total
+      (`now - submitted_at - run time`), down to level 0 and then below it, so a job that
+      waits long enough outranks everything of its priority: no starvation.
+    * Preemption: a waiting job preempts a running job of its priority only when it is at
+      least `hysteresis` levels better and the victim has run `min_run_s` (at least
+      `min_run_factor` restart penalties) since it last started, so a restart's cost is a
+      bounded fraction of the time bought and two jobs cannot swap back and forth.
+    """
+
+    las_base_gpu_s: float = 3600.0
+    las_ratio: float = 4.0
+    las_levels: int = 6
+    age_s: float = 3600.0
+    min_run_s: float = 600.0
+    min_run_factor: float = 10.0
+    restart_penalty_s: float = 60.0
+    hysteresis: int = 1
+    max_reservations: int = 1
+    name: ClassVar[str] = "kaon"
+    blocking: ClassVar[Blocking] = "reserve"
+    uses_quotas: ClassVar[bool] = True
+    preempts: ClassVar[bool] = True
+
+    @property
+    def min_run(self) -> float:
+        return max(self.min_run_s, self.min_run_factor * self.restart_penalty_s)
+
+    def level(self, w: Workload, now: float) -> int:
+        attained = w.attained(now)
+        if attained < self.las_base_gpu_s:
+            return 0
+        steps = int(math.log(attained / self.las_base_gpu_s, self.las_ratio)) + 1
+        return min(steps, self.las_levels - 1)
+
+    def key(self, w: Workload, now: float) -> Key:
+        level = self.level(w, now)
+        if w.placement:  # running: aging is for waiting jobs
+            return (-w.priority, level, w.submitted_at)
+        ran = w.attained(now) / max(w.total_gpus, 1)
+        waited = max(now - w.submitted_at - ran, 0.0)
+        return (-w.priority, level - waited / self.age_s, w.submitted_at)
+
+    def victim(
+        self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
+    ) -> str | None:
+        guarded = ledger is not None and ledger.limited(v.workspace)
+        lent = ledger is not None and ledger.borrowing(v.workspace)
+        if p.workspace != v.workspace and guarded and not lent:
+            return None  # never take from a workspace that is inside its nominal quota
+        if p.priority != v.priority:
+            return _priority_victim(p, v)
+        if (
+            ledger is not None
+            and p.workspace != v.workspace
+            and ledger.limited(p.workspace)
+            and ledger.within_nominal(p)
+            and ledger.borrowing(v.workspace)
+        ):
+            return f"reclaimed: workspace {p.workspace} needs its quota back for {p.id}"
+        ran = now - v.started_at if v.started_at is not None else math.inf
+        if pk[1] + self.hysteresis <= vk[1] and ran >= self.min_run:
+            return f"preempted by {p.id}: it has had less service (level {pk[1]:.1f} < {vk[1]:g})"
+        return None
+
+
+POLICIES: dict[str, type[Policy]] = {
+    "kaon": KaonPolicy,
+    "fifo": FifoPolicy,
+    "easy": EasyPolicy,
+    "las": LasPolicy,
+    "srtf": SrtfPolicy,
+}
+
+
+def get_policy(name: str, restart_penalty_s: float = 60.0) -> Policy:
+    """The policy called `name`, with its defaults; ValueError lists the valid names."""
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
+    if cls in (KaonPolicy, SrtfPolicy):
+        return cls(restart_penalty_s=restart_penalty_s)
+    return cls()

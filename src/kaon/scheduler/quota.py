@@ -1,0 +1,114 @@
+"""Per-workspace quotas with borrowing inside a cohort, as Kueue's cohorts do.
+
+A workspace's nominal quota is guaranteed: a job that fits inside it is admitted, and if
+the pool is full because other workspaces borrowed the idle share, the scheduler reclaims
+it by preempting their borrowed work. Beyond its nominal quota a workspace may borrow the
+cohort's idle nominal capacity, up to its borrow limit; borrowed capacity is the first to
+go when its owner needs it back. A workspace without a quota entry is unlimited and in no
+cohort, which is the single-tenant default.
+
+Usage is GPUs, CPUs and memory of whole gangs, counted from the running workloads in the
+snapshot and updated as the pass places and preempts, so no state survives a pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from kaon.scheduler.model import Quota, Workload
+
+_EPS = 1e-9
+_NAMES = ("GPUs", "CPUs", "memory")
+
+Vector = tuple[float, float, float]
+
+
+def demand(w: Workload) -> Vector:
+    """What the whole gang uses: GPUs, CPUs, bytes of memory."""
+    return (float(w.total_gpus), w.cpu * w.workers, float(w.memory * w.workers))
+
+
+class QuotaLedger:
+    """Usage against nominal quotas for one pass."""
+
+    def __init__(self, quotas: dict[str, Quota], running: tuple[Workload, ...]) -> None:
+        self.quotas = quotas
+        self.used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self.cohort_used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self.cohort_nominal: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        for q in quotas.values():
+            total = self.cohort_nominal[q.cohort]
+            for d, value in enumerate(_nominal(q)):
+                total[d] += value
+        for w in running:
+            self.add(w, +1)
+
+    def limited(self, workspace: str) -> bool:
+        return workspace in self.quotas
+
+    def add(self, w: Workload, sign: int) -> None:
+        """Count `w` as using (sign=+1) or no longer using (sign=-1) its resources."""
+        used = self.used[w.workspace]
+        q = self.quotas.get(w.workspace)
+        cohort = self.cohort_used[q.cohort] if q is not None else None
+        for d, value in enumerate(demand(w)):
+            used[d] += sign * value
+            if cohort is not None:
+                cohort[d] += sign * value
+
+    def within_nominal(self, w: Workload) -> bool:
+        """Would `w` fit inside its workspace's guaranteed share? True when unlimited."""
+        q = self.quotas.get(w.workspace)
+        if q is None:
+            return True
+        used = self.used[w.workspace]
+        return all(
+            used[d] + value <= limit + _EPS
+            for d, (value, limit) in enumerate(zip(demand(w), _nominal(q), strict=True))
+        )
+
+    def borrowing(self, workspace: str) -> bool:
+        """Is the workspace using more than its nominal quota in any resource?"""
+        q = self.quotas.get(workspace)
+        if q is None:
+            return False
+        used = self.used[workspace]
+        return any(used[d] > limit + _EPS for d, limit in enumerate(_nominal(q)))
+
+    def borrowed_gpus(self, workspace: str) -> float:
+        """GPUs the workspace uses beyond its nominal quota (0 when it does not borrow)."""
+        q = self.quotas.get(workspace)
+        if q is None:
+            return 0.0
+        return max(self.used[workspace][0] - q.gpus, 0.0)
+
+    def refusal(self, w: Workload) -> str | None:
+        """Why quota keeps `w` waiting, or None if it may run (borrowing included)."""
+        q = self.quotas.get(w.workspace)
+        if q is None or self.within_nominal(w):
+            return None
+        used = self.used[w.workspace]
+        cohort_used = self.cohort_used[q.cohort]
+        cohort_nominal = self.cohort_nominal[q.cohort]
+        limits = zip(demand(w), _nominal(q), _borrow(q), strict=True)
+        for d, (value, nominal, borrow) in enumerate(limits):
+            if used[d] + value > nominal + borrow + _EPS:
+                return (
+                    f"quota: workspace {w.workspace} would use {used[d] + value:g} "
+                    f"{_NAMES[d]}, over its {nominal:g} plus {borrow:g} it may borrow"
+                )
+            if cohort_used[d] + value > cohort_nominal[d] + _EPS:
+                idle = max(cohort_nominal[d] - cohort_used[d], 0.0)
+                return (
+                    f"quota: over workspace {w.workspace}'s share and cohort "
+                    f"{q.cohort} has only {idle:g} idle {_NAMES[d]} to lend"
+                )
+        return None
+
+
+def _nominal(q: Quota) -> Vector:
+    return (q.gpus, q.cpu, q.memory)
+
+
+def _borrow(q: Quota) -> Vector:
+    return (q.borrow_gpus, q.borrow_cpu, q.borrow_memory)
