@@ -43,6 +43,9 @@ def run(gateway: Gateway, host: str, port: int) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # no header rewriting per request; the gateway sets X-Forwarded-For
+        server_header=False,
+        date_header=False,
         log_level="warning",
         backlog=4096,
         timeout_graceful_shutdown=30,

@@ -94,6 +94,9 @@ def serve(
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # no header rewriting per request; the gateway sets X-Forwarded-For
+        server_header=False,
+        date_header=False,
         log_level="warning",
         timeout_keep_alive=75,  # longer than the gateway keeps idle connections
         timeout_graceful_shutdown=30,

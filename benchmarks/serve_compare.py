@@ -1,0 +1,380 @@
+"""Serving overhead, side by side: Kaon (gateway + 1 replica), the replica alone, Ray Serve
+(1 replica) and one bare Uvicorn/Starlette process (the floor), all on loopback.
+
+The model is the seed's 2-5-1 MLP (ReLU, sigmoid) behind ``POST /predict`` with body
+``{"x": [[0.5, -1.0]]}``; each system is loaded with ``wrk -t2 -c16 -d15s`` in turn.
+
+    .venv/bin/python benchmarks/serve_compare.py            # everything (about 2 minutes)
+    .venv/bin/python benchmarks/serve_compare.py --only kaon,floor --duration 5
+
+wrk, the gateway and the replica share the machine's cores; on a 2-core machine the
+gateway path runs three busy processes on two cores, which this benchmark does not hide.
+This file is also the service module the replica imports (``serve_compare:MLPService``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kaon
+
+HERE = Path(__file__).resolve().parent
+BODY = '{"x": [[0.5, -1.0]]}'
+TOKEN = "bench-token"
+
+
+def build_model() -> Any:
+    """The seed's 2-5-1 MLP with fixed weights; one thread, as a replica on a shared box."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(2, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1), torch.nn.Sigmoid()
+    )
+    return model.eval()
+
+
+def run_model(model: Any, x: list[list[float]]) -> list[float]:
+    import torch
+
+    with torch.inference_mode():
+        out: list[float] = model(torch.tensor(x)).squeeze(-1).tolist()
+    return out
+
+
+class MLPService(kaon.Service):
+    """The Kaon service: a plain sync handler, as a user would write it."""
+
+    def setup(self) -> None:
+        self.model = build_model()
+
+    @kaon.handler
+    def predict(self, x: list[list[float]]) -> list[float]:
+        return run_model(self.model, x)
+
+
+class AsyncMLPService(MLPService):
+    """The same with ``async def``: runs on the loop, no thread-pool hop (fine for a model
+    this small; a big one would stall the loop)."""
+
+    @kaon.handler(path="/predict")
+    async def predict_async(self, x: list[list[float]]) -> list[float]:
+        return run_model(self.model, x)
+
+    predict = None  # type: ignore[assignment]
+
+
+# --- the systems under test -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> float:
+    """Seconds until `url` answers 200 (raises after `timeout`)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return time.perf_counter() - start
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise TimeoutError(f"{url} not up after {timeout} s")
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(
+        args, stdout=out, stderr=subprocess.STDOUT, cwd=HERE, env={**os.environ, **(env or {})}
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_replica(tmp: Path, service: str = "serve_compare:MLPService") -> tuple[Any, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "kaon.serving.runtime", "--service", service, "--port", str(port)]
+    proc = spawn([*cmd, "--log-level", "warning"], tmp / f"replica-{port}.log")
+    wait_http(f"http://127.0.0.1:{port}/ready", 60, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_gateway(tmp: Path, replicas: list[str]) -> tuple[Any, str]:
+    from kaon.core.deployments import Route, RouteTable, hash_token
+
+    table = RouteTable(
+        version=1,
+        routes=[Route(name="mlp", replicas=replicas, token_hashes=[hash_token(TOKEN)])],
+    )
+    routes = tmp / "routes.json"
+    routes.write_text(table.model_dump_json())
+    port = free_port()
+    cmd = [sys.executable, "-m", "kaon.gateway", "--port", str(port), "--routes", str(routes)]
+    proc = spawn(cmd, tmp / "gateway.log")
+    wait_http(f"http://127.0.0.1:{port}/healthz", 30, proc)
+    return proc, f"http://127.0.0.1:{port}/mlp"
+
+
+FLOOR_APP = """
+import sys
+sys.path.insert(0, {here!r})
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from serve_compare import build_model, run_model
+
+model = build_model()
+
+async def predict(request: Request) -> JSONResponse:
+    body = await request.json()
+    return JSONResponse(run_model(model, body["x"]))
+
+app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port={port}, loop="uvloop", http="httptools",
+            access_log=False, log_level="warning")
+"""
+
+
+def start_floor(tmp: Path) -> tuple[Any, str]:
+    port = free_port()
+    script = tmp / "floor.py"
+    script.write_text(FLOOR_APP.format(here=str(HERE), port=port))
+    proc = spawn([sys.executable, str(script)], tmp / "floor.log")
+    wait_post(f"http://127.0.0.1:{port}/predict", 30, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+RAY_APP = """
+import sys, time
+sys.path.insert(0, {here!r})
+import ray
+from ray import serve
+from starlette.requests import Request
+from serve_compare import build_model, run_model
+
+@serve.deployment(num_replicas=1)
+class MLP:
+    def __init__(self):
+        self.model = build_model()
+
+    async def __call__(self, request: Request):
+        body = await request.json()
+        return run_model(self.model, body["x"])
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+serve.start(http_options={{"host": "127.0.0.1", "port": {port}}})
+serve.run(MLP.bind(), route_prefix="/predict")
+print("ray serve up", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+def start_ray(tmp: Path) -> tuple[Any, str]:
+    port = free_port()
+    script = tmp / "ray_app.py"
+    script.write_text(RAY_APP.format(here=str(HERE), port=port))
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    proc = spawn([sys.executable, str(script)], tmp / "ray.log", env)
+    wait_post(f"http://127.0.0.1:{port}/predict", 180, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_ray(proc: Any) -> None:
+    stop(proc)
+    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "stop", "--force"], capture_output=True, check=False, timeout=60)
+
+
+def wait_post(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
+        try:
+            request = urllib.request.Request(url, data=BODY.encode(), method="POST")
+            with urllib.request.urlopen(request, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not up after {timeout} s")
+
+
+# --- load -------------------------------------------------------------------------------
+
+LUA = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(text: str, label: str) -> float:
+    match = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def load(name: str, url: str, tmp: Path, duration: int, connections: int) -> Result:
+    script = tmp / "post.lua"
+    script.write_text(LUA.format(body=BODY, token=TOKEN))
+    # warm up (connections, caches, lazy imports), then measure
+    warm = ["wrk", "-t2", f"-c{connections}", "-d2s", "-s", str(script), url]
+    subprocess.run(warm, capture_output=True, check=True)
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors:.*?timeout (\d+)", out)
+    errors = (int(bad.group(1)) if bad else 0) + (int(sock.group(1)) if sock else 0)
+    result = Result(name, rps, _ms(out, "50%"), _ms(out, "99%"), errors)
+    print(f"  {name:<28} {rps:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+          f"p99 {result.p99_ms:6.2f} ms  errors {errors}", flush=True)  # fmt: skip
+    return result
+
+
+def bench(only: set[str], duration: int, connections: int) -> dict[str, Result]:
+    results: dict[str, Result] = {}
+    with tempfile.TemporaryDirectory(prefix="kaon-bench-") as name:
+        tmp = Path(name)
+        if only & {"kaon", "direct"}:
+            replica, base = start_replica(tmp)
+            gateway, gw_url = start_gateway(tmp, [base])
+            try:
+                if "direct" in only:
+                    results["direct"] = load("replica direct", f"{base}/predict", tmp, duration, connections)
+                if "kaon" in only:
+                    results["kaon"] = load("kaon gateway + replica", f"{gw_url}/predict", tmp, duration, connections)
+            finally:
+                stop(gateway)
+                stop(replica)
+        if "async" in only:
+            replica, base = start_replica(tmp, "serve_compare:AsyncMLPService")
+            gateway, gw_url = start_gateway(tmp, [base])
+            try:
+                results["async-direct"] = load("replica direct (async def)", f"{base}/predict", tmp, duration, connections)
+                results["async"] = load("kaon + replica (async def)", f"{gw_url}/predict", tmp, duration, connections)
+            finally:
+                stop(gateway)
+                stop(replica)
+        if "floor" in only:
+            floor, base = start_floor(tmp)
+            try:
+                results["floor"] = load("bare uvicorn/starlette", f"{base}/predict", tmp, duration, connections)
+            finally:
+                stop(floor)
+        if "ray" in only:
+            results.update(bench_ray(tmp, duration, connections))
+    return results  # fmt: skip
+
+
+def bench_ray(tmp: Path, duration: int, connections: int) -> dict[str, Result]:
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        print("  ray serve: not installed, skipped")
+        return {}
+    proc, base = start_ray(tmp)
+    try:
+        return {"ray": load("ray serve", f"{base}/predict", tmp, duration, connections)}
+    finally:
+        stop_ray(proc)
+
+
+def cold_start(tmp_runs: int = 3) -> list[float]:
+    """Seconds from spawning a replica process to its /ready answering 200."""
+    times = []
+    with tempfile.TemporaryDirectory(prefix="kaon-cold-") as name:
+        for _ in range(tmp_runs):
+            port = free_port()
+            start = time.perf_counter()
+            cmd = [sys.executable, "-m", "kaon.serving.runtime",
+                   "--service", "serve_compare:MLPService", "--port", str(port)]  # fmt: skip
+            proc = spawn(cmd, Path(name) / "cold.log")
+            try:
+                wait_http(f"http://127.0.0.1:{port}/ready", 60, proc)
+                times.append(time.perf_counter() - start)
+            finally:
+                stop(proc)
+    return times
+
+
+def summarize(results: dict[str, Result]) -> None:
+    floor, ray, kaon, direct = (results.get(k) for k in ("floor", "ray", "kaon", "direct"))
+    print("\nratios")
+    if kaon and floor:
+        print(f"  kaon / bare throughput      {kaon.rps / floor.rps:6.2f}  (goal >= 0.5)")
+    if kaon and ray:
+        print(f"  kaon / ray serve throughput {kaon.rps / ray.rps:6.1f}x (goal >= 10x)")
+    if kaon and direct:
+        print(f"  gateway adds at p50         {kaon.p50_ms - direct.p50_ms:6.2f} ms under load")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="kaon,direct,async,floor,ray,cold")
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    print(f"wrk -t2 -c{args.connections} -d{args.duration}s, POST /predict {BODY}, "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
+    results = bench(only, args.duration, args.connections)
+    summarize(results)
+    cold = cold_start() if "cold" in only else []
+    if cold:
+        print(f"  cold start (spawn -> ready)  {', '.join(f'{t:.2f}' for t in cold)} s")
+    if args.json:
+        payload = {k: vars(v) for k, v in results.items()} | {"cold_start_s": cold}
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
