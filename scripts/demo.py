@@ -1,0 +1,68 @@
+"""`make demo`: start Kaon, train the seed classifier as a Kaon job, show its progress,
+log and accuracy, and leave the control plane running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kaon.core.jobs import JobStatus
+from kaon.sdk.client import Client
+from kaon.sdk.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "binary_classifier"
+EPOCHS = 10
+console = Console()
+
+
+def main() -> int:
+    kaon_cli = str(Path(sys.executable).with_name("kaon"))
+    subprocess.run([kaon_cli, "up"], check=True)
+    config = load_config()
+    client = Client(config.url, token=config.token)
+    spec = yaml.safe_load((EXAMPLE / "job.yaml").read_text())
+    spec.pop("workdir", None)
+    console.rule("[bold]the seed classifier, trained as a Kaon job")
+    with console.status("uploading examples/binary_classifier and submitting ..."):
+        job = client.jobs.submit(spec=spec, workdir=EXAMPLE)
+    console.print(f"job [bold]{job.id}[/] submitted; log of worker 0:")
+    log_thread = threading.Thread(target=_stream_log, args=(client, job.id), daemon=True)
+    log_thread.start()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+        task = progress.add_task("training", total=EPOCHS, info="queued")
+        while not (job := client.jobs.get(job.id)).is_done():
+            losses = client.jobs.metrics(job.id, name="loss")
+            info = f"loss {losses[-1].value:.4f}" if losses else job.status.value
+            progress.update(task, completed=min(len(losses), EPOCHS), info=info)
+            time.sleep(0.3)
+        progress.update(task, completed=EPOCHS if job.status is JobStatus.SUCCEEDED else 0, info=job.status.value)
+    log_thread.join(timeout=5)
+    if job.status is not JobStatus.SUCCEEDED:
+        console.print(f"[red]the job {job.status.value}: {job.message}[/]")
+        return 1
+    accuracy = client.jobs.metrics(job.id, name="test_accuracy")
+    console.rule()
+    console.print(f"final test accuracy: [bold green]{accuracy[-1].value:.2%}[/]" if accuracy else "no accuracy reported")
+    console.print(f"control plane: [bold]{config.url}[/] (still running; stop it with 'make down')")
+    console.print(f"admin token:   [bold]{config.token}[/]")
+    console.print(f"try: .venv/bin/kaon job get {job.id}   .venv/bin/kaon job metrics {job.id}   .venv/bin/kaon nodes")
+    return 0
+
+
+def _stream_log(client: Client, job_id: str) -> None:
+    for text in client.jobs.follow(job_id):
+        for line in text.splitlines():
+            console.print(f"  [dim]|[/] {line}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

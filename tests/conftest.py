@@ -1,0 +1,152 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL) and the real app on loopback.
+
+PostgreSQL runs when KAON_TEST_DATABASE_URL points at one (CI sets it); each test gets a
+database of its own, created from scratch, so tests can run in parallel. Without the
+variable the PostgreSQL cases skip, except under CI=true where that is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import uvicorn
+
+from kaon.sdk.client import Client
+from kaon.server.app import create_app
+from kaon.server.config import Settings, normalize_database_url
+
+ADMIN_TOKEN = "kaon_test-admin-" + "x" * 24
+PG_ENV = "KAON_TEST_DATABASE_URL"
+
+
+def _pg_admin_url() -> str | None:
+    return os.environ.get(PG_ENV) or None
+
+
+async def _pg_exec(url: str, sql: str) -> None:
+    import asyncpg
+
+    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://"))
+    conn = await asyncpg.connect(urlunsplit(parts))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _pg_database(admin_url: str, name: str) -> str:
+    parts = urlsplit(admin_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield normalize_database_url(str(tmp_path / "kaon.db"))
+        return
+    admin = _pg_admin_url()
+    if admin is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PG_ENV} must be set in CI")
+        pytest.skip(f"set {PG_ENV} to run against PostgreSQL")
+    name = f"kaon_test_{secrets.token_hex(6)}"
+    asyncio.run(_pg_exec(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield normalize_database_url(_pg_database(admin, name))
+    finally:
+        asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_settings(home: Path, db_url: str, port: int = 0, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "home": home,
+        "database_url": db_url,
+        "port": port,
+        "bootstrap_token": ADMIN_TOKEN,
+        "node_cpus": 8.0,
+        "node_memory": 16 * 2**30,
+        "stop_grace_s": 3.0,
+        "reconcile_interval_s": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+    token: str = ADMIN_TOKEN
+
+    def client(self, token: str | None = None, workspace: str = "default") -> Client:
+        return Client(self.url, token=self.token if token is None else token, workspace=workspace)
+
+
+class ThreadServer:
+    """The real app under uvicorn, on a free loopback port, in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", settings.port))
+        port = self.sock.getsockname()[1]
+        self.settings = settings.with_(port=port)
+        app = create_app(self.settings)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return RunningServer(f"http://127.0.0.1:{self.settings.port}", self.settings)
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
+    """The control plane with its reconcilers, on SQLite and on PostgreSQL."""
+    with ThreadServer(test_settings(tmp_path / "home", db_url)) as running:
+        yield running
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """The control plane on SQLite only: for behaviour that does not depend on the
+    database (CLI rendering, logs), so it is not paid for twice."""
+    url = normalize_database_url(str(tmp_path / "kaon.db"))
+    with ThreadServer(test_settings(tmp_path / "home", url)) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[Client]:
+    with server.client() as c:
+        yield c
+
+
+PY = sys.executable

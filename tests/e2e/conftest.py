@@ -1,0 +1,66 @@
+"""The control plane as a real separate process, so tests can kill it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kaon.sdk.client import Client
+from tests.conftest import ADMIN_TOKEN, free_port
+
+
+class ServerProcess:
+    """`python -m kaon.server` with its own home, port and database."""
+
+    def __init__(self, home: Path, db_url: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "KAON_HOME": str(home),
+            "KAON_PORT": str(self.port),
+            "KAON_DATABASE_URL": db_url,
+            "KAON_BOOTSTRAP_TOKEN": ADMIN_TOKEN,
+            "KAON_NODE_CPUS": "8",
+            "KAON_NODE_MEMORY": "16Gi",
+            "KAON_STOP_GRACE_S": "3",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "kaon.server"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        client = self.client()
+        deadline = time.monotonic() + 60
+        while not client.healthy():
+            assert self.proc.poll() is None, (self.home / "server.log").read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def client(self) -> Client:
+        return Client(self.url, token=ADMIN_TOKEN)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path, db_url: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path / "home", db_url)
+    server.start()
+    yield server
+    if server.proc is not None:
+        server.kill(signal.SIGTERM)
