@@ -27,9 +27,7 @@ _HINT = {
 }
 
 
-def check_datasets(
-    config: TrainConfig, train: Any, val: Any | None, runtime: Runtime
-) -> None:
+def check_datasets(config: TrainConfig, train: Any, val: Any | None, runtime: Runtime) -> None:
     _check_sized(train, "train_data")
     per_rank = math.ceil(len(train) / runtime.world_size)
     if config.batch_size > per_rank:
@@ -146,4 +144,3 @@ def _check_classes(outputs: torch.Tensor, targets: torch.Tensor) -> None:
         raise TrainConfigError(
             f"a target class is outside [0, {classes}) for a model with {classes} outputs"
         )
-

@@ -110,7 +110,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     checkpoint_every_seconds: float | None = None
     keep_checkpoints: int = 3
-    save_checkpoints: bool = True  # False: no checkpoint at all, not even on SIGTERM
+    checkpointing: bool = True  # False: no checkpoint is read or written, not even on SIGTERM
     resume: bool = True
     device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is present, else cpu
     precision: str = "auto"  # "auto": bf16 autocast on CUDA that supports it, else fp32
@@ -191,7 +191,9 @@ def build_optimizer(
     if config.weight_decay is not None:
         extra["weight_decay"] = config.weight_decay
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, fused=fused, **extra)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, fused=fused, **extra
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, fused=fused, **extra)
     return torch.optim.AdamW(params, lr=config.lr, fused=fused, **extra)

@@ -55,8 +55,8 @@ class ShardSampler(Sampler[int]):
     """Every `world_size`-th index from `rank`: evaluation sees each sample exactly once
     across ranks (DistributedSampler would pad with repeats and skew the mean)."""
 
-    def __init__(self, size: int, runtime: Runtime) -> None:
-        self.indices = range(runtime.rank, size, runtime.world_size)
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, size, world_size)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -90,7 +90,8 @@ def train_loader(
 def eval_loader(
     dataset: Dataset[Any],
     batch_size: int,
-    runtime: Runtime,
+    rank: int,
+    world_size: int,
     num_workers: int,
     collate_fn: Collate | None,
 ) -> DataLoader[Any]:
@@ -98,10 +99,9 @@ def eval_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=ShardSampler(size, runtime),
+        sampler=ShardSampler(size, rank, world_size),
         num_workers=num_workers,
         collate_fn=collate_fn,
-        pin_memory=runtime.device.type == "cuda",
         generator=torch.Generator().manual_seed(0),  # never touch the global generator
     )
 

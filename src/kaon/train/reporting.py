@@ -51,12 +51,14 @@ class Reporter:
             for name, value in values.items():
                 self._tensorboard.add_scalar(name, value, step)
         if self._console:
-            shown = " ".join(f"{name} {_fmt(value)}" for name, value in values.items())
+            shown = " ".join(
+                f"{name} {_fmt(value)}" for name, value in values.items() if name != "epoch"
+            )
             self.message(f"{label} step {step} {shown}")
 
-    def bar(self, label: str, done: int, total: int, loss: Any) -> None:
+    def bar(self, epoch: int, epochs: int, done: int, total: int, loss: Any) -> None:
         """Redraw the progress bar, if on a terminal and it is time. `loss` is a function,
-        called only when the bar is drawn."""
+        called only when the bar is drawn (it syncs with the GPU)."""
         if not self._tty:
             return
         now = time.monotonic()
@@ -65,6 +67,7 @@ class Reporter:
         self._next_redraw = now + _REDRAW_S
         filled = _BAR_WIDTH * done // max(total, 1)
         bar = "#" * filled + "." * (_BAR_WIDTH - filled)
+        label = f"epoch {epoch + 1}/{epochs}"
         self._stream.write(f"\r{label} [{bar}] {done}/{total} loss {_fmt(loss())}")
         self._stream.flush()
 

@@ -17,7 +17,7 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -134,6 +134,12 @@ class Collectives:
         dist.all_gather_object(out, value, group=self._group)
         return out
 
+    def place(self) -> tuple[int, int]:
+        """(rank, world size) while in the process group; (0, 1) once it is left."""
+        if self._group is None:
+            return 0, 1
+        return self.runtime.rank, self.runtime.world_size
+
     def barrier(self) -> None:
         if self._group is not None:
             dist.barrier(group=self._group)
@@ -156,7 +162,8 @@ def seed_everything(seed: int) -> None:
 
 def get_rng_state(device: torch.device) -> dict[str, Any]:
     """This process's generator states, in types `torch.load(weights_only=True)` accepts."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = cast(tuple[str, Any, int, int, float], np.random.get_state(legacy=True))
+    _, keys, pos, has_gauss, gauss = numpy_state
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
