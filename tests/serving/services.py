@@ -1,0 +1,97 @@
+"""Services the tests serve, in-process and as real replica processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+from pydantic import BaseModel
+
+import kaon
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+class Sum(BaseModel):
+    total: float
+
+
+class Classifier(kaon.Service):
+    """The README example: a typed sync handler, and a few more shapes."""
+
+    def setup(self) -> None:
+        self.bias = 1.0
+
+    @kaon.handler
+    def predict(self, x: list[list[float]]) -> list[float]:
+        return [sum(row) + self.bias for row in x]
+
+    @kaon.handler(path="/add")
+    async def add(self, point: Point) -> Sum:
+        return Sum(total=point.x + point.y)
+
+    @kaon.handler(method="GET")
+    def scale(self, value: float, factor: float = 2.0) -> float:
+        return value * factor
+
+    @kaon.handler(max_body_bytes=64)
+    def small(self, text: str) -> int:
+        return len(text)
+
+    @kaon.handler(timeout_s=0.2)
+    async def slow(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    @kaon.handler
+    def boom(self) -> str:
+        raise RuntimeError("kaboom")
+
+    @kaon.handler
+    def whoami(self) -> dict[str, str]:
+        return {"replica": os.environ.get("KAON_REPLICA_ID", ""), "pid": str(os.getpid())}
+
+    @kaon.handler
+    def sleep(self, seconds: float) -> dict[str, str]:
+        time.sleep(seconds)
+        return {"replica": os.environ.get("KAON_REPLICA_ID", "")}
+
+
+class Batched(kaon.Service):
+    """Records the size of every batch it gets."""
+
+    def setup(self) -> None:
+        self.batches: list[int] = []
+
+    @kaon.handler(max_batch_size=8, max_wait_ms=100)
+    def double(self, x: list[float]) -> list[float]:
+        self.batches.append(len(x))
+        return [v * 2 for v in x]
+
+
+class SlowSetup(kaon.Service):
+    """Ready only once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def setup(self) -> None:
+        self.release.wait(10)
+
+    @kaon.handler
+    def ping(self) -> str:
+        return "pong"
+
+
+class BrokenSetup(kaon.Service):
+    def setup(self) -> None:
+        raise FileNotFoundError("weights.pt is missing")
+
+    @kaon.handler
+    def ping(self) -> str:
+        return "pong"
