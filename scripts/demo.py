@@ -36,25 +36,40 @@ def main() -> int:
     console.print(f"job [bold]{job.id}[/] submitted; log of worker 0:")
     log_thread = threading.Thread(target=_stream_log, args=(client, job.id), daemon=True)
     log_thread.start()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("training", total=EPOCHS, info="queued")
         while not (job := client.jobs.get(job.id)).is_done():
             losses = client.jobs.metrics(job.id, name="loss")
             info = f"loss {losses[-1].value:.4f}" if losses else job.status.value
             progress.update(task, completed=min(len(losses), EPOCHS), info=info)
             time.sleep(0.3)
-        progress.update(task, completed=EPOCHS if job.status is JobStatus.SUCCEEDED else 0, info=job.status.value)
+        progress.update(
+            task,
+            completed=EPOCHS if job.status is JobStatus.SUCCEEDED else 0,
+            info=job.status.value,
+        )
     log_thread.join(timeout=5)
     if job.status is not JobStatus.SUCCEEDED:
         console.print(f"[red]the job {job.status.value}: {job.message}[/]")
         return 1
     accuracy = client.jobs.metrics(job.id, name="test_accuracy")
     console.rule()
-    console.print(f"final test accuracy: [bold green]{accuracy[-1].value:.2%}[/]" if accuracy else "no accuracy reported")
-    console.print(f"control plane: [bold]{config.url}[/] (still running; stop it with 'make down')")
+    console.print(
+        f"final test accuracy: [bold green]{accuracy[-1].value:.2%}[/]"
+        if accuracy
+        else "no accuracy reported"
+    )
+    console.print(
+        f"control plane: [bold]{config.url}[/] (still running; stop it with 'make down')"
+    )
     console.print(f"admin token:   [bold]{config.token}[/]")
-    console.print(f"try: .venv/bin/kaon job get {job.id}   .venv/bin/kaon job metrics {job.id}   .venv/bin/kaon nodes")
+    console.print(f"try: .venv/bin/kaon job get {job.id}   .venv/bin/kaon job metrics {job.id}")
     return 0
 
 

@@ -110,7 +110,9 @@ class ThreadServer:
         self.settings = settings.with_(port=port)
         app = create_app(self.settings)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def __enter__(self) -> RunningServer:
         self.thread.start()

@@ -104,7 +104,9 @@ def _get_reporter() -> _Reporter | None:
         return _reporter
     with _lock:
         if _reporter is None and not _disabled:
-            url, job, token = (os.environ.get(k) for k in ("KAON_API_URL", "KAON_JOB_ID", "KAON_JOB_TOKEN"))
+            url, job, token = (
+                os.environ.get(k) for k in ("KAON_API_URL", "KAON_JOB_ID", "KAON_JOB_TOKEN")
+            )
             if not (url and job and token):
                 _disabled = True
                 return None
@@ -130,7 +132,9 @@ def report(step: int | None = None, **metrics: float) -> None:
             try:
                 value = float(value)  # numpy and torch scalars
             except (TypeError, ValueError):
-                raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}") from None
+                raise TypeError(
+                    f"metric {name!r} must be a number, got {type(value).__name__}"
+                ) from None
         if math.isfinite(value):
             values[name] = float(value)
     reporter = _get_reporter()

@@ -37,9 +37,13 @@ class ServerProcess:
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.home / "server.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "kaon.server"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        log = open(self.home / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kaon.server"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         client = self.client()
         deadline = time.monotonic() + 60
         while not client.healthy():

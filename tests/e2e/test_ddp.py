@@ -12,7 +12,7 @@ from tests.conftest import RunningServer
 
 torch = pytest.importorskip("torch")
 
-TRAIN = '''
+TRAIN = """
 import os
 import torch
 import torch.distributed as dist
@@ -32,21 +32,28 @@ for step in range(20):
     opt.zero_grad()
     loss.backward()
     opt.step()
-torch.save(model.module.state_dict(), os.path.join(os.environ["KAON_CHECKPOINT_DIR"], f"rank{rank}.pt"))
+out = os.path.join(os.environ["KAON_CHECKPOINT_DIR"], f"rank{rank}.pt")
+torch.save(model.module.state_dict(), out)
 print(f"rank {rank} done loss={loss.item():.4f}", flush=True)
 dist.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.e2e
-def test_two_worker_ddp_job_ends_with_identical_weights(server: RunningServer, tmp_path: Path) -> None:
+def test_two_worker_ddp_job_ends_with_identical_weights(
+    server: RunningServer, tmp_path: Path
+) -> None:
     workdir = tmp_path / "code"
     workdir.mkdir()
     (workdir / "train.py").write_text(TRAIN)
     client = server.client()
-    job = client.jobs.submit(["python", "train.py"], workdir=workdir, workers=2, cpu=1, memory="2Gi")
+    job = client.jobs.submit(
+        ["python", "train.py"], workdir=workdir, workers=2, cpu=1, memory="2Gi"
+    )
     done = client.jobs.wait(job.id, timeout=120)
-    assert done.status is JobStatus.SUCCEEDED, client.jobs.logs(job.id) + client.jobs.logs(job.id, worker=1)
+    assert done.status is JobStatus.SUCCEEDED, client.jobs.logs(job.id) + client.jobs.logs(
+        job.id, worker=1
+    )
     assert "rank 0 done" in client.jobs.logs(job.id, worker=0)
     assert "rank 1 done" in client.jobs.logs(job.id, worker=1)
     ckpt = server.settings.home / "checkpoints" / job.id

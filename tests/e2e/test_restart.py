@@ -31,16 +31,26 @@ def _wait(predicate: object, timeout: float = 30, what: str = "condition") -> No
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_restart_readopts_and_loses_nothing(server_process: ServerProcess, tmp_path: Path, sig: int) -> None:
+def test_restart_readopts_and_loses_nothing(
+    server_process: ServerProcess, tmp_path: Path, sig: int
+) -> None:
     client = server_process.client()
     long_marker, short_marker, queued_marker = (tmp_path / n for n in ("long", "short", "queued"))
     release = tmp_path / "release"
     long = client.jobs.submit(
-        _script(long_marker, f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)"),
+        _script(
+            long_marker,
+            f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)",
+        ),
         cpu=4,
     )
     short = client.jobs.submit(
-        _script(short_marker, f"import os, sys, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\nsys.exit(7)"),
+        _script(
+            short_marker,
+            f"import os, sys, time\n"
+            f"while not os.path.exists({str(release)!r}): time.sleep(0.05)\n"
+            "sys.exit(7)",
+        ),
         cpu=3,
     )
     queued = client.jobs.submit(_script(queued_marker, "print('queued job ran')"), cpu=6)
@@ -64,11 +74,15 @@ def test_restart_readopts_and_loses_nothing(server_process: ServerProcess, tmp_p
 
 
 @pytest.mark.e2e
-def test_running_worker_survives_restart_and_is_followed(server_process: ServerProcess, tmp_path: Path) -> None:
+def test_running_worker_survives_restart_and_is_followed(
+    server_process: ServerProcess, tmp_path: Path
+) -> None:
     client = server_process.client()
     release = tmp_path / "release"
-    code = (f"import os, time\nprint('before', flush=True)\n"
-            f"while not os.path.exists({str(release)!r}): time.sleep(0.05)\nprint('after', flush=True)")  # fmt: skip
+    code = (
+        f"import os, time\nprint('before', flush=True)\n"
+        f"while not os.path.exists({str(release)!r}): time.sleep(0.05)\nprint('after', flush=True)"
+    )
     job = client.jobs.submit([PY, "-c", code], cpu=1)
     _wait(lambda: "before" in client.jobs.logs(job.id), what="the job to print")
     pid = client.jobs.get(job.id).workers[0].pid

@@ -40,7 +40,9 @@ class TestJobLifecycle:
         assert done.restart_count == 1
 
     def test_cancel_stops_a_running_job(self, client: Client) -> None:
-        job = client.jobs.submit([PY, "-c", "import time; print('up', flush=True); time.sleep(60)"], cpu=0.5)
+        job = client.jobs.submit(
+            [PY, "-c", "import time; print('up', flush=True); time.sleep(60)"], cpu=0.5
+        )
         _wait_for_log(client, job.id, "up")
         client.jobs.cancel(job.id)
         done = client.jobs.wait(job.id, timeout=30)
@@ -48,8 +50,10 @@ class TestJobLifecycle:
         assert done.workers[0].exit_code is not None
 
     def test_sigterm_ignored_then_killed_after_grace(self, client: Client) -> None:
-        code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                "print('up', flush=True); time.sleep(60)")  # fmt: skip
+        code = (
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('up', flush=True); time.sleep(60)"
+        )
         job = client.jobs.submit([PY, "-c", code], cpu=0.5)
         _wait_for_log(client, job.id, "up")
         client.jobs.cancel(job.id)
@@ -70,7 +74,11 @@ class TestJobLifecycle:
         assert "timed out" in done.message
 
     def test_metrics_reported_from_inside_the_job(self, client: Client) -> None:
-        code = "import kaon\nfor i in range(3): kaon.report(step=i, loss=1.0 / (i + 1))\nkaon.report(acc=0.9)"
+        code = (
+            "import kaon\n"
+            "for i in range(3): kaon.report(step=i, loss=1.0 / (i + 1))\n"
+            "kaon.report(acc=0.9)"
+        )
         job = client.jobs.submit([PY, "-c", code], cpu=0.5)
         assert client.jobs.wait(job.id, timeout=30).status is JobStatus.SUCCEEDED
         loss = client.jobs.metrics(job.id, name="loss")
@@ -95,7 +103,9 @@ class TestQueueing:
         assert first_done.finished_at <= client.jobs.get(second.id).finished_at  # type: ignore[operator]
 
     def test_node_shows_allocation_while_running(self, client: Client) -> None:
-        job = client.jobs.submit([PY, "-c", "import time; print('up', flush=True); time.sleep(30)"], cpu=3, memory="1Gi")
+        job = client.jobs.submit(
+            [PY, "-c", "import time; print('up', flush=True); time.sleep(30)"], cpu=3, memory="1Gi"
+        )
         _wait_for_log(client, job.id, "up")
         node = client.nodes.list()[0]
         assert node.cpu_allocated == 3

@@ -20,14 +20,27 @@ from kaon.core.errors import (
 from kaon.sdk.client import Client, ConnectionFailed
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-ClientOpt = Annotated[str | None, typer.Option("--workspace", "-W", help="workspace (default: from config)")]
+ClientOpt = Annotated[
+    str | None, typer.Option("--workspace", "-W", help="workspace (default: from config)")
+]
 
-EXIT_FAILED, EXIT_INPUT, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4, 5, 6
+EXIT_FAILED, EXIT_INPUT, EXIT_NOT_FOUND, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_TIMEOUT = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 _CODES: list[tuple[type[BaseException], int]] = [
-    (ConnectionFailed, EXIT_UNREACHABLE), (AuthError, EXIT_AUTH), (PermissionDeniedError, EXIT_AUTH),
-    (NotFoundError, EXIT_NOT_FOUND), (InvalidSpecError, EXIT_INPUT), (PayloadTooLargeError, EXIT_INPUT),
+    (ConnectionFailed, EXIT_UNREACHABLE),
+    (AuthError, EXIT_AUTH),
+    (PermissionDeniedError, EXIT_AUTH),
+    (NotFoundError, EXIT_NOT_FOUND),
+    (InvalidSpecError, EXIT_INPUT),
+    (PayloadTooLargeError, EXIT_INPUT),
     (TimeoutError, EXIT_TIMEOUT),
-]  # fmt: skip
+]
 
 
 def make_client(workspace: str | None = None) -> Client:

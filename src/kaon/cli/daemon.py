@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,7 @@ class Daemon:
         return True
 
 
-def wait_healthy(check: callable, timeout: float) -> bool:  # type: ignore[valid-type]
+def wait_healthy(check: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

@@ -11,7 +11,15 @@ import typer
 import yaml
 
 from kaon.cli.common import EXIT_FAILED, EXIT_INPUT, ClientOpt, JsonOpt, exit_on_error, make_client
-from kaon.cli.render import console, err, job_detail, jobs_table, metrics_table, print_json, status_text
+from kaon.cli.render import (
+    console,
+    err,
+    job_detail,
+    jobs_table,
+    metrics_table,
+    print_json,
+    status_text,
+)
 from kaon.core.jobs import JobStatus, JobView
 from kaon.sdk.client import Client
 
@@ -51,11 +59,19 @@ def run(
     cpu: Annotated[float | None, typer.Option(help="CPUs per worker")] = None,
     memory: Annotated[str | None, typer.Option(help="memory per worker, e.g. 4Gi")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per worker")] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = None,
-    workdir: Annotated[Path | None, typer.Option(help="folder to upload as the working directory")] = None,
-    no_workdir: Annotated[bool, typer.Option("--no-workdir", help="do not upload a folder")] = False,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="folder to upload as the working directory")
+    ] = None,
+    no_workdir: Annotated[
+        bool, typer.Option("--no-workdir", help="do not upload a folder")
+    ] = False,
     max_retries: Annotated[int | None, typer.Option(help="restarts after a failure")] = None,
-    timeout: Annotated[float | None, typer.Option(help="seconds before the job is stopped")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds before the job is stopped")
+    ] = None,
     priority: Annotated[int | None, typer.Option(help="higher runs first")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="submit and return")] = False,
     client: ClientOpt = None,
@@ -82,10 +98,19 @@ def run(
     with exit_on_error():
         with err.status("uploading the working directory ..." if folder else "submitting ..."):
             job = kaon.jobs.submit(
-                command or None, spec=spec, workdir=folder, name=name, env=_parse_env(env or []) or None,
-                cpu=cpu, memory=memory, gpus=gpus, workers=workers, max_retries=max_retries,
-                timeout_s=timeout, priority=priority,
-            )  # fmt: skip
+                command or None,
+                spec=spec,
+                workdir=folder,
+                name=name,
+                env=_parse_env(env or []) or None,
+                cpu=cpu,
+                memory=memory,
+                gpus=gpus,
+                workers=workers,
+                max_retries=max_retries,
+                timeout_s=timeout,
+                priority=priority,
+            )
     if json_ and detach:
         print_json(job)
         return
@@ -138,7 +163,9 @@ def get(job_id: str, client: ClientOpt = None, json_: JsonOpt = False) -> None:
 @app.command()
 def logs(
     job_id: str,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="stream until the job ends")
+    ] = False,
     worker: Annotated[int, typer.Option(help="which worker")] = 0,
     client: ClientOpt = None,
 ) -> None:
@@ -171,7 +198,9 @@ def wait(
     """Wait until a job ends; exit 0 only if it succeeded."""
     with exit_on_error(), err.status(f"waiting for {job_id} ..."):
         job = make_client(client).jobs.wait(job_id, timeout=timeout)
-    print_json(job) if json_ else err.print(f"job {job.id} {status_text(job.status)}: {job.message}")
+    print_json(job) if json_ else err.print(
+        f"job {job.id} {status_text(job.status)}: {job.message}"
+    )
     raise typer.Exit(0 if job.status is JobStatus.SUCCEEDED else EXIT_FAILED)
 
 

@@ -32,7 +32,9 @@ app = typer.Typer(
 )
 app.add_typer(jobs_cli.app, name="job")
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
-workspace_app = typer.Typer(help="Workspaces: every resource belongs to one.", no_args_is_help=True)
+workspace_app = typer.Typer(
+    help="Workspaces: every resource belongs to one.", no_args_is_help=True
+)
 app.add_typer(token_app, name="token")
 app.add_typer(workspace_app, name="workspace")
 
@@ -48,7 +50,9 @@ def _server_daemon() -> Daemon:
 def server(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8470,
-    database_url: Annotated[str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")
+    ] = None,
 ) -> None:
     """Run the control plane in the foreground."""
     os.environ["KAON_HOST"], os.environ["KAON_PORT"] = host, str(port)
@@ -60,7 +64,9 @@ def server(
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="control-plane port")] = 8470,
-    database_url: Annotated[str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for it to be ready")] = 60.0,
 ) -> None:
     """Start the control plane in the background and print its URL and admin token."""
@@ -137,7 +143,9 @@ def nodes(client: ClientOpt = None, json_: JsonOpt = False) -> None:
 @token_app.command("create")
 def token_create(
     name: str,
-    workspace: Annotated[list[str] | None, typer.Option("--workspace", "-w", help="repeatable")] = None,
+    workspace: Annotated[
+        list[str] | None, typer.Option("--workspace", "-w", help="repeatable")
+    ] = None,
     role: Annotated[str, typer.Option(help="member or admin")] = "member",
     client: ClientOpt = None,
     json_: JsonOpt = False,
@@ -160,13 +168,24 @@ def token_list(client: ClientOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         print_json(tokens)
         return
-    rows = [(t.id, t.name, t.prefix + "...", t.role, ",".join(t.workspaces),
-             "revoked" if t.revoked_at else "active") for t in tokens]  # fmt: skip
+    rows = [
+        (
+            t.id,
+            t.name,
+            t.prefix + "...",
+            t.role,
+            ",".join(t.workspaces),
+            "revoked" if t.revoked_at else "active",
+        )
+        for t in tokens
+    ]
     console.print(rows_table(("ID", "NAME", "PREFIX", "ROLE", "WORKSPACES", "STATE"), rows))
 
 
 @token_app.command("revoke")
-def token_revoke(ref: Annotated[str, typer.Argument(help="token id or name")], client: ClientOpt = None) -> None:
+def token_revoke(
+    ref: Annotated[str, typer.Argument(help="token id or name")], client: ClientOpt = None
+) -> None:
     """Revoke a token; it stops working at once."""
     with exit_on_error():
         token = make_client(client).tokens.revoke(ref)

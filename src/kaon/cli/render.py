@@ -19,10 +19,15 @@ console = Console()
 err = Console(stderr=True)
 
 STATUS_STYLE = {
-    JobStatus.QUEUED: "yellow", JobStatus.STARTING: "cyan", JobStatus.RUNNING: "blue",
-    JobStatus.RETRYING: "magenta", JobStatus.PREEMPTED: "magenta",
-    JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red", JobStatus.CANCELLED: "dim",
-}  # fmt: skip
+    JobStatus.QUEUED: "yellow",
+    JobStatus.STARTING: "cyan",
+    JobStatus.RUNNING: "blue",
+    JobStatus.RETRYING: "magenta",
+    JobStatus.PREEMPTED: "magenta",
+    JobStatus.SUCCEEDED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "dim",
+}
 
 
 def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
@@ -57,9 +62,15 @@ def jobs_table(jobs: Sequence[JobView]) -> Table:
         res = job.spec.resources
         gpus = f", {res.gpus} GPU" if res.gpus else ""
         info = job.waiting_reason if job.status is JobStatus.QUEUED else job.message
-        table.add_row(job.id, job.name or "-", status_text(job.status), str(job.spec.workers),
-                      f"{res.cpu:g} CPU, {format_memory(res.memory)}{gpus}", ago(job.submitted_at),
-                      info or "")  # fmt: skip
+        table.add_row(
+            job.id,
+            job.name or "-",
+            status_text(job.status),
+            str(job.spec.workers),
+            f"{res.cpu:g} CPU, {format_memory(res.memory)}{gpus}",
+            ago(job.submitted_at),
+            info or "",
+        )
     return table
 
 
@@ -68,13 +79,19 @@ def job_detail(job: JobView) -> Table:
     table.add_column(style="bold")
     table.add_column()
     rows = [
-        ("id", job.id), ("name", job.name or "-"), ("workspace", job.workspace),
-        ("status", status_text(job.status)), ("message", job.message or "-"),
-        ("command", " ".join(job.spec.command)), ("workers", str(job.spec.workers)),
-        ("restarts", str(job.restart_count)), ("preemptions", str(job.preemptions)),
-        ("submitted", ago(job.submitted_at)), ("started", ago(job.started_at)),
+        ("id", job.id),
+        ("name", job.name or "-"),
+        ("workspace", job.workspace),
+        ("status", status_text(job.status)),
+        ("message", job.message or "-"),
+        ("command", " ".join(job.spec.command)),
+        ("workers", str(job.spec.workers)),
+        ("restarts", str(job.restart_count)),
+        ("preemptions", str(job.preemptions)),
+        ("submitted", ago(job.submitted_at)),
+        ("started", ago(job.started_at)),
         ("finished", ago(job.finished_at)),
-    ]  # fmt: skip
+    ]
     if job.waiting_reason:
         rows.insert(5, ("waiting because", job.waiting_reason))
     for key, value in rows:
@@ -82,22 +99,35 @@ def job_detail(job: JobView) -> Table:
     for w in job.workers:
         state = "running" if w.exit_code is None else f"exit {w.exit_code}"
         gpus = f" GPUs {w.gpus}" if w.gpus else ""
-        table.add_row(f"worker {w.index}", f"{w.node}{gpus} pid {w.pid or '-'} {state} {w.reason or ''}")
+        table.add_row(
+            f"worker {w.index}", f"{w.node}{gpus} pid {w.pid or '-'} {state} {w.reason or ''}"
+        )
     return table
 
 
 def nodes_table(nodes: Sequence[NodeView]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("NODE", "STATE", "CPU used/total", "MEMORY used/total", "GPUS used/total", "GPU MODEL", "LABELS"):
+    for column in (
+        "NODE",
+        "STATE",
+        "CPU used/total",
+        "MEMORY used/total",
+        "GPUS used/total",
+        "GPU MODEL",
+        "LABELS",
+    ):
         table.add_column(column)
     for n in nodes:
         models = sorted({g.model for g in n.gpus})
         table.add_row(
-            n.name, n.state, f"{n.cpu_allocated:g}/{n.cpu:g}",
+            n.name,
+            n.state,
+            f"{n.cpu_allocated:g}/{n.cpu:g}",
             f"{format_memory(n.memory_allocated)}/{format_memory(n.memory)}",
-            f"{len(n.gpus_allocated)}/{len(n.gpus)}", ", ".join(models) or "-",
+            f"{len(n.gpus_allocated)}/{len(n.gpus)}",
+            ", ".join(models) or "-",
             ", ".join(f"{k}={v}" for k, v in n.labels.items()) or "-",
-        )  # fmt: skip
+        )
     return table
 
 
@@ -110,8 +140,11 @@ def metrics_table(points: Sequence[MetricView]) -> Table:
     for column in ("WORKER", "STEP", *names):
         table.add_column(column)
     for (worker, step), values in by_step.items():
-        table.add_row(str(worker), "-" if step is None else str(step),
-                      *(f"{values[n]:.6g}" if n in values else "" for n in names))  # fmt: skip
+        table.add_row(
+            str(worker),
+            "-" if step is None else str(step),
+            *(f"{values[n]:.6g}" if n in values else "" for n in names),
+        )
     return table
 
 

@@ -181,9 +181,16 @@ class DeploymentSpec(BaseModel):
 def replica_command(spec: DeploymentSpec, host: str, port: int) -> list[str]:
     """The argv a replica runs with; its cwd is the unpacked snapshot (or any folder)."""
     return [
-        sys.executable, "-m", "kaon.serving.runtime", "--service", spec.service_ref(),
-        "--host", host, "--port", str(port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "kaon.serving.runtime",
+        "--service",
+        spec.service_ref(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def replica_env(

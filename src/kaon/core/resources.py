@@ -94,7 +94,9 @@ class Amount:
     def fits_in(self, other: Amount) -> bool:
         """True when every dimension of self is at most other's (with float slack on cpu)."""
         return (
-            self.cpu <= other.cpu + 1e-9 and self.memory <= other.memory and self.gpus <= other.gpus
+            self.cpu <= other.cpu + 1e-9
+            and self.memory <= other.memory
+            and self.gpus <= other.gpus
         )
 
     @staticmethod

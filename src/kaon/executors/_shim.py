@@ -80,7 +80,7 @@ def main(worker_dir: Path) -> int:
     spec = json.loads((worker_dir / "launch.json").read_text())
     grace_s = float(spec.get("grace_s", 10.0))
     memory_limit = int(spec.get("memory", 0))
-    log = open(worker_dir / "log", "ab", buffering=0)  # noqa: SIM115 - lives as long as we do
+    log = open(worker_dir / "log", "ab", buffering=0)
     try:
         child = subprocess.Popen(
             spec["command"],
@@ -98,7 +98,12 @@ def main(worker_dir: Path) -> int:
     _write_json(worker_dir / "child.json", {"pid": child.pid})
 
     done = threading.Event()
-    threading.Thread(target=lambda: (child.wait(), done.set()), daemon=True).start()
+
+    def wait_child() -> None:
+        child.wait()
+        done.set()
+
+    threading.Thread(target=wait_child, daemon=True).start()
     state: dict[str, Any] = {"kill_at": None, "reason": None}
 
     def on_term(_sig: int, _frame: Any) -> None:

@@ -83,7 +83,9 @@ class LocalExecutor:
                 with tarfile.open(gang.snapshot, "r:gz") as tar:
                     tar.extractall(tmp, filter="data")
             except (OSError, tarfile.TarError) as e:
-                raise PermanentBackendError(f"cannot unpack the job's working directory: {e}") from e
+                raise PermanentBackendError(
+                    f"cannot unpack the job's working directory: {e}"
+                ) from e
         try:
             tmp.rename(code)
         except OSError:
@@ -126,7 +128,7 @@ class LocalExecutor:
             [sys.executable, str(SHIM), str(wdir)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=open(wdir / "supervisor.log", "ab"),  # noqa: SIM115
+            stderr=open(wdir / "supervisor.log", "ab"),
             start_new_session=True,
             close_fds=True,
         )
@@ -162,7 +164,9 @@ class LocalExecutor:
         if exit_file.exists():
             done = _read_json(exit_file) or {}
             code = done.get("exit_code")
-            return WorkerState(handle, False, pid, code if code is None else int(code), done.get("reason"))
+            return WorkerState(
+                handle, False, pid, code if code is None else int(code), done.get("reason")
+            )
         if pid_info is None:
             if not wdir.exists() or time.time() - wdir.stat().st_mtime > LOST_AFTER_S:
                 return WorkerState(handle, False, None, None, "lost: the worker never started")
@@ -203,7 +207,9 @@ def _host_env() -> dict[str, str]:
     ``python`` has the same packages (kaon, torch) as the installation that runs it."""
     env = dict(os.environ)
     bin_dir = os.path.dirname(sys.executable)
-    env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]])
+    env["PATH"] = os.pathsep.join(
+        [bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]]
+    )
     return env
 
 
@@ -232,7 +238,10 @@ def _alive(pid_info: dict[str, Any]) -> bool:
     """True if the recorded process still runs (and is not a reused pid or a zombie)."""
     try:
         proc = psutil.Process(int(pid_info["pid"]))
-        if pid_info.get("create_time") is not None and abs(proc.create_time() - float(pid_info["create_time"])) > 0.01:
+        if (
+            pid_info.get("create_time") is not None
+            and abs(proc.create_time() - float(pid_info["create_time"])) > 0.01
+        ):
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

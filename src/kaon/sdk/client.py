@@ -13,8 +13,9 @@ HTTP errors come back as the same `kaon.core.errors` classes the server raised, 
 
 from __future__ import annotations
 
+import builtins
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,17 @@ from kaon.core.errors import (
 )
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricView
 from kaon.core.nodes import NodeView
-from kaon.core.resources import Resources
 from kaon.sdk.config import load_config
 from kaon.sdk.snapshot import pack
 
 _ERRORS: dict[int, type[KaonError]] = {
-    401: AuthError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
-    413: PayloadTooLargeError, 422: InvalidSpecError,
-}  # fmt: skip
+    401: AuthError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidSpecError,
+}
 
 
 class ConnectionFailed(KaonError):
@@ -77,7 +81,9 @@ class Client:
         self.token = token if token is not None else config.token
         self.workspace = workspace or config.workspace
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
         self.jobs = Jobs(self)
         self.nodes = Nodes(self)
         self.tokens = Tokens(self)
@@ -97,7 +103,8 @@ class Client:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as e:
             raise ConnectionFailed(
-                f"cannot reach the Kaon control plane at {self.url} ({e}); is it running? try 'kaon up'"
+                f"cannot reach the Kaon control plane at {self.url} ({e}); "
+                "is it running? try 'kaon up'"
             ) from e
         _raise_for(response)
         return response
@@ -116,6 +123,8 @@ class Client:
 
 
 class Jobs:
+    """Submit, watch and manage jobs: ``client.jobs``."""
+
     def __init__(self, client: Client) -> None:
         self._c = client
 
@@ -127,8 +136,12 @@ class Jobs:
             return sha
         except NotFoundError:
             pass
-        response = self._c.request("POST", self._c.ws_path("/snapshots"), content=data,
-                                   headers={"Content-Type": "application/gzip"})  # fmt: skip
+        response = self._c.request(
+            "POST",
+            self._c.ws_path("/snapshots"),
+            content=data,
+            headers={"Content-Type": "application/gzip"},
+        )
         return str(response.json()["sha256"])
 
     def submit(
@@ -151,16 +164,23 @@ class Jobs:
         data: dict[str, Any] = {}
         if spec is not None:
             data = spec.model_dump(exclude_unset=True) if isinstance(spec, JobSpec) else dict(spec)
-        resources = dict(data.get("resources") or {})
-        if isinstance(resources, Resources):  # pragma: no cover
-            resources = resources.model_dump()
-        for key, value in (("cpu", cpu), ("memory", memory), ("gpus", gpus)):
+        resources: dict[str, Any] = dict(data.get("resources") or {})
+        sizes: tuple[tuple[str, Any], ...] = (("cpu", cpu), ("memory", memory), ("gpus", gpus))
+        for key, value in sizes:
             if value is not None:
                 resources[key] = value
         if resources:
             data["resources"] = resources
-        for key, value in (("command", command), ("name", name), ("env", env), ("workers", workers),
-                           ("max_retries", max_retries), ("timeout_s", timeout_s), ("priority", priority)):  # fmt: skip
+        fields: tuple[tuple[str, Any], ...] = (
+            ("command", command),
+            ("name", name),
+            ("env", env),
+            ("workers", workers),
+            ("max_retries", max_retries),
+            ("timeout_s", timeout_s),
+            ("priority", priority),
+        )
+        for key, value in fields:
             if value is not None:
                 data[key] = value
         if workdir is not None:
@@ -169,9 +189,11 @@ class Jobs:
         return JobView.model_validate(response.json())
 
     def get(self, job_id: str) -> JobView:
-        return JobView.model_validate(self._c.request("GET", self._c.ws_path(f"/jobs/{job_id}")).json())
+        return JobView.model_validate(
+            self._c.request("GET", self._c.ws_path(f"/jobs/{job_id}")).json()
+        )
 
-    def list(self, status: list[JobStatus] | None = None, limit: int = 100) -> list[JobView]:
+    def list(self, status: Sequence[JobStatus] | None = None, limit: int = 100) -> list[JobView]:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = [s.value for s in status]
@@ -183,7 +205,9 @@ class Jobs:
         return JobView.model_validate(response.json())
 
     def logs(self, job_id: str, worker: int = 0) -> str:
-        response = self._c.request("GET", self._c.ws_path(f"/jobs/{job_id}/logs"), params={"worker": worker})
+        response = self._c.request(
+            "GET", self._c.ws_path(f"/jobs/{job_id}/logs"), params={"worker": worker}
+        )
         return response.text
 
     def follow(self, job_id: str, worker: int = 0) -> Iterator[str]:
@@ -196,9 +220,11 @@ class Jobs:
                 _raise_for(response)
             yield from response.iter_text()
 
-    def metrics(self, job_id: str, name: str | None = None) -> list[MetricView]:
+    def metrics(self, job_id: str, name: str | None = None) -> builtins.list[MetricView]:
         params = {"name": name} if name else {}
-        response = self._c.request("GET", self._c.ws_path(f"/jobs/{job_id}/metrics"), params=params)
+        response = self._c.request(
+            "GET", self._c.ws_path(f"/jobs/{job_id}/metrics"), params=params
+        )
         return [MetricView.model_validate(m) for m in response.json()]
 
     def wait(
@@ -235,12 +261,18 @@ class Tokens:
     def __init__(self, client: Client) -> None:
         self._c = client
 
-    def create(self, name: str, workspaces: list[str] | None = None, role: str = "member") -> CreatedToken:
+    def create(
+        self, name: str, workspaces: list[str] | None = None, role: str = "member"
+    ) -> CreatedToken:
         body = {"name": name, "workspaces": workspaces or [self._c.workspace], "role": role}
-        return CreatedToken.model_validate(self._c.request("POST", "/api/v1/tokens", json=body).json())
+        return CreatedToken.model_validate(
+            self._c.request("POST", "/api/v1/tokens", json=body).json()
+        )
 
     def list(self) -> list[TokenView]:
-        return [TokenView.model_validate(t) for t in self._c.request("GET", "/api/v1/tokens").json()]
+        return [
+            TokenView.model_validate(t) for t in self._c.request("GET", "/api/v1/tokens").json()
+        ]
 
     def revoke(self, ref: str) -> TokenView:
         return TokenView.model_validate(self._c.request("DELETE", f"/api/v1/tokens/{ref}").json())
@@ -251,7 +283,12 @@ class Workspaces:
         self._c = client
 
     def create(self, name: str) -> WorkspaceView:
-        return WorkspaceView.model_validate(self._c.request("POST", "/api/v1/workspaces", json={"name": name}).json())
+        return WorkspaceView.model_validate(
+            self._c.request("POST", "/api/v1/workspaces", json={"name": name}).json()
+        )
 
     def list(self) -> list[WorkspaceView]:
-        return [WorkspaceView.model_validate(w) for w in self._c.request("GET", "/api/v1/workspaces").json()]
+        return [
+            WorkspaceView.model_validate(w)
+            for w in self._c.request("GET", "/api/v1/workspaces").json()
+        ]

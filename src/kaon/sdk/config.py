@@ -47,6 +47,8 @@ def save_config(config: ClientConfig) -> Path:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": config.url, "token": config.token, "workspace": config.workspace}, f, indent=2)
+        json.dump(
+            {"url": config.url, "token": config.token, "workspace": config.workspace}, f, indent=2
+        )
     os.replace(tmp, path)
     return path

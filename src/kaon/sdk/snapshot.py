@@ -11,8 +11,19 @@ import os
 import tarfile
 from pathlib import Path
 
-DEFAULT_IGNORE = (".git", ".hg", "__pycache__", "*.pyc", ".venv", "venv", "node_modules",
-                  ".mypy_cache", ".ruff_cache", ".pytest_cache", ".ipynb_checkpoints")  # fmt: skip
+DEFAULT_IGNORE = (
+    ".git",
+    ".hg",
+    "__pycache__",
+    "*.pyc",
+    ".venv",
+    "venv",
+    "node_modules",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".ipynb_checkpoints",
+)
 
 
 class SnapshotTooLarge(ValueError):
@@ -42,10 +53,17 @@ def pack(root: Path, limit: int = 100 * 2**20) -> tuple[bytes, str]:
     patterns = _patterns(root)
     buffer = io.BytesIO()
     total = 0
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for dirpath, dirnames, filenames in os.walk(root):
             rel_dir = os.path.relpath(dirpath, root)
-            dirnames[:] = sorted(d for d in dirnames if not _ignored(os.path.normpath(os.path.join(rel_dir, d)), d, patterns))
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if not _ignored(os.path.normpath(os.path.join(rel_dir, d)), d, patterns)
+            )
             for name in sorted(filenames):
                 rel = os.path.normpath(os.path.join(rel_dir, name))
                 path = Path(dirpath) / name

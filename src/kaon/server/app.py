@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -92,8 +93,10 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
         await node_reconciler.run_once()
         tasks = []
         if run_reconcilers:
-            tasks = [asyncio.create_task(job_reconciler.run_forever(), name="jobs"),
-                     asyncio.create_task(node_reconciler.run_forever(), name="nodes")]  # fmt: skip
+            tasks = [
+                asyncio.create_task(job_reconciler.run_forever(), name="jobs"),
+                asyncio.create_task(node_reconciler.run_forever(), name="nodes"),
+            ]
         try:
             yield
         finally:
@@ -122,8 +125,13 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    for router in (auth_router.router, nodes_router.router, jobs_router.router,
-                   jobs_router.report_router, snapshots_router.router):  # fmt: skip
+    for router in (
+        auth_router.router,
+        nodes_router.router,
+        jobs_router.router,
+        jobs_router.report_router,
+        snapshots_router.router,
+    ):
         app.include_router(router)
     return app
 
@@ -141,12 +149,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         fields = [".".join(str(p) for p in e["loc"] if p != "body") for e in errors]
-        message = "; ".join(f"{f or 'body'}: {e['msg']}" for f, e in zip(fields, errors, strict=True))
+        message = "; ".join(
+            f"{f or 'body'}: {e['msg']}" for f, e in zip(fields, errors, strict=True)
+        )
         return JSONResponse(
-            {"detail": message, "error": "InvalidSpecError", "field": fields[0] if fields else None,
-             "errors": [{"field": f, "message": e["msg"]} for f, e in zip(fields, errors, strict=True)]},
+            {
+                "detail": message,
+                "error": "InvalidSpecError",
+                "field": fields[0] if fields else None,
+                "errors": [
+                    {"field": f, "message": e["msg"]} for f, e in zip(fields, errors, strict=True)
+                ],
+            },
             status_code=422,
-        )  # fmt: skip
+        )
 
 
 class BodyLimit:
@@ -187,7 +203,13 @@ class _TooLarge(Exception):
 
 
 async def _too_large(send: Callable[[Message], Awaitable[None]], limit: int) -> None:
-    body = f'{{"detail": "request body over {limit} bytes", "error": "PayloadTooLargeError"}}'.encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    detail = {"detail": f"request body over {limit} bytes", "error": "PayloadTooLargeError"}
+    body = json.dumps(detail).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

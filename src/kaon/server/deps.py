@@ -39,7 +39,9 @@ ExecutorDep = Annotated[Executor, Depends(get_executor)]
 JobReconcilerDep = Annotated[JobReconciler, Depends(get_jobs_reconciler)]
 
 
-async def get_caller(db: DbDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+async def get_caller(
+    db: DbDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
     async with db.session() as s:
         return await authenticate(s, bearer(authorization))
 

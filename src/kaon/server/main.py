@@ -11,7 +11,9 @@ from kaon.server.config import Settings
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)

@@ -78,7 +78,9 @@ class Token(Base):
 class TokenWorkspace(Base):
     __tablename__ = "token_workspaces"
 
-    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), primary_key=True)
+    token_id: Mapped[str] = mapped_column(
+        ForeignKey("tokens.id", ondelete="CASCADE"), primary_key=True
+    )
     workspace_id: Mapped[str] = mapped_column(
         ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
     )
@@ -159,7 +161,9 @@ class Metric(Base):
     __tablename__ = "metrics"
     __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     worker: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int | None] = mapped_column(BigInteger, default=None)

@@ -17,7 +17,7 @@ from kaon.core.jobs import EXIT_CODE_RESUME, JobStatus
 from kaon.executors.base import WorkerState
 
 
-class StopReason(str, enum.Enum):
+class StopReason(enum.StrEnum):
     CANCEL = "cancel"
     PREEMPT = "preempt"  # the scheduler needs the resources
     RESUME = "resume"  # a worker exited with EXIT_CODE_RESUME
@@ -96,11 +96,18 @@ def _on_failure(job: JobFacts, failed: list[WorkerState], alive: list[WorkerStat
         what = "was lost"
     if job.retries_used < job.max_retries:
         left = job.max_retries - job.retries_used
-        return _stopping(StopReason.RETRY, alive, f"worker {index} {what}; retrying ({left} left)", job)
+        return _stopping(
+            StopReason.RETRY, alive, f"worker {index} {what}; retrying ({left} left)", job
+        )
     return _stopping(StopReason.FAILED, alive, f"worker {index} {what}", job)
 
 
 def _stopping(reason: StopReason, alive: list[WorkerState], message: str, job: JobFacts) -> Step:
     if alive:
-        return Step(status=_WHILE_STOPPING.get(reason), stop_reason=reason, stop_workers=True, message=message)
+        return Step(
+            status=_WHILE_STOPPING.get(reason),
+            stop_reason=reason,
+            stop_workers=True,
+            message=message,
+        )
     return Step(status=_AFTER_STOP[reason], stop_reason=reason, message=message)

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kaon.core.errors import PermanentBackendError, TemporaryBackendError
 from kaon.core.jobs import JobSpec, JobStatus
 from kaon.executors.base import Executor, GangLaunch, WorkerLaunch, WorkerState
-from kaon.scheduler import NodeSnapshot, Snapshot, Workload, WorkerPlacement, schedule
+from kaon.scheduler import NodeSnapshot, Snapshot, WorkerPlacement, Workload, schedule
 from kaon.server.db.models import Job, Node, Worker, utcnow
 from kaon.server.db.session import Database
 from kaon.server.reconcilers.job_steps import JobFacts, Step, StopReason, next_step
@@ -114,7 +114,9 @@ class JobReconciler:
                 await asyncio.to_thread(self.executor.stop, alive, self.config.stop_grace_s)
             await self._apply(job, mine, states, step)
 
-    async def _apply(self, job: Job, workers: list[Worker], states: list[WorkerState], step: Step) -> None:
+    async def _apply(
+        self, job: Job, workers: list[Worker], states: list[WorkerState], step: Step
+    ) -> None:
         now = self.clock()
         values: dict[str, object] = {}
         if step.stop_reason is not None and step.stop_reason.value != job.stop_reason:
@@ -131,13 +133,19 @@ class JobReconciler:
         async with self.db.session() as s:
             if values and not await _guarded_update(s, job, values):
                 return
-            await _record_workers(s, workers, states, release=final is not None and not final.holds_resources())
+            await _record_workers(
+                s, workers, states, release=final is not None and not final.holds_resources()
+            )
 
     # -- schedule -----------------------------------------------------------------------
 
     async def schedule(self) -> None:
         async with self.db.session() as s:
-            queued = list((await s.execute(select(Job).where(Job.status == JobStatus.QUEUED.value))).scalars())
+            queued = list(
+                (
+                    await s.execute(select(Job).where(Job.status == JobStatus.QUEUED.value))
+                ).scalars()
+            )
             if not queued:
                 return
             nodes = list((await s.execute(select(Node).where(Node.state == "ready"))).scalars())
@@ -157,40 +165,70 @@ class JobReconciler:
         attempt = job.attempt + 1
         token = job_token(self.config.token_key, job.id, attempt)
         async with self.db.session() as s:
-            ok = await _guarded_update(s, job, {
-                "status": JobStatus.STARTING.value, "attempt": attempt, "waiting_reason": None,
-                "job_token_hash": hash_token(token), "message": "starting workers",
-            })  # fmt: skip
+            ok = await _guarded_update(
+                s,
+                job,
+                {
+                    "status": JobStatus.STARTING.value,
+                    "attempt": attempt,
+                    "waiting_reason": None,
+                    "job_token_hash": hash_token(token),
+                    "message": "starting workers",
+                },
+            )
             if not ok:
                 return
             for index, wp in enumerate(placement):
-                s.add(Worker(job_id=job.id, attempt=attempt, index=index, node_id=wp.node_id,
-                             cpu=spec.resources.cpu, memory=spec.resources.memory, gpus=list(wp.gpus)))  # fmt: skip
+                s.add(
+                    Worker(
+                        job_id=job.id,
+                        attempt=attempt,
+                        index=index,
+                        node_id=wp.node_id,
+                        cpu=spec.resources.cpu,
+                        memory=spec.resources.memory,
+                        gpus=list(wp.gpus),
+                    )
+                )
 
     async def _preempt(self, job: Job, reason: str) -> None:
         if job.stop_reason is not None:
             return
         async with self.db.session() as s:
-            await _guarded_update(s, job, {
-                "stop_reason": StopReason.PREEMPT.value, "status": JobStatus.PREEMPTED.value,
-                "message": f"preempted: {reason}",
-            })  # fmt: skip
+            await _guarded_update(
+                s,
+                job,
+                {
+                    "stop_reason": StopReason.PREEMPT.value,
+                    "status": JobStatus.PREEMPTED.value,
+                    "message": f"preempted: {reason}",
+                },
+            )
         self.wakeup.set()
 
     async def _note_waiting(self, queued: list[Job], waiting: dict[str, str]) -> None:
-        changed = [(j, waiting[j.id]) for j in queued if j.id in waiting and j.waiting_reason != waiting[j.id]]
+        changed = [
+            (j, waiting[j.id])
+            for j in queued
+            if j.id in waiting and j.waiting_reason != waiting[j.id]
+        ]
         if not changed:
             return
         async with self.db.session() as s:
             for job, reason in changed:
-                await s.execute(update(Job).where(Job.id == job.id, Job.version == job.version)
-                                .values(waiting_reason=reason))  # fmt: skip
+                await s.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.version == job.version)
+                    .values(waiting_reason=reason)
+                )
 
     # -- launch -------------------------------------------------------------------------
 
     async def launch(self) -> None:
         async with self.db.session() as s:
-            query = select(Job).where(Job.status == JobStatus.STARTING.value, Job.stop_reason.is_(None))
+            query = select(Job).where(
+                Job.status == JobStatus.STARTING.value, Job.stop_reason.is_(None)
+            )
             jobs = list((await s.execute(query)).scalars())
             workers = await _active_workers(s, [j.id for j in jobs])
         for job in jobs:
@@ -208,26 +246,39 @@ class JobReconciler:
             return
         except (PermanentBackendError, OSError) as e:
             async with self.db.session() as s:
-                await _guarded_update(s, job, {"stop_reason": StopReason.FAILED.value, "message": f"cannot start: {e}"})
+                await _guarded_update(
+                    s,
+                    job,
+                    {"stop_reason": StopReason.FAILED.value, "message": f"cannot start: {e}"},
+                )
             self.wakeup.set()
             return
         now = self.clock()
         async with self.db.session() as s:
             for w, st in zip(sorted(workers, key=lambda w: w.index), states, strict=True):
-                await s.execute(update(Worker).where(Worker.id == w.id)
-                                .values(handle=st.handle, pid=st.pid, started_at=now))  # fmt: skip
-            await _guarded_update(s, job, {"status": JobStatus.RUNNING.value, "started_at": now, "message": "running"})
+                await s.execute(
+                    update(Worker)
+                    .where(Worker.id == w.id)
+                    .values(handle=st.handle, pid=st.pid, started_at=now)
+                )
+            await _guarded_update(
+                s,
+                job,
+                {"status": JobStatus.RUNNING.value, "started_at": now, "message": "running"},
+            )
 
     def _gang(self, job: Job, workers: list[Worker]) -> GangLaunch:
         spec = JobSpec.model_validate(job.spec)
         env = dict(spec.env)
-        env.update({
-            "KAON_JOB_ID": job.id,
-            "KAON_JOB_NAME": job.name or "",
-            "KAON_API_URL": self.config.api_url,
-            "KAON_JOB_TOKEN": job_token(self.config.token_key, job.id, job.attempt),
-            "KAON_RESTART_COUNT": str(job.restart_count),
-        })  # fmt: skip
+        env.update(
+            {
+                "KAON_JOB_ID": job.id,
+                "KAON_JOB_NAME": job.name or "",
+                "KAON_API_URL": self.config.api_url,
+                "KAON_JOB_TOKEN": job_token(self.config.token_key, job.id, job.attempt),
+                "KAON_RESTART_COUNT": str(job.restart_count),
+            }
+        )
         snapshot = None
         if spec.snapshot:
             snapshot = str(snapshot_path(Path(self.config.blobs_dir), spec.snapshot))
@@ -237,7 +288,13 @@ class JobReconciler:
             command=tuple(spec.command),
             env=env,
             workers=tuple(
-                WorkerLaunch(index=w.index, node_id=w.node_id, cpu=w.cpu, memory=w.memory, gpus=tuple(w.gpus))
+                WorkerLaunch(
+                    index=w.index,
+                    node_id=w.node_id,
+                    cpu=w.cpu,
+                    memory=w.memory,
+                    gpus=tuple(w.gpus),
+                )
                 for w in sorted(workers, key=lambda w: w.index)
             ),
             snapshot=snapshot,
@@ -276,8 +333,9 @@ def _check_path(current: JobStatus, final: JobStatus, reason: StopReason | None)
         current = status
 
 
-def _on_enter(job: Job, status: JobStatus, reason: StopReason | None, now: datetime,
-              workers: list[Worker]) -> dict[str, object]:  # fmt: skip
+def _on_enter(
+    job: Job, status: JobStatus, reason: StopReason | None, now: datetime, workers: list[Worker]
+) -> dict[str, object]:
     """Bookkeeping when a job leaves its attempt: service received, restarts, lost time."""
     values: dict[str, object] = {}
     if status.holds_resources():
@@ -289,10 +347,14 @@ def _on_enter(job: Job, status: JobStatus, reason: StopReason | None, now: datet
     if status is JobStatus.QUEUED:
         values.update(restart_count=job.restart_count + 1, started_at=None, job_token_hash=None)
         if reason is StopReason.PREEMPT:
-            values.update(preemptions=job.preemptions + 1, lost_gpu_seconds=job.lost_gpu_seconds + ran * gpus)
+            values.update(
+                preemptions=job.preemptions + 1, lost_gpu_seconds=job.lost_gpu_seconds + ran * gpus
+            )
         if reason is StopReason.RETRY:
             delay = RETRY_BACKOFF_S[min(job.retries_used, len(RETRY_BACKOFF_S) - 1)]
-            values.update(retries_used=job.retries_used + 1, not_before=now + timedelta(seconds=delay))
+            values.update(
+                retries_used=job.retries_used + 1, not_before=now + timedelta(seconds=delay)
+            )
     else:
         values.update(finished_at=now, job_token_hash=None)
     return values
@@ -301,7 +363,9 @@ def _on_enter(job: Job, status: JobStatus, reason: StopReason | None, now: datet
 async def _guarded_update(s: AsyncSession, job: Job, values: dict[str, object]) -> bool:
     """UPDATE ... WHERE version = :seen. False (and nothing written) if the row moved on."""
     result = await s.execute(
-        update(Job).where(Job.id == job.id, Job.version == job.version).values(version=job.version + 1, **values)
+        update(Job)
+        .where(Job.id == job.id, Job.version == job.version)
+        .values(version=job.version + 1, **values)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         logger.info("job %s changed meanwhile; dropping a stale step", job.id)
@@ -312,7 +376,9 @@ async def _guarded_update(s: AsyncSession, job: Job, values: dict[str, object]) 
 async def _active_workers(s: AsyncSession, job_ids: list[str]) -> dict[str, list[Worker]]:
     if not job_ids:
         return {}
-    rows = await s.execute(select(Worker).where(Worker.job_id.in_(job_ids), Worker.active.is_(True)))
+    rows = await s.execute(
+        select(Worker).where(Worker.job_id.in_(job_ids), Worker.active.is_(True))
+    )
     out: dict[str, list[Worker]] = {}
     for w in rows.scalars():
         out.setdefault(w.job_id, []).append(w)
@@ -322,13 +388,18 @@ async def _active_workers(s: AsyncSession, job_ids: list[str]) -> dict[str, list
 def _worker_changes(workers: list[Worker], states: list[WorkerState]) -> bool:
     by_handle = {w.handle: w for w in workers}
     return any(
-        not st.alive and (by_handle[st.handle].exit_code != st.exit_code or by_handle[st.handle].ended_at is None)
+        not st.alive
+        and (
+            by_handle[st.handle].exit_code != st.exit_code or by_handle[st.handle].ended_at is None
+        )
         for st in states
         if st.handle in by_handle
     )
 
 
-async def _record_workers(s: AsyncSession, workers: list[Worker], states: list[WorkerState], release: bool) -> None:
+async def _record_workers(
+    s: AsyncSession, workers: list[Worker], states: list[WorkerState], release: bool
+) -> None:
     now = utcnow()
     by_handle = {st.handle: st for st in states}
     for w in workers:
@@ -342,8 +413,13 @@ async def _record_workers(s: AsyncSession, workers: list[Worker], states: list[W
             await s.execute(update(Worker).where(Worker.id == w.id).values(**values))
 
 
-def _snapshot(now: datetime, nodes: list[Node], queued: list[Job], holding: list[Job],
-              active: dict[str, list[Worker]]) -> Snapshot:  # fmt: skip
+def _snapshot(
+    now: datetime,
+    nodes: list[Node],
+    queued: list[Job],
+    holding: list[Job],
+    active: dict[str, list[Worker]],
+) -> Snapshot:
     used_cpu: dict[str, float] = {}
     used_mem: dict[str, int] = {}
     used_gpus: dict[str, set[int]] = {}
@@ -356,17 +432,29 @@ def _snapshot(now: datetime, nodes: list[Node], queued: list[Job], holding: list
     for n in nodes:
         gpus = tuple(int(g["index"]) for g in n.gpus)
         models = {g.get("model") for g in n.gpus}
-        snaps.append(NodeSnapshot(
-            id=n.id, cpu=n.cpu, memory=n.memory, gpus=gpus,
-            cpu_free=n.cpu - used_cpu.get(n.id, 0.0), memory_free=n.memory - used_mem.get(n.id, 0),
-            gpus_free=tuple(g for g in gpus if g not in used_gpus.get(n.id, set())),
-            gpu_type=models.pop() if len(models) == 1 else None,
-            labels=tuple(sorted((str(k), str(v)) for k, v in n.labels.items())),
-        ))  # fmt: skip
+        snaps.append(
+            NodeSnapshot(
+                id=n.id,
+                cpu=n.cpu,
+                memory=n.memory,
+                gpus=gpus,
+                cpu_free=n.cpu - used_cpu.get(n.id, 0.0),
+                memory_free=n.memory - used_mem.get(n.id, 0),
+                gpus_free=tuple(g for g in gpus if g not in used_gpus.get(n.id, set())),
+                gpu_type=models.pop() if len(models) == 1 else None,
+                labels=tuple(sorted((str(k), str(v)) for k, v in n.labels.items())),
+            )
+        )
     ts = now.timestamp()
     pending = tuple(_workload(j, ()) for j in queued)
     running = tuple(
-        _workload(j, tuple(WorkerPlacement(w.node_id, tuple(w.gpus)) for w in sorted(active.get(j.id, []), key=lambda w: w.index)))
+        _workload(
+            j,
+            tuple(
+                WorkerPlacement(w.node_id, tuple(w.gpus))
+                for w in sorted(active.get(j.id, []), key=lambda w: w.index)
+            ),
+        )
         for j in holding
     )
     return Snapshot(now=ts, nodes=tuple(snaps), pending=pending, running=running)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from kaon.core.auth import CreatedToken, CreateToken, CreateWorkspace, TokenView, WhoAmI, WorkspaceView
+from kaon.core.auth import (
+    CreatedToken,
+    CreateToken,
+    CreateWorkspace,
+    TokenView,
+    WhoAmI,
+    WorkspaceView,
+)
 from kaon.server.deps import CallerDep, DbDep
 from kaon.server.services import auth
 

@@ -98,7 +98,10 @@ async def logs(
 
 @report_router.post("/{job_id}/metrics", status_code=202)
 async def report(
-    job_id: str, batch: MetricBatch, db: DbDep, authorization: Annotated[str | None, Header()] = None
+    job_id: str,
+    batch: MetricBatch,
+    db: DbDep,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, int]:
     """Where `kaon.report` inside a job sends its values (job token only)."""
     async with db.session() as s:

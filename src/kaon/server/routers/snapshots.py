@@ -21,7 +21,9 @@ class SnapshotView(BaseModel):
 async def upload(workspace: str, request: Request, caller: CallerDep, db: DbDep) -> SnapshotView:
     workspace_id = caller.workspace_id(workspace)
     settings = request.app.state.settings
-    sha, size = await snapshots.receive(request.stream(), settings.blobs_dir, settings.upload_limit)
+    sha, size = await snapshots.receive(
+        request.stream(), settings.blobs_dir, settings.upload_limit
+    )
     async with db.session() as s:
         await snapshots.record(s, workspace_id, sha, size)
     return SnapshotView(sha256=sha, size=size)

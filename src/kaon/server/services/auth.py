@@ -48,7 +48,9 @@ class Principal:
 async def authenticate(session: AsyncSession, bearer: str | None) -> Principal:
     if not bearer:
         raise AuthError("missing bearer token: pass 'Authorization: Bearer <token>'")
-    token = (await session.execute(select(Token).where(Token.hash == hash_token(bearer)))).scalar_one_or_none()
+    token = (
+        await session.execute(select(Token).where(Token.hash == hash_token(bearer)))
+    ).scalar_one_or_none()
     if token is None or token.revoked_at is not None:
         raise AuthError("invalid or revoked token")
     now = utcnow()
@@ -59,7 +61,7 @@ async def authenticate(session: AsyncSession, bearer: str | None) -> Principal:
         .join(TokenWorkspace, TokenWorkspace.workspace_id == Workspace.id)
         .where(TokenWorkspace.token_id == token.id)
     )
-    return Principal(token.id, token.name, token.role, {name: wid for name, wid in rows.tuples()})
+    return Principal(token.id, token.name, token.role, dict(rows.tuples()))
 
 
 async def ensure_default_workspace(session: AsyncSession) -> str:
@@ -86,7 +88,9 @@ async def bootstrap_admin(session: AsyncSession, token: str | None) -> str | Non
 async def _insert_token(
     session: AsyncSession, name: str, role: str, secret: str, workspace_ids: list[str]
 ) -> Token:
-    token = Token(id=new_id("tok"), name=name, prefix=secret[:9], hash=hash_token(secret), role=role)
+    token = Token(
+        id=new_id("tok"), name=name, prefix=secret[:9], hash=hash_token(secret), role=role
+    )
     session.add(token)
     await session.flush()
     for wid in workspace_ids:
@@ -172,6 +176,8 @@ async def create_workspace(session: AsyncSession, caller: Principal, name: str) 
 
 async def list_workspaces(session: AsyncSession, caller: Principal) -> list[WorkspaceView]:
     rows = await session.execute(
-        select(Workspace).where(Workspace.id.in_(list(caller.workspaces.values()))).order_by(Workspace.name)
+        select(Workspace)
+        .where(Workspace.id.in_(list(caller.workspaces.values())))
+        .order_by(Workspace.name)
     )
     return [WorkspaceView(name=w.name, created_at=w.created_at) for w in rows.scalars()]

@@ -16,7 +16,7 @@ from kaon.core.errors import AuthError, ConflictError, InvalidSpecError, NotFoun
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricBatch, MetricView, WorkerView
 from kaon.scheduler import NodeSnapshot, Workload
 from kaon.scheduler.policy import fits_anywhere
-from kaon.server.db.models import Job, Metric, Node, Workspace, Worker, utcnow
+from kaon.server.db.models import Job, Metric, Node, Worker, Workspace, utcnow
 from kaon.server.services import snapshots
 from kaon.server.services.auth import Principal
 from kaon.server.services.ids import hash_token, new_id
@@ -24,7 +24,9 @@ from kaon.server.services.ids import hash_token, new_id
 MAX_LIST = 1000
 
 
-async def submit(session: AsyncSession, caller: Principal, workspace: str, spec: JobSpec) -> JobView:
+async def submit(
+    session: AsyncSession, caller: Principal, workspace: str, spec: JobSpec
+) -> JobView:
     workspace_id = caller.workspace_id(workspace)
     if spec.snapshot is not None:
         try:
@@ -65,10 +67,16 @@ async def check_fits_pool(session: AsyncSession, spec: JobSpec) -> None:
                 field=f"resources.{attr}",
             )
     workload = Workload(
-        id="new", workspace="", workers=spec.workers, cpu=res.cpu, memory=res.memory,
-        gpus=res.gpus, submitted_at=0.0, gpu_type=res.gpu_type,
+        id="new",
+        workspace="",
+        workers=spec.workers,
+        cpu=res.cpu,
+        memory=res.memory,
+        gpus=res.gpus,
+        submitted_at=0.0,
+        gpu_type=res.gpu_type,
         labels=tuple(sorted(spec.labels.items())),
-    )  # fmt: skip
+    )
     if not fits_anywhere(tuple(nodes), workload):
         raise InvalidSpecError(
             f"{spec.workers} workers with these resources can never fit the pool "
@@ -81,10 +89,16 @@ def _empty_node(n: Node) -> NodeSnapshot:
     gpus = tuple(int(g["index"]) for g in n.gpus)
     models = {g.get("model") for g in n.gpus}
     return NodeSnapshot(
-        id=n.id, cpu=n.cpu, memory=n.memory, gpus=gpus, cpu_free=n.cpu, memory_free=n.memory,
-        gpus_free=gpus, gpu_type=models.pop() if len(models) == 1 else None,
+        id=n.id,
+        cpu=n.cpu,
+        memory=n.memory,
+        gpus=gpus,
+        cpu_free=n.cpu,
+        memory_free=n.memory,
+        gpus_free=gpus,
+        gpu_type=models.pop() if len(models) == 1 else None,
         labels=tuple(sorted((str(k), str(v)) for k, v in n.labels.items())),
-    )  # fmt: skip
+    )
 
 
 def to_view(job: Job, workspace: str, workers: Sequence[Worker]) -> JobView:
@@ -103,8 +117,14 @@ def to_view(job: Job, workspace: str, workers: Sequence[Worker]) -> JobView:
         started_at=job.started_at,
         finished_at=job.finished_at,
         workers=[
-            WorkerView(index=w.index, node=w.node_id, gpus=list(w.gpus), pid=w.pid,
-                       exit_code=w.exit_code, reason=w.reason)  # fmt: skip
+            WorkerView(
+                index=w.index,
+                node=w.node_id,
+                gpus=list(w.gpus),
+                pid=w.pid,
+                exit_code=w.exit_code,
+                reason=w.reason,
+            )
             for w in sorted(workers, key=lambda w: w.index)
         ],
     )
@@ -120,7 +140,9 @@ async def _load(session: AsyncSession, caller: Principal, workspace: str, job_id
 
 async def current_workers(session: AsyncSession, job: Job) -> list[Worker]:
     rows = await session.execute(
-        select(Worker).where(Worker.job_id == job.id, Worker.attempt == job.attempt).order_by(Worker.index)
+        select(Worker)
+        .where(Worker.job_id == job.id, Worker.attempt == job.attempt)
+        .order_by(Worker.index)
     )
     return list(rows.scalars())
 
@@ -147,7 +169,9 @@ async def list_jobs(
     return [to_view(j, workspace, workers.get((j.id, j.attempt), [])) for j in jobs]
 
 
-async def _workers_of(session: AsyncSession, jobs: list[Job]) -> dict[tuple[str, int], list[Worker]]:
+async def _workers_of(
+    session: AsyncSession, jobs: list[Job]
+) -> dict[tuple[str, int], list[Worker]]:
     if not jobs:
         return {}
     rows = await session.execute(select(Worker).where(Worker.job_id.in_([j.id for j in jobs])))
@@ -168,20 +192,27 @@ async def cancel(session: AsyncSession, caller: Principal, workspace: str, job_i
         raise ConflictError(f"job {job_id} already {status.value}")
     values: dict[str, object]
     if status is JobStatus.QUEUED:
-        values = {"status": JobStatus.CANCELLED.value, "finished_at": utcnow(), "message": "cancelled"}
+        values = {
+            "status": JobStatus.CANCELLED.value,
+            "finished_at": utcnow(),
+            "message": "cancelled",
+        }
     else:
         values = {"stop_reason": "cancel", "message": "cancelling: stopping workers"}
     result = await session.execute(
-        update(Job).where(Job.id == job.id, Job.version == job.version)
+        update(Job)
+        .where(Job.id == job.id, Job.version == job.version)
         .values(version=job.version + 1, **values)
-    )  # fmt: skip
+    )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise ConflictError(f"job {job_id} changed meanwhile; try again")
     await session.refresh(job)
     return to_view(job, workspace, await current_workers(session, job))
 
 
-async def add_metrics(session: AsyncSession, job_id: str, bearer: str | None, batch: MetricBatch) -> int:
+async def add_metrics(
+    session: AsyncSession, job_id: str, bearer: str | None, batch: MetricBatch
+) -> int:
     """Store points reported by a running job. The job's own token (given to its workers
     in KAON_JOB_TOKEN) is the only credential accepted here."""
     job = await session.get(Job, job_id)
@@ -193,8 +224,14 @@ async def add_metrics(session: AsyncSession, job_id: str, bearer: str | None, ba
     ):
         raise AuthError("invalid job token")
     rows = [
-        Metric(job_id=job_id, worker=batch.worker, step=p.step, time=p.time or utcnow().timestamp(),
-               name=name, value=value)  # fmt: skip
+        Metric(
+            job_id=job_id,
+            worker=batch.worker,
+            step=p.step,
+            time=p.time or utcnow().timestamp(),
+            name=name,
+            value=value,
+        )
         for p in batch.points
         for name, value in p.values.items()
     ]
@@ -223,9 +260,11 @@ async def worker_handle(
     """The executor handle of a worker of the job's latest attempt (None before launch)."""
     job = await _load(session, caller, workspace, job_id)
     row = await session.scalar(
-        select(Worker).where(Worker.job_id == job.id, Worker.index == worker)
-        .order_by(Worker.attempt.desc()).limit(1)
-    )  # fmt: skip
+        select(Worker)
+        .where(Worker.job_id == job.id, Worker.index == worker)
+        .order_by(Worker.attempt.desc())
+        .limit(1)
+    )
     if row is None:
         if worker >= JobSpec.model_validate(job.spec).workers:
             raise NotFoundError(f"job {job_id} has no worker {worker}")
@@ -234,7 +273,9 @@ async def worker_handle(
 
 
 async def count_jobs(session: AsyncSession, workspace_id: str) -> int:  # pragma: no cover
-    return int(await session.scalar(select(func.count()).where(Job.workspace_id == workspace_id)) or 0)
+    return int(
+        await session.scalar(select(func.count()).where(Job.workspace_id == workspace_id)) or 0
+    )
 
 
 async def workspace_name(session: AsyncSession, workspace_id: str) -> str:

@@ -17,8 +17,16 @@ async def register_node(session: AsyncSession, inv: NodeInventory, executor: str
     node = await session.get(Node, inv.id)
     gpus = [g.model_dump() for g in inv.gpus]
     if node is None:
-        node = Node(id=inv.id, name=inv.name, executor=executor, address=inv.address, cpu=inv.cpu,
-                    memory=inv.memory, gpus=gpus, labels=dict(inv.labels))  # fmt: skip
+        node = Node(
+            id=inv.id,
+            name=inv.name,
+            executor=executor,
+            address=inv.address,
+            cpu=inv.cpu,
+            memory=inv.memory,
+            gpus=gpus,
+            labels=dict(inv.labels),
+        )
         session.add(node)
     else:
         node.name, node.address, node.executor = inv.name, inv.address, executor
@@ -36,12 +44,20 @@ async def list_nodes(session: AsyncSession) -> list[NodeView]:
         cpu, memory, gpus = held.get(n.id, (0.0, 0, []))
         views.append(
             NodeView(
-                id=n.id, name=n.name, executor=n.executor, address=n.address, state=n.state,
-                labels=n.labels, cpu=n.cpu, memory=n.memory,
+                id=n.id,
+                name=n.name,
+                executor=n.executor,
+                address=n.address,
+                state=n.state,
+                labels=n.labels,
+                cpu=n.cpu,
+                memory=n.memory,
                 gpus=[GpuInfo.model_validate(g) for g in n.gpus],
-                cpu_allocated=cpu, memory_allocated=memory, gpus_allocated=sorted(gpus),
+                cpu_allocated=cpu,
+                memory_allocated=memory,
+                gpus_allocated=sorted(gpus),
                 heartbeat_at=n.heartbeat_at,
-            )  # fmt: skip
+            )
         )
     return views
 

@@ -8,6 +8,7 @@ memory. Content addressing makes a second upload of the same folder free.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -50,7 +51,7 @@ async def receive(chunks: AsyncIterator[bytes], blobs_dir: Path, limit: int) -> 
         os.replace(tmp_name, final)
         return sha, size
     finally:
-        if os.path.exists(tmp_name):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
 
 
