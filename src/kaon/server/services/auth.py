@@ -61,7 +61,7 @@ async def authenticate(session: AsyncSession, bearer: str | None) -> Principal:
         .join(TokenWorkspace, TokenWorkspace.workspace_id == Workspace.id)
         .where(TokenWorkspace.token_id == token.id)
     )
-    return Principal(token.id, token.name, token.role, dict(rows.tuples()))
+    return Principal(token.id, token.name, token.role, dict(rows.tuples().all()))
 
 
 async def ensure_default_workspace(session: AsyncSession) -> str:
