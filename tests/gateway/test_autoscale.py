@@ -92,7 +92,7 @@ def run(policy: ScalingPolicy, steps: list[tuple[float, Load]], replicas: int) -
 
 def test_a_load_that_oscillates_faster_than_the_delay_does_not_flap() -> None:
     high, low = Load(in_flight=12), Load(in_flight=2)
-    steps = [(float(t), high if t % 10 < 5 else low) for t in range(0, 60)]
+    steps = [(float(t), high if t % 10 < 5 else low) for t in range(60)]
     counts = run(POLICY.model_copy(update={"scale_up_delay_s": 0}), steps, replicas=1)
     assert counts[0] == 3
     assert set(counts) == {3}  # the lows never last the 30 s scale-down delay

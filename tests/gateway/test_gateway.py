@@ -92,9 +92,9 @@ class TestProxy:
             unknown = httpx.post(f"{gw.url}/nope/predict", headers=AUTH)
             forbidden = httpx.post(f"{gw.url}/theirs/predict", headers=AUTH)
         assert unknown.status_code == forbidden.status_code == 404
-        assert unknown.json()["detail"].replace("nope", "X") == forbidden.json()[
-            "detail"
-        ].replace("theirs", "X")
+        assert unknown.json()["detail"].replace("nope", "X") == forbidden.json()["detail"].replace(
+            "theirs", "X"
+        )
 
     def test_body_over_limit_is_413(self, replica_url: str) -> None:
         with gateway(route("clf", [replica_url], max_body_bytes=32)) as gw:

@@ -95,3 +95,13 @@ class BrokenSetup(kaon.Service):
     @kaon.handler
     def ping(self) -> str:
         return "pong"
+
+
+def tiny_mlp() -> object:
+    """The seed's 2-5-1 MLP, as a model factory named in a model card."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(2, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1), torch.nn.Sigmoid()
+    )

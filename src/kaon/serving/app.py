@@ -12,7 +12,9 @@ against a half-loaded model.
 Status codes a handler route can return: 200, 404/405 (no such route), 413 (body over the
 handler's limit), 422 (malformed JSON or a field of the wrong type; ``detail[*].loc``
 names the field, as FastAPI does), 500 (the handler raised, or returned a value that does
-not fit its return type), 503 (not ready), 504 (over ``timeout_s``).
+not fit its return type), 503 (not ready), 504 (over ``timeout_s``). A handler may raise a
+`kaon.core.errors.KaonError` on purpose to answer with its status, e.g. `InvalidSpecError`
+for 422.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
+from kaon.core.errors import KaonError
 from kaon.serving import asgi
 from kaon.serving.batching import Batcher
 from kaon.serving.endpoint import Endpoint, build_endpoint, error_details
@@ -234,6 +237,8 @@ class ReplicaApp:
             if deadline.expired():
                 return _error(504, f"handler {runner.ep.name} took over {timeout} s")
             return self._crash(runner.ep)
+        except KaonError as exc:  # raised on purpose: its status (e.g. 422) and message
+            return _error(exc.status_code, exc.message)
         except Exception:
             return self._crash(runner.ep)
         return self._dump(runner.ep, result)
