@@ -115,7 +115,7 @@ class TestBalancing:
                 await asyncio.sleep(0.2)  # the slow request holds one replica
                 fast = [await client.post("/clf/whoami") for _ in range(6)]
                 await slow
-            metrics_a = httpx.get(f"{a}/metrics").text
+                metrics_a = (await client.get(f"{a}/metrics")).text
         # every fast request went to the replica without the slow one
         busy_got_whoami = 'kaon_replica_requests_total{code="200",handler="whoami"}' in metrics_a
         slept_on_a = 'kaon_replica_requests_total{code="200",handler="sleep"}' in metrics_a
@@ -127,7 +127,8 @@ class TestBalancing:
             async with httpx.AsyncClient(base_url=gw.url, headers=AUTH) as client:
                 calls = [client.post("/clf/sleep", json={"seconds": 0.3}) for _ in range(4)]
                 replies = await asyncio.gather(*calls)
-            counts = [_count(httpx.get(f"{u}/metrics").text, "sleep") for u in (a, b)]
+                texts = [(await client.get(f"{u}/metrics")).text for u in (a, b)]
+            counts = [_count(text, "sleep") for text in texts]
         assert {r.status_code for r in replies} == {200}
         assert counts == [2, 2]
 

@@ -119,7 +119,7 @@ class TestBatching:
             async with httpx.AsyncClient(base_url=base) as client:
                 calls = [client.post("/double", json={"x": i}) for i in range(6)]
                 replies = await asyncio.gather(*calls)
-            metrics = httpx.get(f"{base}/metrics").text
+                metrics = (await client.get("/metrics")).text
         assert [r.json() for r in replies] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
         assert service.batches == [6]
         assert 'kaon_replica_batch_size_count{handler="double"} 1.0' in metrics

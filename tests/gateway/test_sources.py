@@ -1,0 +1,152 @@
+"""The HTTP route source and report sink against a stand-in control plane on loopback,
+and the messages they carry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as Path
+
+from kaon.core.deployments import (
+    DeploymentSpec,
+    Route,
+    RouteTable,
+    hash_token,
+    replica_command,
+    replica_env,
+)
+from kaon.gateway.app import Gateway
+from kaon.gateway.sources import HttpReportSink, HttpRouteSource
+from tests.serving.helpers import running
+
+GATEWAY_TOKEN = "kaon_gateway-secret"
+
+
+class ControlPlane:
+    """Serves a route table and records reports, checking the gateway's token."""
+
+    def __init__(self) -> None:
+        self.table = RouteTable(version=1, routes=[Route(name="a")])
+        self.reports: list[dict[str, Any]] = []
+        self.fail = False
+        self.app = Starlette(
+            routes=[
+                Path("/api/v1/gateway/routes", self.routes),
+                Path("/api/v1/gateway/report", self.report, methods=["POST"]),
+            ]
+        )
+
+    def _authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {GATEWAY_TOKEN}"
+
+    async def routes(self, request: Request) -> Response:
+        if self.fail:
+            return Response(status_code=500)
+        if not self._authorized(request):
+            return Response(status_code=401)
+        return JSONResponse(self.table.model_dump(mode="json"))
+
+    async def report(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return Response(status_code=401)
+        self.reports.append(json.loads(await request.body()))
+        return Response(status_code=204)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("condition not met")
+
+
+@pytest.fixture
+def cp() -> Iterator[tuple[ControlPlane, str]]:
+    plane = ControlPlane()
+    with running(plane.app) as url:
+        yield plane, url
+
+
+class TestHttpSources:
+    async def test_polls_routes_and_applies_new_versions(
+        self, cp: tuple[ControlPlane, str]
+    ) -> None:
+        plane, url = cp
+        seen: list[int] = []
+        task = asyncio.create_task(
+            HttpRouteSource(url, GATEWAY_TOKEN, interval_s=0.05).run(
+                lambda t: seen.append(t.version)
+            )
+        )
+        await until(lambda: seen == [1])
+        plane.fail = True  # the control plane restarts: keep the last table
+        await asyncio.sleep(0.2)
+        plane.fail = False
+        plane.table = RouteTable(version=2, routes=[])
+        await until(lambda: len(seen) == 2)
+        task.cancel()
+        assert seen == [1, 2]
+
+    async def test_gateway_posts_reports(self, cp: tuple[ControlPlane, str]) -> None:
+        plane, url = cp
+        gateway = Gateway(
+            HttpRouteSource(url, GATEWAY_TOKEN, interval_s=0.05),
+            HttpReportSink(url, GATEWAY_TOKEN),
+            gateway_id="gw-test",
+            report_interval_s=0.1,
+        )
+        with running(gateway) as gw:
+            await until(lambda: len(plane.reports) > 0 and bool(plane.reports[-1]["deployments"]))
+            async with httpx.AsyncClient() as client:
+                held = await client.get(f"{gw}/a/x", headers={"Authorization": "Bearer t"})
+        assert held.status_code == 401  # route "a" allows no token at all
+        assert plane.reports
+        assert plane.reports[-1]["gateway_id"] == "gw-test"
+        assert plane.reports[-1]["deployments"][0]["name"] == "a"
+
+
+class TestMessages:
+    def test_spec_defaults_and_replica_command(self) -> None:
+        spec = DeploymentSpec(name="clf", service="app:Classifier", env={"MODE": "fast"})
+        assert spec.autoscaling.min_replicas == 1 and not spec.public
+        cmd = replica_command(spec, "127.0.0.1", 9001)
+        assert cmd[1:] == ["-m", "kaon.serving.runtime", "--service", "app:Classifier",
+                           "--host", "127.0.0.1", "--port", "9001"]  # fmt: skip
+        env = replica_env(spec, "r-1")
+        assert env == {"MODE": "fast", "KAON_REPLICA_ID": "r-1", "KAON_DEPLOYMENT": "clf"}
+
+    def test_from_job_serves_the_predictor(self) -> None:
+        spec = DeploymentSpec(name="clf", from_job="job-1")
+        assert spec.service_ref() == "kaon.serving.predictor:Predictor"
+        assert replica_env(spec, "r", "/ckpt")["KAON_MODEL_DIR"] == "/ckpt"
+
+    @pytest.mark.parametrize(
+        ("fields", "message"),
+        [
+            ({"name": "Bad_Name", "service": "a:B"}, "deployment name"),
+            ({"name": "metrics", "service": "a:B"}, "reserved"),
+            ({"name": "a"}, "exactly one of service and from_job"),
+            ({"name": "a", "service": "a:B", "from_job": "j"}, "exactly one"),
+            ({"name": "a", "service": "no-colon"}, "module.path:ClassName"),
+            ({"name": "a", "service": "a:B", "env": {"KAON_X": "1"}}, "set by Kaon"),
+            ({"name": "a", "service": "a:B", "autoscaling": {"min_replicas": 5}}, "exceed"),
+        ],
+    )
+    def test_spec_validation(self, fields: dict[str, Any], message: str) -> None:
+        with pytest.raises(ValidationError, match=message):
+            DeploymentSpec(**fields)
+
+    def test_route_wants_digests_not_tokens(self) -> None:
+        assert Route(name="a", token_hashes=[hash_token("t")]).token_hashes[0] != "t"
+        with pytest.raises(ValidationError, match="sha256"):
+            Route(name="a", token_hashes=["plaintext-token"])
