@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -93,9 +94,12 @@ class TestQueueing:
         first = client.jobs.submit([PY, "-c", "import time; time.sleep(1.5)"], cpu=6)
         second = client.jobs.submit([PY, "-c", "pass"], cpu=4)
         _wait_status(client, first.id, JobStatus.RUNNING)
-        waiting = client.jobs.get(second.id)
+        deadline = time.monotonic() + 10
+        while not (waiting := client.jobs.get(second.id)).waiting_reason:
+            assert time.monotonic() < deadline, "the queued job never said why it waits"
+            time.sleep(0.05)
         assert waiting.status is JobStatus.QUEUED
-        assert waiting.waiting_reason
+        assert "room" in waiting.waiting_reason
         assert client.jobs.wait(second.id, timeout=30).status is JobStatus.SUCCEEDED
         first_done = client.jobs.get(first.id)
         assert first_done.finished_at is not None
