@@ -148,7 +148,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        fields = [".".join(str(p) for p in e["loc"] if p != "body") for e in errors]
+        fields = [_error_field(e) for e in errors]
         message = "; ".join(
             f"{f or 'body'}: {e['msg']}" for f, e in zip(fields, errors, strict=True)
         )
@@ -163,6 +163,14 @@ def _install_error_handlers(app: FastAPI) -> None:
             },
             status_code=422,
         )
+
+
+def _error_field(error: Any) -> str:
+    """The dotted path of the offending field, or "body" for the body as a whole (malformed
+    JSON, whose location ends in a character offset, or a body that is not an object)."""
+    if error["type"] == "json_invalid":
+        return "body"
+    return ".".join(str(p) for p in error["loc"] if p != "body") or "body"
 
 
 class BodyLimit:
@@ -182,18 +190,28 @@ class BodyLimit:
             await _too_large(send, self.limit)
             return
         seen = 0
+        over = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _TooLarge
             return message
 
+        async def checked_send(message: Message) -> None:
+            # FastAPI answers 400 to any error while it reads a body, _TooLarge included:
+            # once the body went over the limit, whatever the app answers becomes our 413.
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await _too_large(send, self.limit)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, checked_send)
         except _TooLarge:
             await _too_large(send, self.limit)
 
