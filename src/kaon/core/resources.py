@@ -69,7 +69,7 @@ class Resources(BaseModel):
     @field_validator("memory", mode="before")
     @classmethod
     def _parse_memory(cls, value: object) -> object:
-        if isinstance(value, str):
+        if isinstance(value, str | bool):  # a bool is not 1 byte
             return parse_memory(value)
         return value
 
