@@ -73,7 +73,14 @@ def next_step(job: JobFacts, states: list[WorkerState], now: datetime) -> Step:
         if alive:
             return Step(stop_workers=True)
         return Step(status=_AFTER_STOP[job.stop_reason], stop_reason=job.stop_reason)
-    if job.timeout_s and job.started_at and (now - job.started_at).total_seconds() > job.timeout_s:
+    # Only workers still running can be timed out: ones that ended on their own before we
+    # looked are judged by their exit codes, not by when this pass happened to run.
+    if (
+        alive
+        and job.timeout_s
+        and job.started_at
+        and (now - job.started_at).total_seconds() > job.timeout_s
+    ):
         return _stopping(StopReason.TIMEOUT, alive, f"timed out after {job.timeout_s:g} s", job)
     failed = [s for s in states if not s.alive and s.exit_code != 0]
     if failed:
