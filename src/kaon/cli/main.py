@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from kaon.cli import jobs as jobs_cli
+from kaon.cli import quotas as quotas_cli
 from kaon.cli.common import ClientOpt, JsonOpt, exit_on_error, make_client
 from kaon.cli.daemon import Daemon, wait_healthy
 from kaon.cli.render import console, err, nodes_table, print_json, rows_table
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(jobs_cli.app, name="job")
+app.add_typer(quotas_cli.app, name="quota")
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 workspace_app = typer.Typer(
     help="Workspaces: every resource belongs to one.", no_args_is_help=True

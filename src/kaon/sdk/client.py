@@ -33,6 +33,7 @@ from kaon.core.errors import (
 )
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricView
 from kaon.core.nodes import NodeView
+from kaon.core.quotas import QuotaSpec, QuotaView
 from kaon.sdk.config import load_config
 from kaon.sdk.snapshot import pack
 
@@ -88,6 +89,7 @@ class Client:
         self.nodes = Nodes(self)
         self.tokens = Tokens(self)
         self.workspaces = Workspaces(self)
+        self.quotas = Quotas(self)
 
     def close(self) -> None:
         self._http.close()
@@ -292,3 +294,43 @@ class Workspaces:
             WorkspaceView.model_validate(w)
             for w in self._c.request("GET", "/api/v1/workspaces").json()
         ]
+
+
+class Quotas:
+    """Workspace quotas: ``client.quotas.set("team-a", gpus=8, borrow_limit=8)``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def set(
+        self,
+        workspace: str,
+        gpus: float | None = None,
+        cpus: float | None = None,
+        memory: str | int | None = None,
+        borrow_limit: float | None = None,
+        borrow_cpus: float | None = None,
+        borrow_memory: str | int | None = None,
+    ) -> QuotaView:
+        """Unset values are unlimited; `borrow_limit` is in GPUs."""
+        body = {
+            "gpus": gpus,
+            "cpus": cpus,
+            "memory": memory,
+            "borrow_limit": borrow_limit,
+            "borrow_cpus": borrow_cpus,
+            "borrow_memory": borrow_memory,
+        }
+        response = self._c.request("PUT", f"/api/v1/quotas/{workspace}", json=body)
+        return QuotaView.model_validate(response.json())
+
+    def list(self) -> list[QuotaView]:
+        return [
+            QuotaView.model_validate(q) for q in self._c.request("GET", "/api/v1/quotas").json()
+        ]
+
+    def delete(self, workspace: str) -> None:
+        self._c.request("DELETE", f"/api/v1/quotas/{workspace}")
+
+
+__all__ = ["Client", "ConnectionFailed", "QuotaSpec"]

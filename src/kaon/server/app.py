@@ -33,6 +33,7 @@ from kaon.server.reconcilers.nodes import NodeReconciler
 from kaon.server.routers import auth as auth_router
 from kaon.server.routers import jobs as jobs_router
 from kaon.server.routers import nodes as nodes_router
+from kaon.server.routers import quotas as quotas_router
 from kaon.server.routers import snapshots as snapshots_router
 from kaon.server.services import auth
 
@@ -131,6 +132,7 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
         jobs_router.router,
         jobs_router.report_router,
         snapshots_router.router,
+        quotas_router.router,
     ):
         app.include_router(router)
     return app

@@ -183,3 +183,20 @@ class Snapshot(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Quota(Base):
+    """A workspace's nominal share and borrow limits. NULL means unlimited."""
+
+    __tablename__ = "quotas"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    gpus: Mapped[float | None] = mapped_column(Float, default=None)
+    cpu: Mapped[float | None] = mapped_column(Float, default=None)
+    memory: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    borrow_gpus: Mapped[float | None] = mapped_column(Float, default=None)
+    borrow_cpu: Mapped[float | None] = mapped_column(Float, default=None)
+    borrow_memory: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -31,10 +31,12 @@ from kaon.core.errors import PermanentBackendError, TemporaryBackendError
 from kaon.core.jobs import JobSpec, JobStatus
 from kaon.executors.base import Executor, GangLaunch, WorkerLaunch, WorkerState
 from kaon.scheduler import NodeSnapshot, Snapshot, WorkerPlacement, Workload, schedule
+from kaon.scheduler.model import Quota
 from kaon.server.db.models import Job, Node, Worker, utcnow
 from kaon.server.db.session import Database
 from kaon.server.reconcilers.job_steps import JobFacts, Step, StopReason, next_step
 from kaon.server.services.ids import hash_token
+from kaon.server.services.quotas import scheduler_quotas
 from kaon.server.services.snapshots import snapshot_path
 
 logger = logging.getLogger("kaon.reconciler.jobs")
@@ -151,7 +153,8 @@ class JobReconciler:
             nodes = list((await s.execute(select(Node).where(Node.state == "ready"))).scalars())
             holding = list((await s.execute(select(Job).where(Job.status.in_(HOLDING)))).scalars())
             active = await _active_workers(s, [j.id for j in holding])
-        snapshot = _snapshot(self.clock(), nodes, queued, holding, active)
+            quota_map = await scheduler_quotas(s)
+        snapshot = _snapshot(self.clock(), nodes, queued, holding, active, quota_map)
         decisions = schedule(snapshot)
         by_id = {j.id: j for j in queued} | {j.id: j for j in holding}
         for placement in decisions.placements:
@@ -419,6 +422,7 @@ def _snapshot(
     queued: list[Job],
     holding: list[Job],
     active: dict[str, list[Worker]],
+    quotas: dict[str, Quota],
 ) -> Snapshot:
     used_cpu: dict[str, float] = {}
     used_mem: dict[str, int] = {}
@@ -457,7 +461,7 @@ def _snapshot(
         )
         for j in holding
     )
-    return Snapshot(now=ts, nodes=tuple(snaps), pending=pending, running=running)
+    return Snapshot(now=ts, nodes=tuple(snaps), pending=pending, running=running, quotas=quotas)
 
 
 def _workload(job: Job, placement: tuple[WorkerPlacement, ...]) -> Workload:
@@ -477,4 +481,6 @@ def _workload(job: Job, placement: tuple[WorkerPlacement, ...]) -> Workload:
         attained_gpu_s=job.attained_gpu_seconds,
         placement=placement,
         not_before=job.not_before.timestamp() if job.not_before else None,
+        started_at=job.started_at.timestamp() if job.started_at else None,
+        attained_at=job.started_at.timestamp() if job.started_at else None,
     )

@@ -17,7 +17,7 @@ from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricBatch, MetricView,
 from kaon.scheduler import NodeSnapshot, Workload
 from kaon.scheduler.policy import fits_anywhere
 from kaon.server.db.models import Job, Metric, Node, Worker, Workspace, utcnow
-from kaon.server.services import snapshots
+from kaon.server.services import quotas, snapshots
 from kaon.server.services.auth import Principal
 from kaon.server.services.ids import hash_token, new_id
 
@@ -34,6 +34,7 @@ async def submit(
         except NotFoundError as e:
             raise InvalidSpecError(str(e), field="snapshot") from None
     await check_fits_pool(session, spec)
+    await quotas.check_fits_quota(session, workspace_id, spec)
     job = Job(
         id=new_id("j"),
         workspace_id=workspace_id,
