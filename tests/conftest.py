@@ -90,6 +90,9 @@ def test_settings(home: Path, db_url: str, port: int = 0, **overrides: object) -
     return Settings(**values)  # type: ignore[arg-type]
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a factory, not a test
+
+
 @dataclass
 class RunningServer:
     url: str
