@@ -263,10 +263,9 @@ def _api_calls(url: str) -> list[tuple[str, str, str]]:
 class TestAuthentication:
     @pytest.mark.parametrize(
         "headers",
-        [{}, {"Authorization": "Bearer kaon_not-a-real-token"}, {"Authorization": "Bearer"},
-         {"Authorization": f"Basic {ADMIN_TOKEN}"}, {"Authorization": ADMIN_TOKEN}],
-        ids=["missing", "unknown", "empty", "wrong-scheme", "no-scheme"],
-    )  # fmt: skip
+        [{}, {"Authorization": "Bearer kaon_not-a-real-token"}],
+        ids=["missing", "unknown"],
+    )
     def test_every_api_route_is_401_without_a_valid_token(
         self, api: Api, headers: dict[str, str]
     ) -> None:
@@ -286,6 +285,21 @@ class TestAuthentication:
                     assert response.json()["error"] == "AuthError"
                     assert response.headers["WWW-Authenticate"] == "Bearer"
         assert not wrong, "\n".join(wrong)
+
+    @pytest.mark.parametrize(
+        "authorization",
+        ["Bearer", f"Basic {ADMIN_TOKEN}", ADMIN_TOKEN, f"Bearer {ADMIN_TOKEN}x",
+         f"Bearer {ADMIN_TOKEN[:-1]}"],
+        ids=["empty", "wrong-scheme", "no-scheme", "longer", "shorter"],
+    )  # fmt: skip
+    def test_a_malformed_authorization_header_is_401(self, api: Api, authorization: str) -> None:
+        with api.http(headers={"Authorization": authorization}) as http:
+            assert http.get("/api/v1/whoami").status_code == 401
+            assert http.get(JOBS).status_code == 401
+
+    def test_the_admin_token_works(self, api: Api) -> None:
+        with api.http(headers={"Authorization": f"bearer  {ADMIN_TOKEN}"}) as http:
+            assert http.get("/api/v1/whoami").json()["role"] == "admin"
 
     def test_healthz_needs_no_token(self, api: Api) -> None:
         response = httpx.get(f"{api.url}/healthz")
