@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", required=True, help="module:Class of a kaon.Service")
     parser.add_argument("--path", default=None, help="folder to import from (default: cwd)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KAON_PORT", "8080")))
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--exit-after-setup-failure", type=float, default=SETUP_FAILURE_EXIT_DELAY_S,
