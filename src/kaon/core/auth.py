@@ -46,7 +46,7 @@ class CreateToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     workspaces: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
-    role: str = Field(default="member", pattern="^(admin|member)$")
+    role: str = Field(default="member", pattern="^(admin|member|gateway)$")
 
     @field_validator("name")
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from kaon.core.nodes import GpuInfo
@@ -66,6 +67,7 @@ class WorkerState:
     pid: int | None = None
     exit_code: int | None = None
     reason: str | None = None  # why it ended, in words a user can act on
+    port: int | None = None  # KAON_PORT: a free port on its node kept for this worker
 
 
 @runtime_checkable
@@ -86,6 +88,10 @@ class Executor(Protocol):
 
     def stop(self, handles: list[str], grace_s: float) -> None:
         """Ask workers to stop: SIGTERM now, SIGKILL after `grace_s`. Does not wait."""
+        ...
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """Where a job's checkpoints live (KAON_CHECKPOINT_DIR), on the nodes it ran on."""
         ...
 
     def logs(self, handle: str, offset: int = 0, limit: int = 1 << 20) -> bytes:

@@ -97,11 +97,14 @@ class LocalExecutor:
         path = attempt_dir / "gang.json"
         if path.exists():
             return int(json.loads(path.read_text())["master_port"])
-        with socket.socket() as s:
-            s.bind((self.node.address, 0))
-            port = int(s.getsockname()[1])
+        port = self._free_port()
         _write_json(path, {"master_port": port})
         return port
+
+    def _free_port(self) -> int:
+        with socket.socket() as s:
+            s.bind((self.node.address, 0))
+            return int(s.getsockname()[1])
 
     def _launch_worker(
         self, gang: GangLaunch, worker: WorkerLaunch, attempt_dir: Path, cwd: Path, port: int
@@ -114,8 +117,10 @@ class LocalExecutor:
             return self._state(handle)  # launched before (maybe by an earlier server)
         ckpt = self.checkpoint_dir(gang.job_id)
         ckpt.mkdir(parents=True, exist_ok=True)
+        own_port = self._free_port()
         env = worker_env(gang, worker, self.node.address, port, _host_env())
         env["KAON_CHECKPOINT_DIR"] = str(ckpt)
+        env["KAON_PORT"] = str(own_port)
         spec = {
             "command": list(gang.command),
             "cwd": str(cwd),
@@ -132,11 +137,12 @@ class LocalExecutor:
             start_new_session=True,
             close_fds=True,
         )
-        _write_json(wdir / "pid.json", {"pid": proc.pid, "create_time": _create_time(proc.pid)})
+        info = {"pid": proc.pid, "create_time": _create_time(proc.pid), "port": own_port}
+        _write_json(wdir / "pid.json", info)
         with self._lock:
             self._children[handle] = proc
         threading.Thread(target=self._reap, args=(handle, proc), daemon=True).start()
-        return WorkerState(handle=handle, alive=True, pid=proc.pid)
+        return WorkerState(handle=handle, alive=True, pid=proc.pid, port=own_port)
 
     def _reap(self, handle: str, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
@@ -161,6 +167,7 @@ class LocalExecutor:
         exit_file = wdir / "exit.json"
         pid_info = _read_json(wdir / "pid.json")
         pid = int(pid_info["pid"]) if pid_info else None
+        port = int(pid_info["port"]) if pid_info and pid_info.get("port") else None
         if exit_file.exists():
             done = _read_json(exit_file) or {}
             code = done.get("exit_code")
@@ -172,7 +179,7 @@ class LocalExecutor:
                 return WorkerState(handle, False, None, None, "lost: the worker never started")
             return WorkerState(handle, True, None)
         if _alive(pid_info):
-            return WorkerState(handle, True, pid)
+            return WorkerState(handle, True, pid, port=port)
         if exit_file.exists():  # it finished between the two checks
             return self._state(handle)
         return WorkerState(handle, False, pid, None, "lost: the worker's supervisor died")

@@ -28,13 +28,16 @@ from kaon.executors.gpus import declared_gpus, discover_gpus
 from kaon.executors.local import LocalExecutor
 from kaon.server.config import Settings
 from kaon.server.db.session import Database
+from kaon.server.reconcilers.deployments import DeploymentReconciler, LoadBoard
 from kaon.server.reconcilers.jobs import JobReconciler, ReconcilerConfig
 from kaon.server.reconcilers.nodes import NodeReconciler
 from kaon.server.routers import auth as auth_router
+from kaon.server.routers import deployments as deployments_router
 from kaon.server.routers import jobs as jobs_router
 from kaon.server.routers import nodes as nodes_router
 from kaon.server.routers import quotas as quotas_router
 from kaon.server.routers import snapshots as snapshots_router
+from kaon.server.routers.deployments import RouteVersions
 from kaon.server.services import auth
 
 logger = logging.getLogger("kaon.server")
@@ -82,6 +85,8 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     )
     job_reconciler = JobReconciler(db, executor, config)
     node_reconciler = NodeReconciler(db, executor)
+    load_board = LoadBoard()
+    deployment_reconciler = DeploymentReconciler(db, load_board, job_reconciler.poke)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +102,7 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
             tasks = [
                 asyncio.create_task(job_reconciler.run_forever(), name="jobs"),
                 asyncio.create_task(node_reconciler.run_forever(), name="nodes"),
+                asyncio.create_task(deployment_reconciler.run_forever(), name="deployments"),
             ]
         try:
             yield
@@ -119,6 +125,9 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     app.state.executor = executor
     app.state.job_reconciler = job_reconciler
     app.state.node_reconciler = node_reconciler
+    app.state.deployment_reconciler = deployment_reconciler
+    app.state.load_board = load_board
+    app.state.route_versions = RouteVersions()
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT, exempt_suffix="/snapshots")
 
@@ -133,6 +142,8 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
         jobs_router.report_router,
         snapshots_router.router,
         quotas_router.router,
+        deployments_router.router,
+        deployments_router.gateway_router,
     ):
         app.include_router(router)
     return app

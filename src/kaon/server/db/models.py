@@ -129,6 +129,12 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     not_before: Mapped[datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16), default="job", server_default="job")
+    deployment_id: Mapped[str | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), default=None, index=True
+    )
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    system_env: Mapped[dict[str, Any]] = mapped_column(default=dict)  # set by Kaon, not the user
 
 
 class Worker(Base):
@@ -151,6 +157,7 @@ class Worker(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     handle: Mapped[str | None] = mapped_column(String(255), default=None)
     pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    port: Mapped[int | None] = mapped_column(Integer, default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -200,3 +207,57 @@ class Quota(Base):
     borrow_cpu: Mapped[float | None] = mapped_column(Float, default=None)
     borrow_memory: Mapped[int | None] = mapped_column(BigInteger, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    """A served model: its spec (desired state) and what the reconciler last decided.
+    Names are unique across workspaces, since they are the gateway's URL paths."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    message: Mapped[str] = mapped_column(Text, default="")
+    desired_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_dir: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeploymentToken(Base):
+    """A token that may call one deployment through the gateway. Stored as SHA-256."""
+
+    __tablename__ = "deployment_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    prefix: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Replica(Base):
+    """A deployment's replica: a long-running job (kind 'replica') plus its health."""
+
+    __tablename__ = "replicas"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    generation: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="starting")
+    url: Mapped[str | None] = mapped_column(String(255), default=None)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    ready_at: Mapped[datetime | None] = mapped_column(default=None)
+    stop_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -262,7 +262,7 @@ class JobReconciler:
                 await s.execute(
                     update(Worker)
                     .where(Worker.id == w.id)
-                    .values(handle=st.handle, pid=st.pid, started_at=now)
+                    .values(handle=st.handle, pid=st.pid, port=st.port, started_at=now)
                 )
             await _guarded_update(
                 s,
@@ -273,6 +273,7 @@ class JobReconciler:
     def _gang(self, job: Job, workers: list[Worker]) -> GangLaunch:
         spec = JobSpec.model_validate(job.spec)
         env = dict(spec.env)
+        env.update(job.system_env or {})
         env.update(
             {
                 "KAON_JOB_ID": job.id,

@@ -102,7 +102,7 @@ async def _insert_token(
 async def create_token(session: AsyncSession, caller: Principal, req: CreateToken) -> CreatedToken:
     """Admins create tokens for any workspace they belong to; members only for their own
     workspaces, and only member tokens."""
-    if req.role == "admin":
+    if req.role in ("admin", "gateway"):
         caller.require_admin()
     ids = [caller.workspace_id(name) for name in req.workspaces]
     secret = new_token()

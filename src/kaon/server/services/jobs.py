@@ -161,7 +161,7 @@ async def list_jobs(
     limit: int = 100,
 ) -> list[JobView]:
     workspace_id = caller.workspace_id(workspace)
-    query = select(Job).where(Job.workspace_id == workspace_id)
+    query = select(Job).where(Job.workspace_id == workspace_id, Job.kind == "job")
     if status:
         query = query.where(Job.status.in_([s.value for s in status]))
     query = query.order_by(Job.submitted_at.desc(), Job.id).limit(min(limit, MAX_LIST))

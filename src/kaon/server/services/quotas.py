@@ -51,8 +51,14 @@ async def delete_quota(session: AsyncSession, caller: Principal, workspace: str)
 
 
 def _spec(row: Quota) -> QuotaSpec:
-    return QuotaSpec(gpus=row.gpus, cpus=row.cpu, memory=row.memory, borrow_limit=row.borrow_gpus,
-                     borrow_cpus=row.borrow_cpu, borrow_memory=row.borrow_memory)  # fmt: skip
+    return QuotaSpec(
+        gpus=row.gpus,
+        cpus=row.cpu,
+        memory=row.memory,
+        borrow_limit=row.borrow_gpus,
+        borrow_cpus=row.borrow_cpu,
+        borrow_memory=row.borrow_memory,
+    )
 
 
 async def list_quotas(session: AsyncSession, caller: Principal) -> list[QuotaView]:
@@ -91,9 +97,14 @@ def to_scheduler(q: Quota) -> SchedulerQuota:
     def value(v: float | None) -> float:
         return INF if v is None else float(v)
 
-    return SchedulerQuota(gpus=value(q.gpus), cpu=value(q.cpu), memory=value(q.memory),
-                          borrow_gpus=value(q.borrow_gpus), borrow_cpu=value(q.borrow_cpu),
-                          borrow_memory=value(q.borrow_memory))  # fmt: skip
+    return SchedulerQuota(
+        gpus=value(q.gpus),
+        cpu=value(q.cpu),
+        memory=value(q.memory),
+        borrow_gpus=value(q.borrow_gpus),
+        borrow_cpu=value(q.borrow_cpu),
+        borrow_memory=value(q.borrow_memory),
+    )
 
 
 async def check_fits_quota(session: AsyncSession, workspace_id: str, spec: JobSpec) -> None:
