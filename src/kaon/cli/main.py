@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from kaon.cli import deploy as deploy_cli
 from kaon.cli import jobs as jobs_cli
 from kaon.cli import quotas as quotas_cli
 from kaon.cli.common import ClientOpt, JsonOpt, exit_on_error, make_client
@@ -33,6 +34,8 @@ app = typer.Typer(
 )
 app.add_typer(jobs_cli.app, name="job")
 app.add_typer(quotas_cli.app, name="quota")
+app.add_typer(deploy_cli.app, name="deploy")
+app.command("serve")(deploy_cli.serve)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 workspace_app = typer.Typer(
     help="Workspaces: every resource belongs to one.", no_args_is_help=True
@@ -42,10 +45,33 @@ app.add_typer(workspace_app, name="workspace")
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVER = "kaon.server"
+GATEWAY = "kaon.gateway"
 
 
 def _server_daemon() -> Daemon:
     return Daemon(home(), "server", SERVER)
+
+
+def _gateway_daemon() -> Daemon:
+    return Daemon(home(), "gateway", GATEWAY)
+
+
+def _start_gateway(url: str, token: str | None, port: int) -> str:
+    """Start the gateway with a token of its own (role 'gateway'), unless it runs."""
+    daemon = _gateway_daemon()
+    gateway_url = f"http://127.0.0.1:{port}"
+    if daemon.pid() is not None:
+        return gateway_url
+    if not token:
+        return "not started (no admin token; run 'kaon login' and 'kaon up' again)"
+    name = f"gateway-{secrets.token_hex(3)}"
+    secret = Client(url, token=token).tokens.create(name, role="gateway").token
+    daemon.start({"KAON_GATEWAY_TOKEN": secret}, ["--port", str(port), "--control-plane", url])
+    with err.status(f"starting the gateway on {gateway_url} ..."):
+        probe = Client(gateway_url, token="")
+        if not wait_healthy(probe.healthy, 30):
+            return f"did not start; see {daemon.log_file}"
+    return gateway_url
 
 
 @app.command()
@@ -66,6 +92,7 @@ def server(
 @app.command()
 def up(
     port: Annotated[int, typer.Option(help="control-plane port")] = 8470,
+    gateway_port: Annotated[int, typer.Option(help="gateway port")] = 8471,
     database_url: Annotated[
         str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")
     ] = None,
@@ -92,7 +119,10 @@ def up(
         except Exception:
             pass  # an admin token existed already; keep the saved one
     config = load_config()
+    with exit_on_error():
+        gateway = _start_gateway(url, config.token, gateway_port)
     console.print(f"Kaon control plane: [bold]{url}[/] (logs: {daemon.log_file})")
+    console.print(f"Kaon gateway:       [bold]{gateway}[/]")
     if config.token:
         console.print(f"admin token: [bold]{config.token}[/]  (saved in {home() / 'config.json'})")
     else:
@@ -103,6 +133,7 @@ def up(
 def down() -> None:
     """Stop the background control plane. Running jobs keep running and are re-adopted
     on the next `kaon up`."""
+    _gateway_daemon().stop()
     stopped = _server_daemon().stop()
     console.print("stopped the control plane" if stopped else "the control plane was not running")
 

@@ -3,9 +3,10 @@
 The reconciler gathers the facts (replicas, their jobs, health probes, the desired count),
 calls `plan`, and carries the plan out. Rules:
 
-- A replica becomes READY on its first passing health probe, UNHEALTHY after
-  `failure_threshold` failures in a row, and is replaced after twice that many. One that
-  is not ready `startup_timeout_s` after it was created is replaced.
+- A replica becomes READY on its first passing health probe. Until then failed probes do
+  not count (it is still loading); one that is not ready `startup_timeout_s` after it was
+  created is replaced. A READY replica becomes UNHEALTHY after `failure_threshold` failed
+  probes in a row, and is replaced after twice that many.
 - A replica whose job ended on its own is FAILED; new ones start after a back-off that
   doubles with each recent crash (1, 2, 4 ... 60 s), so a crash loop does not spin.
 - Scaling down or rolling out never cuts a request: a replica leaves the route table
@@ -87,7 +88,7 @@ def _observe(d: DeploymentFacts, r: ReplicaFacts, now: datetime, p: Plan) -> str
         state = "stopped" if state == "stopping" else "failed"
     elif state in LIVE and r.probe_ok is True:
         state, failures = "ready", 0
-    elif state in LIVE and r.probe_ok is False and r.running:
+    elif state in ("ready", "unhealthy") and r.probe_ok is False and r.running:
         failures += 1
         if state == "ready" and failures >= d.failure_threshold:
             state = "unhealthy"
