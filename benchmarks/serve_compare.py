@@ -104,7 +104,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
     raise TimeoutError(f"{url} not up after {timeout} s")
 
 
-def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     out = log.open("wb")
     return subprocess.Popen(
         args, stdout=out, stderr=subprocess.STDOUT, cwd=HERE, env={**os.environ, **(env or {})}
@@ -274,8 +276,11 @@ def load(name: str, url: str, tmp: Path, duration: int, connections: int) -> Res
     sock = re.search(r"Socket errors:.*?timeout (\d+)", out)
     errors = (int(bad.group(1)) if bad else 0) + (int(sock.group(1)) if sock else 0)
     result = Result(name, rps, _ms(out, "50%"), _ms(out, "99%"), errors)
-    print(f"  {name:<28} {rps:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-          f"p99 {result.p99_ms:6.2f} ms  errors {errors}", flush=True)  # fmt: skip
+    print(
+        f"  {name:<28} {rps:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+        f"p99 {result.p99_ms:6.2f} ms  errors {errors}",
+        flush=True,
+    )
     return result
 
 
@@ -288,9 +293,13 @@ def bench(only: set[str], duration: int, connections: int) -> dict[str, Result]:
             gateway, gw_url = start_gateway(tmp, [base])
             try:
                 if "direct" in only:
-                    results["direct"] = load("replica direct", f"{base}/predict", tmp, duration, connections)
+                    results["direct"] = load(
+                        "replica direct", f"{base}/predict", tmp, duration, connections
+                    )
                 if "kaon" in only:
-                    results["kaon"] = load("kaon gateway + replica", f"{gw_url}/predict", tmp, duration, connections)
+                    results["kaon"] = load(
+                        "kaon gateway + replica", f"{gw_url}/predict", tmp, duration, connections
+                    )
             finally:
                 stop(gateway)
                 stop(replica)
@@ -298,20 +307,26 @@ def bench(only: set[str], duration: int, connections: int) -> dict[str, Result]:
             replica, base = start_replica(tmp, "serve_compare:AsyncMLPService")
             gateway, gw_url = start_gateway(tmp, [base])
             try:
-                results["async-direct"] = load("replica direct (async def)", f"{base}/predict", tmp, duration, connections)
-                results["async"] = load("kaon + replica (async def)", f"{gw_url}/predict", tmp, duration, connections)
+                results["async-direct"] = load(
+                    "replica direct (async def)", f"{base}/predict", tmp, duration, connections
+                )
+                results["async"] = load(
+                    "kaon + replica (async def)", f"{gw_url}/predict", tmp, duration, connections
+                )
             finally:
                 stop(gateway)
                 stop(replica)
         if "floor" in only:
             floor, base = start_floor(tmp)
             try:
-                results["floor"] = load("bare uvicorn/starlette", f"{base}/predict", tmp, duration, connections)
+                results["floor"] = load(
+                    "bare uvicorn/starlette", f"{base}/predict", tmp, duration, connections
+                )
             finally:
                 stop(floor)
         if "ray" in only:
             results.update(bench_ray(tmp, duration, connections))
-    return results  # fmt: skip
+    return results
 
 
 def bench_ray(tmp: Path, duration: int, connections: int) -> dict[str, Result]:
@@ -334,8 +349,15 @@ def cold_start(tmp_runs: int = 3) -> list[float]:
         for _ in range(tmp_runs):
             port = free_port()
             start = time.perf_counter()
-            cmd = [sys.executable, "-m", "kaon.serving.runtime",
-                   "--service", "serve_compare:MLPService", "--port", str(port)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "kaon.serving.runtime",
+                "--service",
+                "serve_compare:MLPService",
+                "--port",
+                str(port),
+            ]
             proc = spawn(cmd, Path(name) / "cold.log")
             try:
                 wait_http(f"http://127.0.0.1:{port}/ready", 60, proc)
@@ -364,8 +386,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    print(f"wrk -t2 -c{args.connections} -d{args.duration}s, POST /predict {BODY}, "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"wrk -t2 -c{args.connections} -d{args.duration}s, POST /predict {BODY}, "
+        f"{os.cpu_count()} CPUs"
+    )
     results = bench(only, args.duration, args.connections)
     summarize(results)
     cold = cold_start() if "cold" in only else []

@@ -62,8 +62,8 @@ class ControlPlane:
         return Response(status_code=204)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
+async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    for _ in range(int(within_s / 0.02)):
         if condition():
             return
         await asyncio.sleep(0.02)

@@ -15,8 +15,8 @@ import sys
 
 import uvicorn
 
-from kaon.gateway.app import Gateway
 from kaon.core.deployments import RouteTable
+from kaon.gateway.app import Gateway
 from kaon.gateway.sources import HttpReportSink, HttpRouteSource, StaticRouteSource
 
 
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between route polls")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per route poll
     if args.routes:
         run(static_gateway(args.routes), args.host, args.port)
         return 0
