@@ -267,9 +267,17 @@ def load(name: str, url: str, tmp: Path, duration: int, connections: int) -> Res
     script = tmp / "post.lua"
     script.write_text(LUA.format(body=BODY, token=TOKEN))
     # warm up (connections, caches, lazy imports), then measure
-    warm = ["wrk", "-t2", f"-c{connections}", "-d2s", "-s", str(script), url]
+    warm = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", "-d2s", "-s", str(script), url]
     subprocess.run(warm, capture_output=True, check=True)
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script)]
+    cmd = [
+        "wrk",
+        f"-t{min(2, connections)}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        str(script),
+    ]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -295,6 +303,13 @@ def bench(only: set[str], duration: int, connections: int) -> dict[str, Result]:
                 if "direct" in only:
                     results["direct"] = load(
                         "replica direct", f"{base}/predict", tmp, duration, connections
+                    )
+                if "idle" in only:
+                    results["direct-c1"] = load(
+                        "replica direct, 1 conn", f"{base}/predict", tmp, duration, 1
+                    )
+                    results["kaon-c1"] = load(
+                        "kaon gateway, 1 conn", f"{gw_url}/predict", tmp, duration, 1
                     )
                 if "kaon" in only:
                     results["kaon"] = load(
@@ -376,11 +391,15 @@ def summarize(results: dict[str, Result]) -> None:
         print(f"  kaon / ray serve throughput {kaon.rps / ray.rps:6.1f}x (goal >= 10x)")
     if kaon and direct:
         print(f"  gateway adds at p50         {kaon.p50_ms - direct.p50_ms:6.2f} ms under load")
+    one, one_direct = results.get("kaon-c1"), results.get("direct-c1")
+    if one and one_direct:
+        added = one.p50_ms - one_direct.p50_ms
+        print(f"  gateway adds at p50         {added:6.2f} ms at 1 connection (goal <= 1 ms)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="kaon,direct,async,floor,ray,cold")
+    parser.add_argument("--only", default="kaon,direct,idle,async,floor,ray,cold")
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--json", help="also write the results here")

@@ -204,10 +204,9 @@ class Gateway:
     ) -> UpstreamReply:
         timeout = state.route.request_timeout_s
         try:
-            async with asyncio.timeout(timeout):
-                return await self._pool.request(
-                    replica.host, replica.port, method, target, headers, body
-                )
+            return await self._pool.request(
+                replica.host, replica.port, method, target, headers, body, timeout
+            )
         except TimeoutError:
             raise _Answer(504, f"replica did not answer within {timeout} s") from None
         except UpstreamError:

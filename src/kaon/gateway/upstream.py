@@ -102,16 +102,29 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(reply)
 
     # use
-    async def exchange(self, request: bytes) -> UpstreamReply:
+    async def exchange(self, request: bytes, timeout_s: float) -> UpstreamReply:
+        """Send `request`, wait for the whole reply; `TimeoutError` after `timeout_s` seconds.
+
+        The deadline is a plain timer on the loop (cheaper than `asyncio.timeout`, which
+        matters at this rate); on expiry the connection is closed, never reused."""
         assert self.transport is not None
         self._reply, self._chunks, self._size, self._got_bytes = UpstreamReply(), [], 0, False
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, self._expire)
         self.transport.write(request)
         try:
             return await self._waiter
         finally:
+            timer.cancel()
             self._waiter = None
             self.last_used = time.monotonic()
+
+    def _expire(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+        self.close()
 
     def _fail(self, error: UpstreamError) -> None:
         waiter = self._waiter
@@ -138,17 +151,26 @@ class UpstreamPool:
         self._idle_timeout_s = idle_timeout_s
 
     async def request(
-        self, host: str, port: int, method: str, target: bytes, headers: bytes, body: bytes
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: bytes,
+        headers: bytes,
+        body: bytes,
+        timeout_s: float = 300.0,
     ) -> UpstreamReply:
-        """Send one request; raises `UpstreamError`. Cancel it (e.g. by a timeout) freely:
-        the connection is then closed rather than reused."""
+        """Send one request; raises `UpstreamError`, or `TimeoutError` when no full reply
+        came within `timeout_s` seconds (connecting included). Cancelling it is safe too: the
+        connection is then closed rather than reused."""
+        deadline = time.monotonic() + timeout_s
         head = b"%s %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-length: %d\r\n%s\r\n" % (
             method.encode(), target, host.encode(), port, len(body), headers
         )  # fmt: skip
-        conn = await self._connection(host, port)
+        conn = await self._connection(host, port, timeout_s)
         ok = False
         try:
-            reply = await conn.exchange(head + body)
+            reply = await conn.exchange(head + body, max(0.0, deadline - time.monotonic()))
             ok = True
             return reply
         finally:
@@ -157,7 +179,7 @@ class UpstreamPool:
             else:
                 conn.close()
 
-    async def _connection(self, host: str, port: int) -> _Connection:
+    async def _connection(self, host: str, port: int, timeout_s: float) -> _Connection:
         idle = self._idle.get((host, port))
         now = time.monotonic()
         while idle:
@@ -167,9 +189,11 @@ class UpstreamPool:
             conn.close()
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Connection, host, port)
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to replica: {exc}", retry_safe=True) from exc
+            connecting = loop.create_connection(_Connection, host, port)
+            _, conn = await asyncio.wait_for(connecting, timeout_s)
+        except (OSError, TimeoutError) as exc:
+            why = exc or "timed out"
+            raise UpstreamError(f"cannot connect to replica: {why}", retry_safe=True) from exc
         return conn
 
     def _put(self, host: str, port: int, conn: _Connection) -> None:
