@@ -178,15 +178,22 @@ async def create_token(
 async def replica_job(
     session: AsyncSession, caller: Principal, workspace: str, name: str, replica: str | None
 ) -> str:
-    """The job id of a replica (the newest one when none is named), for its logs."""
+    """The job id of a replica, for its logs. Without a name: the newest ready replica, or
+    else the newest that crashed (its log holds the traceback), or else the newest."""
     deployment = await _load(session, caller, workspace, name)
-    query = select(Replica.job_id).where(Replica.deployment_id == deployment.id)
+    query = select(Replica.job_id, Replica.state).where(Replica.deployment_id == deployment.id)
     if replica is not None:
         query = query.where(Replica.job_id == replica)
-    found = await session.scalar(query.order_by(Replica.created_at.desc()).limit(1))
-    if found is None:
+    rows = (
+        (await session.execute(query.order_by(Replica.created_at.desc()).limit(50))).tuples().all()
+    )
+    if not rows:
         raise NotFoundError(f"deployment {name!r} has no replica {replica or ''}".strip())
-    return found
+    for wanted in ("ready", "failed"):
+        for job_id, state in rows:
+            if state == wanted:
+                return str(job_id)
+    return str(rows[0][0])
 
 
 async def _view(session: AsyncSession, d: Deployment, workspace: str) -> DeploymentView:
