@@ -5,7 +5,7 @@ The model is the seed's 2-5-1 MLP (ReLU, sigmoid) behind ``POST /predict`` with 
 ``{"x": [[0.5, -1.0]]}``; each system is loaded with ``wrk -t2 -c16 -d15s`` in turn.
 
     .venv/bin/python benchmarks/serve_compare.py            # everything (about 2 minutes)
-    .venv/bin/python benchmarks/serve_compare.py --only kaon,floor --duration 5
+    .venv/bin/python benchmarks/serve_compare.py --only kaon,async,floor --duration 5
 
 wrk, the gateway and the replica share the machine's cores; on a 2-core machine the
 gateway path runs three busy processes on two cores, which this benchmark does not hide.
@@ -253,6 +253,16 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None  # CPU time of the measured processes per request
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids`, from /proc (Linux): robust to a noisy machine."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _ms(text: str, label: str) -> float:
@@ -263,7 +273,9 @@ def _ms(text: str, label: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def load(name: str, url: str, tmp: Path, duration: int, connections: int) -> Result:
+def load(
+    name: str, url: str, tmp: Path, duration: int, connections: int, pids: list[int] | None = None
+) -> Result:
     script = tmp / "post.lua"
     script.write_text(LUA.format(body=BODY, token=TOKEN))
     # warm up (connections, caches, lazy imports), then measure
@@ -278,64 +290,62 @@ def load(name: str, url: str, tmp: Path, duration: int, connections: int) -> Res
         "-s",
         str(script),
     ]
+    cpu_before = cpu_seconds(pids or [])
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pids or []) - cpu_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors:.*?timeout (\d+)", out)
     errors = (int(bad.group(1)) if bad else 0) + (int(sock.group(1)) if sock else 0)
-    result = Result(name, rps, _ms(out, "50%"), _ms(out, "99%"), errors)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu_us = cpu / total * 1e6 if pids and total else None
+    result = Result(name, rps, _ms(out, "50%"), _ms(out, "99%"), errors, cpu_us)
     print(
         f"  {name:<28} {rps:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-        f"p99 {result.p99_ms:6.2f} ms  errors {errors}",
+        f"p99 {result.p99_ms:6.2f} ms  errors {errors}"
+        + (f"  cpu {cpu_us:5.0f} us/req" if cpu_us is not None else ""),
         flush=True,
     )
     return result
+
+
+def bench_kaon(tmp: Path, service: str, tag: str, duration: int, conns: int) -> dict[str, Result]:
+    """Replica alone and gateway + replica, at `conns` connections and at one."""
+    replica, base = start_replica(tmp, service)
+    gateway, gw_url = start_gateway(tmp, [base])
+    both = [replica.pid, gateway.pid]
+    runs = [
+        ("direct", f"replica direct{tag}", f"{base}/predict", conns, [replica.pid]),
+        ("kaon", f"kaon gateway + replica{tag}", f"{gw_url}/predict", conns, both),
+        ("direct-c1", f"replica direct{tag}, 1 conn", f"{base}/predict", 1, [replica.pid]),
+        ("kaon-c1", f"kaon gateway{tag}, 1 conn", f"{gw_url}/predict", 1, both),
+    ]
+    prefix = "async-" if tag else ""
+    try:
+        return {prefix + k: load(n, url, tmp, duration, c, pids) for k, n, url, c, pids in runs}
+    finally:
+        stop(gateway)
+        stop(replica)
 
 
 def bench(only: set[str], duration: int, connections: int) -> dict[str, Result]:
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="kaon-bench-") as name:
         tmp = Path(name)
-        if only & {"kaon", "direct"}:
-            replica, base = start_replica(tmp)
-            gateway, gw_url = start_gateway(tmp, [base])
-            try:
-                if "direct" in only:
-                    results["direct"] = load(
-                        "replica direct", f"{base}/predict", tmp, duration, connections
-                    )
-                if "idle" in only:
-                    results["direct-c1"] = load(
-                        "replica direct, 1 conn", f"{base}/predict", tmp, duration, 1
-                    )
-                    results["kaon-c1"] = load(
-                        "kaon gateway, 1 conn", f"{gw_url}/predict", tmp, duration, 1
-                    )
-                if "kaon" in only:
-                    results["kaon"] = load(
-                        "kaon gateway + replica", f"{gw_url}/predict", tmp, duration, connections
-                    )
-            finally:
-                stop(gateway)
-                stop(replica)
+        if "kaon" in only:
+            results |= bench_kaon(tmp, "serve_compare:MLPService", "", duration, connections)
         if "async" in only:
-            replica, base = start_replica(tmp, "serve_compare:AsyncMLPService")
-            gateway, gw_url = start_gateway(tmp, [base])
-            try:
-                results["async-direct"] = load(
-                    "replica direct (async def)", f"{base}/predict", tmp, duration, connections
-                )
-                results["async"] = load(
-                    "kaon + replica (async def)", f"{gw_url}/predict", tmp, duration, connections
-                )
-            finally:
-                stop(gateway)
-                stop(replica)
+            service = "serve_compare:AsyncMLPService"
+            results |= bench_kaon(tmp, service, " (async def)", duration, connections)
         if "floor" in only:
             floor, base = start_floor(tmp)
             try:
+                url = f"{base}/predict"
                 results["floor"] = load(
-                    "bare uvicorn/starlette", f"{base}/predict", tmp, duration, connections
+                    "bare uvicorn/starlette", url, tmp, duration, connections, [floor.pid]
+                )
+                results["floor-c1"] = load(
+                    "bare uvicorn/starlette, 1 conn", url, tmp, duration, 1, [floor.pid]
                 )
             finally:
                 stop(floor)
@@ -399,7 +409,7 @@ def summarize(results: dict[str, Result]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="kaon,direct,idle,async,floor,ray,cold")
+    parser.add_argument("--only", default="kaon,async,floor,ray,cold")
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--json", help="also write the results here")
