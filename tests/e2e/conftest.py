@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kaon.sdk.client import Client
-from tests.conftest import ADMIN_TOKEN, free_port
+from tests.conftest import ADMIN_TOKEN, RunningServer, free_port
 
 
 class ServerProcess:
@@ -68,3 +69,56 @@ def server_process(tmp_path: Path, db_url: str) -> Iterator[ServerProcess]:
     yield server
     if server.proc is not None:
         server.kill(signal.SIGTERM)
+
+
+class Gateway:
+    def __init__(self, server: RunningServer) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "KAON_GATEWAY_TOKEN": server.token}
+        argv = [
+            sys.executable,
+            "-m",
+            "kaon.gateway",
+            "--port",
+            str(self.port),
+            "--control-plane",
+            server.url,
+            "--poll",
+            "0.2",
+        ]
+        self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.05)
+
+    def predict(
+        self, name: str, token: str | None, x: list[float], timeout: float = 30
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(
+            f"{self.url}/{name}/predict", json={"x": x}, headers=headers, timeout=timeout
+        )
+
+    def call(self, name: str, handler: str, token: str | None, x: object) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(
+            f"{self.url}/{name}/{handler}", json={"x": x}, headers=headers, timeout=30
+        )
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def gateway(server: RunningServer) -> Iterator[Gateway]:
+    gw = Gateway(server)
+    yield gw
+    gw.close()

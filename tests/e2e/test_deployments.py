@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, free_port
+from tests.conftest import RunningServer
+from tests.e2e.conftest import Gateway
 
 SERVICE = """
 import os
@@ -46,53 +44,6 @@ def service_dir(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "model.py").write_text(SERVICE)
     return folder
-
-
-class Gateway:
-    def __init__(self, server: RunningServer) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "KAON_GATEWAY_TOKEN": server.token}
-        argv = [
-            sys.executable,
-            "-m",
-            "kaon.gateway",
-            "--port",
-            str(self.port),
-            "--control-plane",
-            server.url,
-            "--poll",
-            "0.2",
-        ]
-        self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.05)
-
-    def predict(
-        self, name: str, token: str | None, x: list[float], timeout: float = 30
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(
-            f"{self.url}/{name}/predict", json={"x": x}, headers=headers, timeout=timeout
-        )
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def gateway(server: RunningServer) -> Iterator[Gateway]:
-    gw = Gateway(server)
-    yield gw
-    gw.close()
 
 
 def _spec(**extra: object) -> dict[str, object]:

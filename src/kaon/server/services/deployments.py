@@ -49,6 +49,7 @@ async def create(
     if await session.scalar(select(Deployment.id).where(Deployment.name == spec.name)):
         raise ConflictError(f"a deployment named {spec.name!r} exists; pick another name")
     model_dir = await _validate(session, workspace_id, spec, checkpoint_dir)
+    spec = await _with_job_code(session, spec)
     deployment = Deployment(
         id=new_id("d"),
         workspace_id=workspace_id,
@@ -92,6 +93,15 @@ async def _validate(
     return str(folder)
 
 
+async def _with_job_code(session: AsyncSession, spec: DeploymentSpec) -> DeploymentSpec:
+    """A model served from a job runs in that job's code, so its model class imports."""
+    if spec.from_job is None or spec.snapshot is not None:
+        return spec
+    job = await session.get(Job, spec.from_job)
+    snapshot = JobSpec.model_validate(job.spec).snapshot if job else None
+    return spec.model_copy(update={"snapshot": snapshot})
+
+
 async def _load(session: AsyncSession, caller: Principal, workspace: str, name: str) -> Deployment:
     workspace_id = caller.workspace_id(workspace)
     found = await session.scalar(select(Deployment).where(Deployment.name == name))
@@ -131,6 +141,7 @@ async def update(
     if deployment.deleting:
         raise ConflictError(f"deployment {name!r} is being deleted")
     model_dir = await _validate(session, deployment.workspace_id, spec, checkpoint_dir)
+    spec = await _with_job_code(session, spec)
     deployment.spec = spec.model_dump(mode="json")
     deployment.model_dir = model_dir
     deployment.generation += 1
