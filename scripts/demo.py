@@ -65,11 +65,20 @@ def main() -> int:
         if accuracy
         else "no accuracy reported"
     )
-    console.print(
-        f"control plane: [bold]{config.url}[/] (still running; stop it with 'make down')"
-    )
+    console.print(f"control plane: [bold]{config.url}[/] (running; stop it with 'make down')")
     console.print(f"admin token:   [bold]{config.token}[/]")
-    console.print(f"try: .venv/bin/kaon job get {job.id}   .venv/bin/kaon job metrics {job.id}")
+    console.print("\nserve the trained model behind the gateway, with one command:")
+    console.print(
+        f"  .venv/bin/kaon deploy create classifier --from-job {job.id}", highlight=False
+    )
+    console.print("then call it with a token:")
+    body = '{"x": [[0.5, -1.0]]}'
+    console.print(
+        f"  curl -s -H 'Authorization: Bearer {config.token}' -d '{body}' "
+        "http://127.0.0.1:8471/classifier/predict",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0
 
 
