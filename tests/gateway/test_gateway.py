@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import uvloop
 
 from kaon.core.deployments import Route, RouteTable, hash_token
 from kaon.gateway.app import Gateway
+from kaon.gateway.server import GatewayServer
 from kaon.gateway.sources import MemoryReportSink, StaticRouteSource
 from kaon.serving.app import ReplicaApp
 from tests.serving.helpers import running, spawn_replica, wait_ready
@@ -42,12 +45,32 @@ class Bench:
 
 
 @contextlib.contextmanager
-def gateway(*routes: Route, report_interval_s: float = 1.0) -> Iterator[Bench]:
+def gateway(*routes: Route, report_interval_s: float = 1.0, asgi: bool = False) -> Iterator[Bench]:
+    """The gateway on its own server, as `python -m kaon.gateway` runs it (or under uvicorn
+    as an ASGI app, with `asgi=True`)."""
     source = StaticRouteSource(RouteTable(version=1, routes=list(routes)))
     sink = MemoryReportSink()
     app = Gateway(source, sink, report_interval_s=report_interval_s)
-    with running(app) as url:
+    with running(app) if asgi else running_gateway(app) as url:
         yield Bench(url, source, sink)
+
+
+@contextlib.contextmanager
+def running_gateway(app: Gateway) -> Iterator[str]:
+    server = GatewayServer(app, "127.0.0.1", 0)
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(1.0),))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while server.port == 0:
+        assert thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        loop.call_soon_threadsafe(server.stop)
+        thread.join(10)
+        loop.close()
 
 
 @contextlib.contextmanager
@@ -73,6 +96,32 @@ class TestProxy:
             assert q.json() == 2.0
             bad = httpx.post(f"{gw.url}/clf/predict", json={"x": "no"}, headers=AUTH)
             assert bad.status_code == 422  # the replica's answer, passed through
+
+    def test_runs_as_an_asgi_app_too(self, replica_url: str) -> None:
+        with gateway(route("clf", [replica_url]), asgi=True) as gw:
+            r = httpx.post(f"{gw.url}/clf/predict", json={"x": [[0.5, -1.0]]}, headers=AUTH)
+            assert r.json() == [0.5]
+            assert httpx.post(f"{gw.url}/clf/predict", json={"x": [[1.0] * 50]}).status_code == 401
+
+    def test_http_details(self, replica_url: str) -> None:
+        with gateway(route("clf", [replica_url], max_body_bytes=64)) as gw:
+            with httpx.Client(base_url=gw.url, headers=AUTH) as client:  # one keep-alive conn
+                codes = [
+                    client.post("/clf/predict", json={"x": [[1.0]]}).status_code for _ in range(3)
+                ]
+                chunked = client.post("/clf/predict", content=iter([b'{"x": ', b"[[1.0]]}"]))
+                big = client.post(
+                    "/clf/predict", content=iter([b'{"x": [', b"[1.0]," * 40, b"]}"])
+                )
+                closing = client.post(
+                    "/clf/predict", json={"x": [[1.0]]}, headers={"Connection": "close"}
+                )
+            refused = httpx.post(f"{gw.url}/clf/predict", content=b"x" * 1000)  # no token
+        assert codes == [200, 200, 200]
+        assert chunked.json() == [2.0]
+        assert big.status_code == 413
+        assert closing.status_code == 200
+        assert refused.status_code == 401
 
     def test_auth(self, replica_url: str) -> None:
         routes = [route("clf", [replica_url]), route("open", [replica_url], public=True)]

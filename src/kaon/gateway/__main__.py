@@ -13,10 +13,9 @@ import logging
 import os
 import sys
 
-import uvicorn
-
 from kaon.core.deployments import RouteTable
 from kaon.gateway.app import Gateway
+from kaon.gateway.server import GatewayServer
 from kaon.gateway.sources import HttpReportSink, HttpRouteSource, StaticRouteSource
 
 
@@ -35,22 +34,8 @@ def static_gateway(routes_file: str) -> Gateway:
 
 
 def run(gateway: Gateway, host: str, port: int) -> None:
-    config = uvicorn.Config(
-        gateway,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,  # no header rewriting per request; the gateway sets X-Forwarded-For
-        server_header=False,
-        date_header=False,
-        log_level="warning",
-        backlog=4096,
-        timeout_graceful_shutdown=30,
-    )
-    uvicorn.Server(config).run()
+    """Serve with the gateway's own HTTP server (`kaon.gateway.server`) until SIGTERM."""
+    GatewayServer(gateway, host, port).run()
 
 
 def main(argv: list[str] | None = None) -> int:

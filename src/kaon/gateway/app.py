@@ -28,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
+import re
 import time
 import uuid
+from dataclasses import dataclass, field
 
 from kaon.core.deployments import GatewayReport, RouteTable
 from kaon.gateway.routing import DeploymentState, NoReplicaError, QueueFullError, Replica
@@ -39,7 +42,7 @@ from kaon.gateway.stats import GatewayMetrics
 from kaon.gateway.upstream import UpstreamError, UpstreamPool, UpstreamReply
 from kaon.serving import asgi
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "Incoming"]
 
 logger = logging.getLogger("kaon.gateway")
 
@@ -47,6 +50,7 @@ _DROP_HEADERS = frozenset(
     {b"host", b"content-length", b"authorization", b"connection", b"keep-alive",
      b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization", b"expect"}
 )  # fmt: skip
+_FIRST_SEGMENT = re.compile(rb"^/[^/?]*")  # the deployment name, as sent
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _BEARER = (b"www-authenticate", b"Bearer")
 
@@ -59,6 +63,22 @@ class _Answer(Exception):
         self.status = status
         self.detail = detail
         self.extra = extra
+
+    def reply(self) -> UpstreamReply:
+        body = json.dumps({"detail": self.detail}).encode()
+        return UpstreamReply(self.status, [(b"content-type", asgi.JSON), *self.extra], body)
+
+
+@dataclass
+class Incoming:
+    """One request, as far as the gateway cares; built by whichever server runs it."""
+
+    method: str
+    path: str  # percent-decoded, for the deployment name
+    target: bytes  # path and query exactly as the client sent them
+    headers: list[tuple[bytes, bytes]]  # names lowercase
+    client: str | None = None
+    started: float = field(default_factory=time.perf_counter)
 
 
 class Gateway:
@@ -93,40 +113,70 @@ class Gateway:
             await asgi.lifespan(receive, send, self.startup, self.shutdown)
 
     async def _http(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
-        path: str = scope["path"]
-        if path == "/healthz":
-            await asgi.respond(send, 200, b'{"status":"alive"}')
-        elif path == "/metrics":
-            await asgi.respond(send, 200, self.metrics.render(), _TEXT)
-        else:
-            await self._proxy(scope, receive, send)
-
-    async def _proxy(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
-        start = time.perf_counter()
-        state: DeploymentState | None = None
+        """The ASGI adapter (tests, other servers); `kaon.gateway.server` is the fast one."""
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        query: bytes = scope.get("query_string", b"")
+        client = scope.get("client")
+        req = Incoming(
+            method=scope["method"],
+            path=scope["path"],
+            target=raw + b"?" + query if query else raw,
+            headers=scope["headers"],
+            client=client[0] if client else None,
+        )
+        admitted = self.admit(req)
+        if isinstance(admitted, UpstreamReply):
+            await _send_reply(send, admitted)
+            return
         try:
-            state = self._authorize(scope)
-            self.metrics.arrived(state.name)
-            reply = await self._forward(state, scope, receive)
-        except _Answer as answer:
-            await asgi.respond_json(send, answer.status, {"detail": answer.detail}, answer.extra)
-            status = answer.status
-        except Exception:  # a bug of ours: answer it like one, keep serving
-            logger.exception("gateway failed on %s", scope["path"])
-            await asgi.respond_json(send, 500, {"detail": "gateway error"})
-            status = 500
+            body = await asgi.read_body(scope, receive, admitted.route.max_body_bytes)
+        except asgi.BodyTooLargeError:
+            reply = self.too_large(admitted, req)
+        except asgi.ClientGoneError:
+            return
         else:
-            await _send_reply(send, reply)
-            status = reply.status
-        if state is not None:
-            self.metrics.answered(state.name, status, time.perf_counter() - start)
+            reply = await self.forward(admitted, req, body)
+        await _send_reply(send, reply)
 
-    def _authorize(self, scope: asgi.Scope) -> DeploymentState:
-        name = scope["path"][1:].partition("/")[0]
+    def admit(self, req: Incoming) -> DeploymentState | UpstreamReply:
+        """Before the body is read: the deployment this request may call, or the answer
+        (built-in route, 401, 404). Refusing here means an unauthenticated caller never
+        gets to send a body."""
+        if req.path == "/healthz":
+            return UpstreamReply(200, [(b"content-type", asgi.JSON)], b'{"status":"alive"}')
+        if req.path == "/metrics":
+            return UpstreamReply(200, [(b"content-type", _TEXT)], self.metrics.render())
+        try:
+            state = self._authorize(req)
+        except _Answer as answer:
+            return answer.reply()
+        self.metrics.arrived(state.name)
+        return state
+
+    def too_large(self, state: DeploymentState, req: Incoming) -> UpstreamReply:
+        limit = state.route.max_body_bytes
+        reply = _Answer(413, f"body over {limit} bytes").reply()
+        self.metrics.answered(state.name, 413, time.perf_counter() - req.started)
+        return reply
+
+    async def forward(self, state: DeploymentState, req: Incoming, body: bytes) -> UpstreamReply:
+        """Send the request to a replica of `state` and return its answer (or ours)."""
+        try:
+            reply = await self._forward(state, req, body)
+        except _Answer as answer:
+            reply = answer.reply()
+        except Exception:  # a bug of ours: answer it like one, keep serving
+            logger.exception("gateway failed on %s", req.path)
+            reply = _Answer(500, "gateway error").reply()
+        self.metrics.answered(state.name, reply.status, time.perf_counter() - req.started)
+        return reply
+
+    def _authorize(self, req: Incoming) -> DeploymentState:
+        name = req.path[1:].partition("/")[0]
         state = self.deployments.get(name)
         if state is not None and state.route.public:
             return state
-        token = _bearer(scope)
+        token = _bearer(req.headers)
         if token is None:
             raise _Answer(401, "missing bearer token", _BEARER)
         allowed = self._allowed(token)
@@ -150,27 +200,20 @@ class Gateway:
                 return names
         return None
 
-    async def _forward(
-        self, state: DeploymentState, scope: asgi.Scope, receive: asgi.Receive
-    ) -> UpstreamReply:
-        route = state.route
-        try:
-            body = await asgi.read_body(scope, receive, route.max_body_bytes)
-        except asgi.BodyTooLargeError:
-            raise _Answer(413, f"body over {route.max_body_bytes} bytes") from None
-        except asgi.ClientGoneError:
-            raise _Answer(499, "client went away") from None
-        target = _target(scope, len(state.name) + 1)
-        headers = _forward_headers(scope)
+    async def _forward(self, state: DeploymentState, req: Incoming, body: bytes) -> UpstreamReply:
+        target = _FIRST_SEGMENT.sub(b"", req.target, count=1) or b"/"
+        if target[:1] == b"?":
+            target = b"/" + target
+        headers = _forward_headers(req)
         replica = await _acquire(state)
         try:
-            return await self._exchange(state, replica, scope["method"], target, headers, body)
+            return await self._exchange(state, replica, req.method, target, headers, body)
         except UpstreamError as exc:
             if not exc.retry_safe:
                 raise _Answer(502, str(exc)) from None
         finally:
             state.release(replica)
-        return await self._retry(state, replica, scope["method"], target, headers, body)
+        return await self._retry(state, replica, req.method, target, headers, body)
 
     async def _retry(
         self,
@@ -312,27 +355,18 @@ async def _acquire(state: DeploymentState) -> Replica:
         raise _Answer(503, "no replica available in time", asgi.retry_after(5)) from None
 
 
-def _bearer(scope: asgi.Scope) -> bytes | None:
-    value = asgi.header(scope, b"authorization")
+def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    value = next((v for k, v in headers if k == b"authorization"), None)
     if value is None or value[:7].lower() != b"bearer ":
         return None
     token = value[7:].strip()
     return token or None
 
 
-def _target(scope: asgi.Scope, prefix: int) -> bytes:
-    """The request target after ``/{name}``, as the client sent it (raw, with query)."""
-    raw: bytes = scope.get("raw_path") or scope["path"].encode()
-    rest = raw[prefix:] or b"/"
-    query: bytes = scope.get("query_string", b"")
-    return rest + b"?" + query if query else rest
-
-
-def _forward_headers(scope: asgi.Scope) -> bytes:
-    parts = [b"%s: %s\r\n" % (k, v) for k, v in scope["headers"] if k not in _DROP_HEADERS]
-    client = scope.get("client")
-    if client:
-        parts.append(b"x-forwarded-for: %s\r\n" % client[0].encode())
+def _forward_headers(req: Incoming) -> bytes:
+    parts = [b"%s: %s\r\n" % (k, v) for k, v in req.headers if k not in _DROP_HEADERS]
+    if req.client:
+        parts.append(b"x-forwarded-for: %s\r\n" % req.client.encode())
     return b"".join(parts)
 
 

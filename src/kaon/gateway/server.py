@@ -1,0 +1,264 @@
+"""The gateway's own HTTP/1.1 server: an `asyncio.Protocol` on httptools' request parser.
+
+Why not uvicorn here: the gateway does little per request (a lookup, a token hash, a hop
+to a replica), so the server's per-request overhead is a large share of it. Uvicorn builds
+an ASGI scope, wraps the exchange in receive/send coroutines and checks every response
+header; this server hands `Gateway` the parsed request directly and writes the answer in
+one call, which cuts the gateway's CPU per request substantially (see docs/serving.md).
+The same `Gateway` also runs as an ASGI app under any server.
+
+Behaviour kept from a general-purpose server: keep-alive (and ``Connection: close``),
+pipelined requests answered in order (reading pauses while one is being handled),
+``Expect: 100-continue``, chunked request bodies, idle connections closed after
+`KEEP_ALIVE_S`, a 400 for unparseable requests, and a graceful stop that lets in-flight
+requests finish. The authorization and body-limit checks happen as soon as the headers
+are in, so an unauthenticated caller never gets to upload a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from http import HTTPStatus
+from urllib.parse import unquote
+
+import httptools
+
+from kaon.gateway.app import Gateway, Incoming
+from kaon.gateway.routing import DeploymentState
+from kaon.gateway.upstream import UpstreamReply
+
+__all__ = ["GatewayServer", "KEEP_ALIVE_S"]
+
+logger = logging.getLogger("kaon.gateway")
+
+KEEP_ALIVE_S = 75.0
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection; requests are handled one at a time, in order."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self._server = server
+        self._gateway = server.gateway
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._req: Incoming | None = None
+        self._admitted: DeploymentState | UpstreamReply | None = None
+        self._too_large = False
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._server.connections.add(self)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        self._disarm_idle()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail()
+        except httptools.HttpParserError:
+            self._fail()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._disarm_idle()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the caller left: give the replica slot back
+        self._transport = None
+
+    # --- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._body, self._size = b"", [], [], 0
+        self._too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parsed = httptools.parse_url(self._url)
+        query = parsed.query
+        self._req = Incoming(
+            method=self._parser.get_method().decode(),
+            path=unquote(parsed.path.decode("latin-1")),
+            target=parsed.path + b"?" + query if query else parsed.path,
+            headers=self._headers,
+            client=self._peer(),
+        )
+        self._admitted = admitted = self._gateway.admit(self._req)
+        if isinstance(admitted, DeploymentState):
+            declared = _content_length(self._headers)
+            if declared is not None and declared > admitted.route.max_body_bytes:
+                self._too_large = True
+            elif _expects_continue(self._headers) and self._transport is not None:
+                self._transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._too_large or not isinstance(self._admitted, DeploymentState):
+            return  # refused already: drop the bytes rather than buffer them
+        self._size += len(body)
+        if self._size > self._admitted.route.max_body_bytes:
+            self._too_large = True
+            self._body = []
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self._req is not None and self._admitted is not None
+        keep_alive = self._parser.should_keep_alive()
+        if self._transport is not None:
+            self._transport.pause_reading()  # one request at a time; the rest wait in the socket
+        work = self._answer(self._req, self._admitted, b"".join(self._body), keep_alive)
+        self._task = asyncio.get_running_loop().create_task(work)
+
+    # --- answering ----------------------------------------------------------------------
+
+    async def _answer(
+        self, req: Incoming, admitted: DeploymentState | UpstreamReply, body: bytes, keep: bool
+    ) -> None:
+        if isinstance(admitted, UpstreamReply):
+            reply = admitted
+        elif self._too_large:
+            reply = self._gateway.too_large(admitted, req)
+        else:
+            reply = await self._gateway.forward(admitted, req, body)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(_encode(reply, keep))
+        if not keep or self._server.stopping:
+            transport.close()
+            return
+        self._arm_idle()
+        transport.resume_reading()
+
+    def _fail(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_BAD_REQUEST)
+            self._transport.close()
+
+    def _peer(self) -> str | None:
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return str(peer[0]) if peer else None
+
+    def _arm_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(KEEP_ALIVE_S, self.close_if_idle)
+
+    def _disarm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The request being answered, if any."""
+        return self._task if self._task is not None and not self._task.done() else None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
+
+    def close_if_idle(self) -> None:
+        if not self.busy:
+            self.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _encode(reply: UpstreamReply, keep_alive: bool) -> bytes:
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (reply.status, _REASONS.get(reply.status, b"Unknown")),
+        *(b"%s: %s\r\n" % item for item in reply.headers),
+        b"content-length: %d\r\n" % len(reply.body),
+    ]
+    if not keep_alive:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + reply.body
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
+
+
+class GatewayServer:
+    """Runs a `Gateway` on host:port until `stop` (or SIGTERM/SIGINT with `run`)."""
+
+    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 8471) -> None:
+        self.gateway = gateway
+        self.host = host
+        self.port = port
+        self.connections: set[_Connection] = set()
+        self.stopping = False
+        self._server: asyncio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start the gateway's tasks and listen; `port` 0 picks a free port."""
+        self._stopped = asyncio.Event()
+        await self.gateway.startup()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, backlog=4096, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("gateway listening on http://%s:%d", self.host, self.port)
+
+    async def serve(self, drain_s: float = 30.0) -> None:
+        """Start, then serve until `stop()`; in-flight requests get `drain_s` to finish."""
+        await self.start()
+        await self._stopped.wait()
+        self.stopping = True
+        assert self._server is not None
+        self._server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        in_flight = [conn.task for conn in self.connections if conn.task is not None]
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=drain_s)
+        for conn in list(self.connections):
+            conn.close()
+        await self.gateway.shutdown()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self, install_signals: bool = True) -> None:
+        """Serve on a new uvloop event loop until SIGTERM or SIGINT."""
+        import uvloop
+
+        async def main() -> None:
+            if install_signals:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self.stop)
+            await self.serve()
+
+        uvloop.run(main())
