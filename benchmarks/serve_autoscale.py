@@ -298,34 +298,27 @@ async def run(args: argparse.Namespace) -> None:
     cp = ControlPlane()
     cp_port, gw_port = free_port(), free_port()
     server = serve_in_thread(cp.app(), cp_port)
-    gw_cmd = [
-        sys.executable,
-        "-m",
-        "kaon.gateway",
-        "--port",
-        str(gw_port),
-        "--control-plane",
-        f"http://127.0.0.1:{cp_port}",
-        "--token",
-        GATEWAY_TOKEN,
-    ]
-    gateway = spawn(gw_cmd, Path(args.log))
-    wait_http(f"http://127.0.0.1:{gw_port}/healthz", 30, gateway)
+    cp_url = f"http://127.0.0.1:{cp_port}"
+    gw_cmd = [sys.executable, "-m", "kaon.gateway", "--port", str(gw_port)]
+    gateway = spawn([*gw_cmd, "--control-plane", cp_url, "--token", GATEWAY_TOKEN], Path(args.log))
     pool = Pool(cp)
     log: list[Any] = []
-    async with httpx.AsyncClient() as probe:
-        tasks = [
-            asyncio.create_task(autoscaler(cp, pool, policy, log)),
-            asyncio.create_task(pool.watch_ready(probe)),
-        ]
-        t0 = time.monotonic()
-        results = await replay(offsets, gw_port, tasks)
-        end = time.monotonic()
-        for task in tasks:
-            task.cancel()
-    pool.shutdown()
-    stop(gateway)
-    server.should_exit = True
+    try:
+        wait_http(f"http://127.0.0.1:{gw_port}/healthz", 30, gateway)
+        async with httpx.AsyncClient() as probe:
+            tasks = [
+                asyncio.create_task(autoscaler(cp, pool, policy, log)),
+                asyncio.create_task(pool.watch_ready(probe)),
+            ]
+            t0 = time.monotonic()
+            results = await replay(offsets, gw_port, tasks)
+            end = time.monotonic()
+            for task in tasks:
+                task.cancel()
+    finally:  # never leave replicas or the gateway behind
+        pool.shutdown()
+        stop(gateway)
+        server.should_exit = True
     summarize(args, offsets, results, pool, end - t0, end, log)
 
 
@@ -353,7 +346,7 @@ def summarize(
     )
     print(
         f"replicas: peak {peak}, {pool.cold_starts} started ({pool.from_zero} from zero), "
-        f"spawn->ready p50 {pct(pool.ready_times, 50):.2f} s max {max(pool.ready_times):.2f} s"
+        f"spawn->ready p50 {pct(pool.ready_times or [0], 50):.2f} s max {max(pool.ready_times or [0]):.2f} s"
     )
     fixed = peak * elapsed
     print(
@@ -373,6 +366,7 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=12, help="scaling events to print")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on `timeout` too
     asyncio.run(run(args))
 
 

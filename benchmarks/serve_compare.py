@@ -414,6 +414,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started
     only = set(args.only.split(","))
     print(
         f"wrk -t2 -c{args.connections} -d{args.duration}s, POST /predict {BODY}, "
