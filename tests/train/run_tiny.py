@@ -7,6 +7,7 @@ it part-way. At the end it saves the final weights to ``<out>/final.pt``.
 """
 
 import argparse
+import os
 import random
 import time
 
@@ -58,7 +59,7 @@ def main() -> None:
     train, val = NoisyBlobs(args.samples, args.slow), NoisyBlobs(24, 0.0)
     trainer = Trainer(model, train, val, config=config, metrics=["accuracy"])
     trainer.fit()
-    torch.save(model.state_dict(), f"{args.out}/final.pt")
+    torch.save(model.state_dict(), f"{args.out}/final-rank{os.environ.get('RANK', '0')}.pt")
 
 
 if __name__ == "__main__":

@@ -201,14 +201,14 @@ def build_optimizer(
 
 def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate for optimizer step `step` (0-based): linear warm-up from lr/warmup,
-    then constant or a cosine decay to lr * min_lr_ratio at `total_steps`.
+    then constant or a cosine decay that reaches lr * min_lr_ratio at the last step.
 
     A pure function of the step, so resuming needs no scheduler state beyond the step."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return config.lr
-    span = max(1, total_steps - config.warmup_steps)
+    span = max(1, total_steps - 1 - config.warmup_steps)
     progress = min(1.0, (step - config.warmup_steps) / span)
     floor = config.lr * config.min_lr_ratio
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - floor)

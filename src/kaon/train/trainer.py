@@ -77,7 +77,8 @@ class _Progress:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # epochs completed
     batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
-    finished: bool = False
+    finished: bool = False  # recomputed on resume, so a longer run can continue this one
+    stopped_early: bool = False
     best: float | None = None  # early stopping: best value of the watched metric
     bad_evals: int = 0  # early stopping: evaluations since it improved
     eval_step: int = -1  # the step of the latest evaluation
@@ -281,9 +282,9 @@ class Trainer:
         return p.finished
 
     def _end_epoch(self, p: _Progress) -> None:
-        values = {"epoch": float(p.epoch + 1), "train_loss": self._epoch_loss(p)}
+        values = {"epoch": float(p.epoch + 1), "loss": self._epoch_loss(p)}
         p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-        p.metrics["train_loss"] = values["train_loss"]
+        p.metrics["loss"] = values["loss"]
         if self._val_data is not None:
             values |= self._validate(p)
         self._reporter.log(p.step, values, f"epoch {p.epoch}/{self.config.epochs}")
@@ -362,7 +363,7 @@ class Trainer:
             return
         p.bad_evals += 1
         if p.bad_evals >= cfg.early_stopping_patience:
-            p.finished = True
+            p.finished = p.stopped_early = True
             self._reporter.message(
                 f"early stopping at step {p.step}: {cfg.early_stopping_metric} has not "
                 f"improved on {p.best:.4g} for {p.bad_evals} evaluations"
@@ -395,8 +396,8 @@ class Trainer:
     def _log_steps(self, p: _Progress) -> None:
         loss, rate = self._flush_window(p)
         lr = self.optimizer.param_groups[0]["lr"]
-        values = {"train_loss": loss, "lr": float(lr), "samples_per_s": rate}
-        p.metrics["train_loss"] = loss
+        values = {"loss": loss, "lr": float(lr), "samples_per_s": rate}
+        p.metrics["loss"] = loss
         self._reporter.log(p.step, values, "train")
 
     # Start, checkpoints, stop --------------------------------------------------------
@@ -433,6 +434,8 @@ class Trainer:
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         p = _Progress(**state["progress"])
+        p.finished = p.stopped_early or p.epoch >= self.config.epochs
+        p.finished |= self.config.max_steps is not None and p.step >= self.config.max_steps
         rank, world = self.runtime.rank, self.runtime.world_size
         if len(state["rng"]) == world:
             set_rng_state(state["rng"][rank], self.runtime.device)
