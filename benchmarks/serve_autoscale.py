@@ -287,9 +287,10 @@ async def run(args: argparse.Namespace) -> None:
     from serve_compare import free_port, spawn, stop, wait_http
 
     offsets = arrivals(Path(args.trace), args.duration)
+    low = args.fixed or 0  # --fixed N: N warm replicas all along, for comparison
     policy = ScalingPolicy(
-        min_replicas=0,
-        max_replicas=args.max_replicas,
+        min_replicas=low,
+        max_replicas=args.fixed or args.max_replicas,
         target_in_flight=CONCURRENCY,
         scale_up_delay_s=1,
         scale_down_delay_s=10,
@@ -310,6 +311,11 @@ async def run(args: argparse.Namespace) -> None:
                 asyncio.create_task(autoscaler(cp, pool, policy, log)),
                 asyncio.create_task(pool.watch_ready(probe)),
             ]
+            if low:
+                pool.scale_to(low)
+                while len(pool.ready_times) < low:
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)  # the gateway polls routes every 0.5 s
             t0 = time.monotonic()
             results = await replay(offsets, gw_port, tasks)
             end = time.monotonic()
@@ -333,8 +339,9 @@ def summarize(
 ) -> None:
     ok = [lat for lat, status in results if status == 200]
     errors = len(results) - len(ok)
-    peak = max(n for _, _, n, _ in log) if log else 0
+    peak = max([n for _, _, n, _ in log] + [args.fixed])
     used = pool.replica_seconds(end)
+    ready = pool.ready_times or [0.0]
     print(
         f"trace: {len(offsets)} requests replayed in {elapsed:.0f} s "
         f"(mean {len(offsets) / args.duration:.1f} req/s); "
@@ -346,7 +353,7 @@ def summarize(
     )
     print(
         f"replicas: peak {peak}, {pool.cold_starts} started ({pool.from_zero} from zero), "
-        f"spawn->ready p50 {pct(pool.ready_times or [0], 50):.2f} s max {max(pool.ready_times or [0]):.2f} s"
+        f"spawn->ready p50 {pct(ready, 50):.2f} s max {max(ready):.2f} s"
     )
     fixed = peak * elapsed
     print(
@@ -362,6 +369,7 @@ def main() -> None:
     parser.add_argument("--trace", default=str(TRACE))
     parser.add_argument("--duration", type=float, default=180.0)
     parser.add_argument("--max-replicas", type=int, default=8)
+    parser.add_argument("--fixed", type=int, default=0, help="no autoscaling: N replicas")
     parser.add_argument("--log", default="/dev/null", help="gateway log file")
     parser.add_argument("--show", type=int, default=12, help="scaling events to print")
     args = parser.parse_args()
