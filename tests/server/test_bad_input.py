@@ -236,6 +236,7 @@ PATH_VALUES = {
     "job_id": "j-000000000000",
     "ref": "nobody",
     "sha256": "ab" * 32,
+    "name": "nothing-here",
 }
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/tokens"): {"json": {"name": "sneaky"}},
