@@ -37,10 +37,15 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, runs_dir: Path, checkpoints_dir: Path, node: NodeInventory) -> None:
+    def __init__(
+        self, runs_dir: Path, checkpoints_dir: Path, node: NodeInventory | list[NodeInventory]
+    ) -> None:
+        """One node, or several that share this machine (a pool to test gangs that span
+        nodes and placement across them, as Ray's ``cluster_utils.Cluster`` does)."""
         self.runs_dir = runs_dir
         self.checkpoints_dir = checkpoints_dir
-        self.node = node
+        self.nodes = list(node) if isinstance(node, list) else [node]
+        self.node = self.nodes[0]
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
@@ -50,7 +55,7 @@ class LocalExecutor:
         self._listener = callback
 
     def inventory(self) -> list[NodeInventory]:
-        return [self.node]
+        return list(self.nodes)
 
     # -- launch -------------------------------------------------------------------------
 
@@ -59,7 +64,7 @@ class LocalExecutor:
 
     def launch(self, gang: GangLaunch) -> list[WorkerState]:
         for w in gang.workers:
-            if w.node_id != self.node.id:
+            if w.node_id not in {n.id for n in self.nodes}:
                 raise PermanentBackendError(f"node {w.node_id!r} is not this executor's")
         attempt_dir = self.runs_dir / gang.job_id / str(gang.attempt)
         attempt_dir.mkdir(parents=True, exist_ok=True)

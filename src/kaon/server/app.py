@@ -44,17 +44,26 @@ logger = logging.getLogger("kaon.server")
 JSON_BODY_LIMIT = 8 * 2**20
 
 
-def local_inventory(settings: Settings) -> NodeInventory:
+def local_inventory(settings: Settings) -> list[NodeInventory]:
+    """This machine as one node, or as `local_nodes` nodes that split its CPUs and memory
+    (``KAON_LOCAL_NODES``; declared capacity, ``KAON_NODE_*``, is then per node)."""
     gpus = declared_gpus(settings.node_gpus) if settings.node_gpus else discover_gpus()
-    return NodeInventory(
-        id=settings.node_name,
-        name=socket.gethostname() if settings.node_name == "local" else settings.node_name,
-        address="127.0.0.1",
-        cpu=settings.node_cpus or float(os.cpu_count() or 1),
-        memory=settings.node_memory or int(psutil.virtual_memory().total),
-        gpus=tuple(gpus),
-        labels=dict(settings.labels),
-    )
+    n = settings.local_nodes
+    host = socket.gethostname() if settings.node_name == "local" else settings.node_name
+    cpu = settings.node_cpus or float(os.cpu_count() or 1) / n
+    memory = settings.node_memory or int(psutil.virtual_memory().total) // n
+    return [
+        NodeInventory(
+            id=settings.node_name if n == 1 else f"{settings.node_name}-{i}",
+            name=host if n == 1 else f"{host}-{i}",
+            address="127.0.0.1",
+            cpu=cpu,
+            memory=memory,
+            gpus=tuple(gpus),
+            labels=dict(settings.labels),
+        )
+        for i in range(n)
+    ]
 
 
 def load_token_key(home: Path) -> bytes:
@@ -74,8 +83,8 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     reconcilers by hand), nothing runs in the background."""
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
-    node = local_inventory(settings)
-    executor = LocalExecutor(settings.runs_dir, settings.home / "checkpoints", node)
+    nodes = local_inventory(settings)
+    executor = LocalExecutor(settings.runs_dir, settings.home / "checkpoints", nodes)
     config = ReconcilerConfig(
         api_url=settings.api_url,
         blobs_dir=str(settings.blobs_dir),

@@ -48,6 +48,7 @@ class Settings:
     node_cpus: float | None = None  # override the detected capacity (tests, shared hosts)
     node_memory: int | None = None
     node_gpus: str | None = None  # "2" or "H100:2": declared GPUs where NVML has none
+    local_nodes: int = 1  # split this machine into this many nodes (testing multi-node pools)
     bootstrap_token: str | None = None  # the admin token to create on first start
     public_url: str | None = None  # how workers reach the API (default http://host:port)
     labels: dict[str, str] = field(default_factory=dict)
@@ -84,6 +85,7 @@ class Settings:
             node_cpus=float(cpus) if cpus else None,
             node_memory=parse_memory(memory) if memory else None,
             node_gpus=env.get("KAON_NODE_GPUS") or None,
+            local_nodes=max(1, int(env.get("KAON_LOCAL_NODES", "1"))),
             bootstrap_token=env.get("KAON_BOOTSTRAP_TOKEN") or None,
             public_url=env.get("KAON_PUBLIC_URL") or None,
         )
