@@ -130,6 +130,20 @@ class ThreadServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+        kill_workers(self.settings.home)
+
+
+def kill_workers(home: Path) -> None:
+    """Workers outlive the control plane by design; a test's must not outlive the test.
+    Each worker's command leads a process group of its own, and so does its supervisor."""
+    import json
+    import signal
+
+    for path in [*home.glob("runs/*/*/*/child.json"), *home.glob("runs/*/*/*/pid.json")]:
+        try:
+            os.killpg(int(json.loads(path.read_text())["pid"]), signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from kaon.sdk.client import Client
-from tests.conftest import ADMIN_TOKEN, RunningServer, free_port
+from tests.conftest import ADMIN_TOKEN, RunningServer, free_port, kill_workers
 
 
 class ServerProcess:
@@ -69,6 +69,7 @@ def server_process(tmp_path: Path, db_url: str) -> Iterator[ServerProcess]:
     yield server
     if server.proc is not None:
         server.kill(signal.SIGTERM)
+    kill_workers(server.home)
 
 
 class Gateway:
