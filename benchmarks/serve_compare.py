@@ -280,7 +280,9 @@ def load(
     script.write_text(LUA.format(body=BODY, token=TOKEN))
     # warm up (connections, caches, lazy imports), then measure
     warm = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", "-d2s", "-s", str(script), url]
-    subprocess.run(warm, capture_output=True, check=True)
+    if subprocess.run(warm, capture_output=True, check=False).returncode != 0:
+        print(f"  {name:<36} unreachable (process gone?), skipped", flush=True)
+        return Result(name, float("nan"), float("nan"), float("nan"), -1)
     cmd = [
         "wrk",
         f"-t{min(2, connections)}",
@@ -412,7 +414,11 @@ def medians(rounds: list[dict[str, Result]]) -> dict[str, Result]:
     keys = {k for r in rounds for k in r}
     out = {}
     for key in sorted(keys, key=lambda k: list(rounds[0]).index(k) if k in rounds[0] else 99):
-        runs = sorted((r[key] for r in rounds if key in r), key=lambda x: x.rps)
+        runs = sorted(
+            (r[key] for r in rounds if key in r and r[key].errors >= 0), key=lambda x: x.rps
+        )
+        if not runs:
+            continue
         out[key] = runs[len(runs) // 2]
     return out
 

@@ -117,7 +117,9 @@ class TestProxy:
                     "/clf/predict", json={"x": [[1.0]]}, headers={"Connection": "close"}
                 )
             refused = httpx.post(f"{gw.url}/clf/predict", content=b"x" * 1000)  # no token
+            head = httpx.head(f"{gw.url}/clf/predict", headers=AUTH, timeout=5)  # must not hang
         assert codes == [200, 200, 200]
+        assert head.status_code == 405
         assert chunked.json() == [2.0]
         assert big.status_code == 413
         assert closing.status_code == 200

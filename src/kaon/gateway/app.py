@@ -285,7 +285,8 @@ class Gateway:
         self.table = table
 
     def _on_demand(self, name: str) -> None:
-        logger.info("request for %s, which has no ready replica: reporting demand", name)
+        if not self._demand.is_set():  # once per report, not once per held request
+            logger.info("request for %s, which has no ready replica: reporting demand", name)
         self._demand.set()
 
     def report(self, reason: str = "periodic") -> GatewayReport:

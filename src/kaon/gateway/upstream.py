@@ -61,6 +61,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self._got_bytes = False
+        self._head = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,6 +85,11 @@ class _Connection(asyncio.Protocol):
         if name not in _HOP_BY_HOP:
             self._reply.headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        if self._head:  # a reply to HEAD has no body, whatever its Content-Length says
+            self.on_message_complete()
+            self.close()
+
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > MAX_REPLY_BYTES:
@@ -102,13 +108,16 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(reply)
 
     # use
-    async def exchange(self, request: bytes, timeout_s: float) -> UpstreamReply:
+    async def exchange(
+        self, request: bytes, timeout_s: float, head: bool = False
+    ) -> UpstreamReply:
         """Send `request`, wait for the whole reply; `TimeoutError` after `timeout_s` seconds.
 
         The deadline is a plain timer on the loop (cheaper than `asyncio.timeout`, which
         matters at this rate); on expiry the connection is closed, never reused."""
         assert self.transport is not None
         self._reply, self._chunks, self._size, self._got_bytes = UpstreamReply(), [], 0, False
+        self._head = head
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         timer = loop.call_later(timeout_s, self._expire)
@@ -170,7 +179,8 @@ class UpstreamPool:
         conn = await self._connection(host, port, timeout_s)
         ok = False
         try:
-            reply = await conn.exchange(head + body, max(0.0, deadline - time.monotonic()))
+            remaining = max(0.0, deadline - time.monotonic())
+            reply = await conn.exchange(head + body, remaining, head=method == "HEAD")
             ok = True
             return reply
         finally:
