@@ -46,16 +46,21 @@ def _cross_entropy_class_last(outputs: torch.Tensor, targets: torch.Tensor) -> t
     return F.cross_entropy(outputs.reshape(-1, classes), targets.reshape(-1))
 
 
+def _same_dtype(targets: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Integer or double labels become the outputs' dtype (a no-op check per step)."""
+    return targets if targets.dtype == outputs.dtype else targets.to(outputs.dtype)
+
+
 def _binary_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy(outputs, targets.to(outputs.dtype))
+    return F.binary_cross_entropy(outputs, _same_dtype(targets, outputs))
 
 
 def _binary_cross_entropy_logits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype))
+    return F.binary_cross_entropy_with_logits(outputs, _same_dtype(targets, outputs))
 
 
 def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(outputs, targets.to(outputs.dtype))
+    return F.mse_loss(outputs, _same_dtype(targets, outputs))
 
 
 LOSSES: dict[str, LossFn] = {

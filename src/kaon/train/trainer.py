@@ -12,8 +12,8 @@ they call. What the loop promises:
 - **SIGTERM is a request, not a crash.** The current step finishes, a checkpoint is
   written, and `Preempted` exits the process with code 75, which the platform reads as
   "preempted, resume me".
-- **The hot loop stays on the device.** Losses are summed in a device tensor and read
-  (one GPU sync) only when something is logged; there is no ``.item()`` per step.
+- **The hot loop stays on the device.** Each step's loss tensor is kept and they are
+  summed and read (one GPU sync) only when something is logged; no ``.item()`` per step.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from kaon.train.runtime import (
 __all__ = ["Preempted", "Trainer"]
 
 _NO_CONTEXT = contextlib.nullcontext()
+_FOLD_LOSSES = 1024
 
 
 class Preempted(SystemExit):
@@ -184,9 +185,10 @@ class Trainer:
             self.runtime.is_main, cfg.output_dir, cfg.tensorboard, cfg.progress
         )
         self._plan_steps()
-        self._loss_window = torch.zeros((), device=self.runtime.device)
+        self._losses: list[torch.Tensor] = []  # this log window's micro-batch losses
         self._window_steps = 0
         self._window_start = time.perf_counter()
+        self._copy_batches = self.runtime.device.type != "cpu"  # the loader yields CPU tensors
         self._last_save = time.monotonic()
         self._saved_step = -1
         self._sigterm = _SigtermFlag()
@@ -219,8 +221,9 @@ class Trainer:
         group = min(cfg.grad_accum_steps, left)  # micro-batches in this optimizer step
         micro = 0
         for inputs, targets in self._loader:
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
+            if self._copy_batches:
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
             micro += 1
             self._forward_backward(inputs, targets, group, last=micro == group)
             if micro < group:
@@ -248,7 +251,9 @@ class Trainer:
             if group > 1:
                 loss = loss / group  # the step's loss is the mean over its micro-batches
             loss.backward()  # type: ignore[no-untyped-call]
-        self._loss_window += loss.detach()  # summed on the device: no sync here
+        self._losses.append(loss.detach())  # read when logged: no sync, no kernel here
+        if len(self._losses) == _FOLD_LOSSES:  # a long window: fold it, still without a sync
+            self._losses[:] = [torch.stack(self._losses).sum()]
 
     def _optimizer_step(self, step: int) -> None:
         cfg = self.config
@@ -375,17 +380,18 @@ class Trainer:
         """Read the losses summed on the device since the last read; (mean, samples/s)."""
         now = time.perf_counter()
         steps = self._window_steps
-        total = float(self._loss_window.item()) if steps else 0.0
+        total = float(torch.stack(self._losses).sum().item()) if self._losses else 0.0
         rate = steps * self._samples_per_step / max(now - self._window_start, 1e-9)
         p.epoch_loss_sum += total
         p.epoch_loss_steps += steps
-        self._loss_window.zero_()
+        self._losses.clear()
         self._window_steps = 0
         self._window_start = now
         return (total / steps if steps else math.nan), rate
 
     def _mean(self) -> float:
-        return float(self._loss_window.item()) / max(1, self._window_steps)
+        total = float(torch.stack(self._losses).sum().item()) if self._losses else 0.0
+        return total / max(1, self._window_steps)
 
     def _epoch_loss(self, p: _Progress) -> float:
         self._flush_window(p)
