@@ -3,6 +3,7 @@ logging. The same loop runs as real subprocesses in test_resume_process and test
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 from kaon.core.jobs import EXIT_CODE_RESUME
 from kaon.train import Preempted, TrainConfig, Trainer
 from kaon.train.data import ResumableSampler
+from kaon.train.reporting import Reporter
 from kaon.train.runtime import Runtime
 from tests.train.conftest import blobs, mlp, same_weights
 
@@ -191,3 +193,27 @@ class TestSampler:
         assert list(sampler) == full[3:] and len(sampler) == len(full) - 3
         sampler.set_position(epoch=3, skip=0)
         assert list(sampler) != full
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal, as sys.stdout does in an interactive shell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class TestTerminalAndTimers:
+    def test_progress_bar_on_a_terminal(self) -> None:
+        terminal = _Terminal()
+        reporter = Reporter(True, "unused", tensorboard=False, progress=True, stream=terminal)
+        reporter.bar(0, 3, 5, 10, lambda: 0.25)
+        reporter.message("epoch 1/3 step 10 loss 0.25")
+        assert terminal.getvalue() == (
+            "\repoch 1/3 [############............] 5/10 loss 0.25"
+            "\r\033[Kepoch 1/3 step 10 loss 0.25\n"
+        )
+
+    def test_checkpoint_every_seconds(self, tmp_path: Path) -> None:
+        train(tmp_path, epochs=1, checkpoint_every_seconds=1e-9, keep_checkpoints=2)
+        names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+        assert names == ["step-000000015", "step-000000016"]  # one a step, the last 2 kept
