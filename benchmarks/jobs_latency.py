@@ -129,6 +129,8 @@ def bench_ray(runs: int, burst: int, burst_timeout: float) -> Result | None:
     except ImportError:
         print("ray[default] is not installed; skipping Ray Jobs", file=sys.stderr)
         return None
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a local head on loopback, like Kaon's
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     port, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
