@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 MEMORY_CHECK_S = 0.2
 
 
@@ -39,6 +37,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _tree_rss(pid: int) -> int:
+    import psutil  # on first use: a worker that ends within one check never pays for it
+
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
