@@ -21,8 +21,6 @@ import os
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 __all__ = ["report", "flush"]
@@ -68,6 +66,9 @@ class _Reporter:
                 self._idle.set()
 
     def _post(self, batch: list[dict[str, Any]]) -> None:
+        import urllib.error  # here, not at import: `import kaon` must stay cheap in a job
+        import urllib.request
+
         body = json.dumps({"worker": self._worker, "points": batch}).encode()
         request = urllib.request.Request(
             self._endpoint,

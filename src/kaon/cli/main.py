@@ -66,7 +66,10 @@ def _start_gateway(url: str, token: str | None, port: int) -> str:
         return "not started (no admin token; run 'kaon login' and 'kaon up' again)"
     name = f"gateway-{secrets.token_hex(3)}"
     secret = Client(url, token=token).tokens.create(name, role="gateway").token
-    daemon.start({"KAON_GATEWAY_TOKEN": secret}, ["--port", str(port), "--control-plane", url])
+    daemon.start(
+        {"KAON_GATEWAY_TOKEN": secret},
+        ["--port", str(port), "--control-plane", url, "--poll", "0.25"],
+    )
     with err.status(f"starting the gateway on {gateway_url} ..."):
         probe = Client(gateway_url, token="")
         if not wait_healthy(probe.healthy, 30):
