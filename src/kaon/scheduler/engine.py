@@ -26,7 +26,7 @@ from kaon.scheduler.model import (
     WorkerPlacement,
     Workload,
 )
-from kaon.scheduler.policies import Key, Policy
+from kaon.scheduler.policies import DISPLACE, RECLAIM, Key, Policy
 from kaon.scheduler.preempt import plan
 from kaon.scheduler.quota import QuotaLedger
 
@@ -55,6 +55,10 @@ class Pass:
         self.victims: list[tuple[Key, Workload]] | None = None
         self.failed_shapes: set[_Shape] = set()
         self.failures = 0
+        self.refusals: dict[tuple[int, str, int, int, float, int], str | None] = {}
+        self.no_room: dict[tuple[int, int, int, int], str] = {}
+        self.worst: Key | None = None  # the worst-ranked victim that may go now
+        self.sorted_victims = False
         self.held: list[int] = []
         self.shadow: float | None = None
         self.blocker: Workload | None = None
@@ -81,7 +85,7 @@ class Pass:
         if self.blocker is not None:
             return _behind(self.blocker, w)
         if self.ledger is not None:
-            refusal = self.ledger.refusal(w)
+            refusal = self._refusal(w)
             if refusal is not None:
                 return refusal
         placed = self._place(w)
@@ -95,6 +99,15 @@ class Pass:
         if self.policy.blocking == "easy":
             self.started.append(replace(w, placement=placed, started_at=self.now))
         return None
+
+    def _refusal(self, w: Workload) -> str | None:
+        """The quota's answer, cached until the ledger changes (a full pool leaves long
+        runs of jobs of one workspace and shape that all get the same answer)."""
+        assert self.ledger is not None
+        key = (self.ledger.version, w.workspace, w.workers, w.gpus, w.cpu, w.memory)
+        if key not in self.refusals:
+            self.refusals[key] = self.ledger.refusal(w)
+        return self.refusals[key]
 
     def _place(self, w: Workload) -> tuple[WorkerPlacement, ...] | None:
         placed = place_gang(self.index, w)
@@ -113,18 +126,30 @@ class Pass:
         shape = self._shape(w)
         if self.failures >= GIVE_UP_AFTER or shape in self.failed_shapes:
             return None
+        self._victims()
+        if not self._may_preempt(k, w):
+            return None
+        victims = self._sort_victims()
         reasons: dict[str, str] = {}
-        eligible = []
+        tiers: dict[int, list[Workload]] = {}
         lent: dict[str, float] = {}  # what other workspaces borrow, left to take back
-        for vk, v in self._victims():
+        for vk, v in victims:
             if v.id in self.evicted:
                 continue
-            why = self.policy.victim(w, k, v, vk, self.now, self.ledger)
-            if why is None or not self._within_loan(w, v, lent):
+            verdict = self.policy.victim(w, k, v, vk, self.now, self.ledger)
+            if verdict is None:
                 continue
-            reasons[v.id] = why
-            eligible.append(v)
-        result = plan(self.index, w, eligible) if eligible else None
+            tier, reasons[v.id] = verdict
+            if tier == RECLAIM and not self._within_loan(v, lent):
+                tier = DISPLACE
+            tiers.setdefault(tier, []).append(v)
+        result = None
+        eligible: list[Workload] = []
+        for tier in sorted(tiers):  # the cheapest kind of victim that makes room
+            eligible = [*eligible, *tiers[tier]]
+            result = plan(self.index, w, eligible)
+            if result is not None:
+                break
         if result is None:
             self.failed_shapes.add(shape)
             self.failures += 1
@@ -137,12 +162,20 @@ class Pass:
                 self.ledger.add(v, -1)
         return placed
 
-    def _within_loan(self, w: Workload, v: Workload, lent: dict[str, float]) -> bool:
-        """Take from another quota-bound workspace only while it is still borrowing, so
-        preemption never pushes it below its nominal quota by more than one job."""
-        ledger = self.ledger
-        if ledger is None or v.workspace == w.workspace or not ledger.limited(v.workspace):
+    def _may_preempt(self, k: Key, w: Workload) -> bool:
+        """A cheap necessary condition: does `w` outrank the worst victim, or reclaim?"""
+        if self.worst is not None and self.policy.outranks(k, self.worst):
             return True
+        ledger = self.ledger
+        if ledger is None or not ledger.limited(w.workspace) or not ledger.within_nominal(w):
+            return False
+        return any(ws != w.workspace for ws in ledger.lenders())
+
+    def _within_loan(self, v: Workload, lent: dict[str, float]) -> bool:
+        """Reclaim from a workspace only while it is still borrowing, so reclaiming never
+        pushes it below its nominal quota by more than one job."""
+        assert self.ledger is not None
+        ledger = self.ledger
         left = lent.setdefault(v.workspace, ledger.borrowed_gpus(v.workspace))
         if left <= 1e-9:
             return False
@@ -156,17 +189,32 @@ class Pass:
         return (w.workers, w.gpus, w.cpu, w.memory, ws)
 
     def _victims(self) -> list[tuple[Key, Workload]]:
-        """Running preemptible jobs, first to go first (built once, on first need)."""
+        """Running preemptible jobs, first to go first: work borrowed from another
+        workspace's quota, then the worst ranked, then the most recently started (least
+        work lost). Built once per pass, on first need, and sorted only when a waiting
+        job passes the cheap test against the worst-ranked victim."""
         if self.victims is None:
             policy, now = self.policy, self.now
-            order = []
-            for v in self.snapshot.running:
-                if v.preemptible and v.placement:
-                    vk = policy.key(v, now)
-                    order.append((policy.victim_order(v, vk, now), v.id, vk, v))
-            order.sort()
-            self.victims = [(vk, v) for _, _, vk, v in order]
+            keyed = [(policy.key(v, now), v) for v in self.snapshot.running if v.preemptible]
+            ready = [vk for vk, v in keyed if policy.ready(v, now)]
+            self.worst = max(ready, default=None)
+            self.victims = keyed
+            self.sorted_victims = False
         return self.victims
+
+    def _sort_victims(self) -> list[tuple[Key, Workload]]:
+        victims = self._victims()
+        if not self.sorted_victims:
+            ledger = self.ledger
+
+            def order(entry: tuple[Key, Workload]) -> tuple[bool, Key, float, str]:
+                vk, v = entry
+                lent = ledger is not None and ledger.borrowing(v.workspace)
+                return (lent, vk, v.started_at or 0.0, v.id)
+
+            victims.sort(key=order, reverse=True)
+            self.sorted_victims = True
+        return victims
 
     # -- blocking -------------------------------------------------------------------------
 
@@ -190,6 +238,12 @@ class Pass:
         return why
 
     def _no_room(self, w: Workload) -> str:
+        key = (w.workers, w.gpus, self.index.free_gpus, len(self.reserved))
+        if key not in self.no_room:
+            self.no_room[key] = self._describe_no_room(w)
+        return self.no_room[key]
+
+    def _describe_no_room(self, w: Workload) -> str:
         shape = f"{w.workers} x {w.gpus} GPU" if w.workers > 1 else f"{w.gpus} GPU"
         room = (
             f"no fitting node for {shape}: {self.index.free_gpus} GPUs free, "

@@ -32,6 +32,11 @@ from kaon.scheduler.quota import QuotaLedger
 Key = tuple[float, ...]
 Blocking = Literal["strict", "skip", "easy", "reserve"]
 
+# Why a victim may go, cheapest first: the engine tries to make room with reclaimed loans
+# alone, then also by moving small jobs aside, and only then by rank (priority or LAS).
+RECLAIM, DISPLACE, RANK = 0, 1, 2
+Verdict = tuple[int, str]
+
 
 class Policy:
     """Base: priority, then FIFO; never preempts; strict head-of-line blocking."""
@@ -47,14 +52,18 @@ class Policy:
 
     def victim(
         self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
-    ) -> str | None:
-        """Why `p` may preempt `v`, or None if it may not."""
+    ) -> Verdict | None:
+        """Whether waiting job `p` may preempt running job `v`: (tier, reason), or None."""
         return None
 
-    def victim_order(self, v: Workload, vk: Key, now: float) -> Key:
-        """Victims with the smallest value are preempted first: by default the worst ranked,
-        most recently started (least work lost)."""
-        return (*(-x for x in vk), -(v.started_at or 0.0))
+    def ready(self, v: Workload, now: float) -> bool:
+        """May running job `v` be preempted by rank at all now (e.g. ran long enough)?"""
+        return True
+
+    def outranks(self, pk: Key, vk: Key) -> bool:
+        """Could a waiting job keyed `pk` preempt a running job keyed `vk` by rank? A cheap
+        necessary condition for `victim`, checked against the worst-ranked victim."""
+        return False
 
 
 class FifoPolicy(Policy):
@@ -69,9 +78,9 @@ class EasyPolicy(Policy):
     max_reservations = 1
 
 
-def _priority_victim(p: Workload, v: Workload) -> str | None:
+def _priority_victim(p: Workload, v: Workload) -> Verdict | None:
     if p.priority > v.priority:
-        return f"preempted by higher-priority job {p.id} ({p.priority} > {v.priority})"
+        return RANK, f"preempted by higher-priority job {p.id} ({p.priority} > {v.priority})"
     return None
 
 
@@ -89,13 +98,16 @@ class LasPolicy(Policy):
     def key(self, w: Workload, now: float) -> Key:
         return (-w.priority, bisect_right(self.thresholds, w.attained(now)), w.submitted_at)
 
+    def outranks(self, pk: Key, vk: Key) -> bool:
+        return pk[0] < vk[0] or (pk[0] == vk[0] and pk[1] < vk[1])
+
     def victim(
         self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
-    ) -> str | None:
+    ) -> Verdict | None:
         if p.priority != v.priority:
             return _priority_victim(p, v)
         if pk[1] < vk[1]:
-            return f"preempted by {p.id}: it has had less service (queue {pk[1]:g} < {vk[1]:g})"
+            return RANK, f"preempted by {p.id}, which has had less service (queue {pk[1]:g})"
         return None
 
 
@@ -114,13 +126,16 @@ class SrtfPolicy(Policy):
         remaining = (w.walltime_s if w.walltime_s is not None else math.inf) - done
         return (-w.priority, max(remaining, 0.0), w.submitted_at)
 
+    def outranks(self, pk: Key, vk: Key) -> bool:
+        return pk[0] < vk[0] or (pk[0] == vk[0] and pk[1] + self.restart_penalty_s < vk[1])
+
     def victim(
         self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
-    ) -> str | None:
+    ) -> Verdict | None:
         if p.priority != v.priority:
             return _priority_victim(p, v)
         if pk[1] + self.restart_penalty_s < vk[1]:
-            return f"preempted by {p.id}: shorter remaining time"
+            return RANK, f"preempted by {p.id}, which has less time left"
         return None
 
 
@@ -160,41 +175,55 @@ class KaonPolicy(Policy):
         return max(self.min_run_s, self.min_run_factor * self.restart_penalty_s)
 
     def level(self, w: Workload, now: float) -> int:
-        attained = w.attained(now)
+        """The LAS level of `w`'s service so far (0 for the least served)."""
+        return self._level(w.attained(now))
+
+    def _level(self, attained: float) -> int:
         if attained < self.las_base_gpu_s:
             return 0
         steps = int(math.log(attained / self.las_base_gpu_s, self.las_ratio)) + 1
         return min(steps, self.las_levels - 1)
 
     def key(self, w: Workload, now: float) -> Key:
-        level = self.level(w, now)
         if w.placement:  # running: aging is for waiting jobs
-            return (-w.priority, level, w.submitted_at)
-        ran = w.attained(now) / max(w.total_gpus, 1)
-        waited = max(now - w.submitted_at - ran, 0.0)
-        return (-w.priority, level - waited / self.age_s, w.submitted_at)
+            return (-w.priority, self.level(w, now), w.submitted_at)
+        attained = w.attained_gpu_s  # a waiting job's service does not grow
+        level = self._level(attained)
+        waited = now - w.submitted_at - attained / (w.gpus * w.workers or 1)
+        return (-w.priority, level - max(waited, 0.0) / self.age_s, w.submitted_at)
+
+    def ready(self, v: Workload, now: float) -> bool:
+        return v.started_at is None or now - v.started_at >= self.min_run
+
+    def outranks(self, pk: Key, vk: Key) -> bool:
+        return pk[0] < vk[0] or (pk[0] == vk[0] and pk[1] + self.hysteresis <= vk[1])
 
     def victim(
         self, p: Workload, pk: Key, v: Workload, vk: Key, now: float, ledger: QuotaLedger | None
-    ) -> str | None:
-        guarded = ledger is not None and ledger.limited(v.workspace)
-        lent = ledger is not None and ledger.borrowing(v.workspace)
-        if p.workspace != v.workspace and guarded and not lent:
-            return None  # never take from a workspace that is inside its nominal quota
+    ) -> Verdict | None:
+        other = p.workspace != v.workspace
+        if ledger is not None and other and ledger.limited(v.workspace):
+            if not ledger.borrowing(v.workspace):  # inside its quota: only moved aside
+                return self._displace(p, v, ledger)
+            if ledger.limited(p.workspace) and ledger.within_nominal(p):
+                return RECLAIM, f"reclaimed: workspace {p.workspace} needs its quota for {p.id}"
         if p.priority != v.priority:
             return _priority_victim(p, v)
-        if (
-            ledger is not None
-            and p.workspace != v.workspace
-            and ledger.limited(p.workspace)
-            and ledger.within_nominal(p)
-            and ledger.borrowing(v.workspace)
-        ):
-            return f"reclaimed: workspace {p.workspace} needs its quota back for {p.id}"
-        ran = now - v.started_at if v.started_at is not None else math.inf
-        if pk[1] + self.hysteresis <= vk[1] and ran >= self.min_run:
-            return f"preempted by {p.id}: it has had less service (level {pk[1]:.1f} < {vk[1]:g})"
+        if pk[1] + self.hysteresis <= vk[1] and self.ready(v, now):
+            return RANK, f"preempted by {p.id}, which has had less service"
         return None
+
+    def _displace(self, p: Workload, v: Workload, ledger: QuotaLedger) -> Verdict | None:
+        """A gang inside its quota may move a job smaller than one of its workers off a
+        node, when the cohort has loans that the moved job can reclaim in turn: whole
+        free nodes are what a gang needs, and loans are often spread thin over many."""
+        if p.priority < v.priority or v.total_gpus >= p.gpus:
+            return None
+        if not (ledger.limited(p.workspace) and ledger.within_nominal(p)):
+            return None
+        if sum(ledger.borrowed_gpus(ws) for ws in ledger.lenders()) < v.total_gpus:
+            return None
+        return DISPLACE, f"moved aside for {p.id}, whose workspace needs its quota"
 
 
 POLICIES: dict[str, type[Policy]] = {

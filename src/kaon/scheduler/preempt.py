@@ -27,11 +27,12 @@ def plan(
     On success `index` holds `w`'s placement and no longer holds the chosen victims.
     """
     by_node: dict[int, list[Workload]] = defaultdict(list)
+    rank = {v.id: n for n, v in enumerate(victims)}
     for v in victims:
         for i in {index.by_id[wp.node_id] for wp in v.placement if wp.node_id in index.by_id}:
             if index.listed[i]:
                 by_node[i].append(v)
-    options = [opt for i, vs in by_node.items() if (opt := _node_option(index, w, i, vs))]
+    options = [opt for i, vs in by_node.items() if (opt := _node_option(index, w, i, vs, rank))]
     if not options:
         return None
     elsewhere = 0
@@ -60,11 +61,17 @@ def plan(
     return placed, released
 
 
-_Option = tuple[tuple[int, float], int, list[Workload]]  # (cost, workers hosted, victims)
+_Option = tuple[tuple[int, int, float], int, list[Workload]]  # (cost, workers, victims)
 
 
-def _node_option(index: FreeIndex, w: Workload, i: int, vs: list[Workload]) -> _Option | None:
-    """The fewest victims on node `i` (a prefix, in victim order) that make the most room."""
+def _node_option(
+    index: FreeIndex, w: Workload, i: int, vs: list[Workload], rank: dict[str, int]
+) -> _Option | None:
+    """The fewest victims on node `i` (a prefix, in victim order) that make the most room.
+
+    Its cost: how many victims, then how far down the victim order it had to go, then the
+    GPUs taken away; so the cheapest node is the one that hurts the fewest, least
+    deserving jobs."""
     gpus, cpu, memory = len(index.gpus[i]), index.cpu[i], index.memory[i]
     best: _Option | None = None
     taken: list[Workload] = []
@@ -76,7 +83,7 @@ def _node_option(index: FreeIndex, w: Workload, i: int, vs: list[Workload]) -> _
         taken.append(v)
         hosted = _hosted(w, gpus, cpu, memory)
         if hosted and (best is None or hosted > best[1]):
-            cost = (len(taken), float(sum(t.total_gpus for t in taken)))
+            cost = (len(taken), rank[v.id], float(sum(t.total_gpus for t in taken)))
             best = (cost, hosted, list(taken))
         if hosted >= w.workers:
             break

@@ -36,18 +36,30 @@ class QuotaLedger:
         self.used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self.cohort_used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self.cohort_nominal: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self.version = 0  # bumps on every change, for callers that cache answers
         for q in quotas.values():
             total = self.cohort_nominal[q.cohort]
             for d, value in enumerate(_nominal(q)):
                 total[d] += value
+        used = self.used
         for w in running:
-            self.add(w, +1)
+            u = used[w.workspace]
+            u[0] += w.gpus * w.workers
+            u[1] += w.cpu * w.workers
+            u[2] += w.memory * w.workers
+        for ws, u in used.items():
+            q = quotas.get(ws)
+            if q is not None:
+                cohort = self.cohort_used[q.cohort]
+                for d in range(3):
+                    cohort[d] += u[d]
 
     def limited(self, workspace: str) -> bool:
         return workspace in self.quotas
 
     def add(self, w: Workload, sign: int) -> None:
         """Count `w` as using (sign=+1) or no longer using (sign=-1) its resources."""
+        self.version += 1
         used = self.used[w.workspace]
         q = self.quotas.get(w.workspace)
         cohort = self.cohort_used[q.cohort] if q is not None else None
@@ -62,10 +74,15 @@ class QuotaLedger:
         if q is None:
             return True
         used = self.used[w.workspace]
-        return all(
-            used[d] + value <= limit + _EPS
-            for d, (value, limit) in enumerate(zip(demand(w), _nominal(q), strict=True))
+        return (
+            used[0] + w.gpus * w.workers <= q.gpus + _EPS
+            and used[1] + w.cpu * w.workers <= q.cpu + _EPS
+            and used[2] + w.memory * w.workers <= q.memory + _EPS
         )
+
+    def lenders(self) -> list[str]:
+        """Workspaces that borrow now (their borrowed work may be reclaimed)."""
+        return [ws for ws in self.used if self.borrowing(ws)]
 
     def borrowing(self, workspace: str) -> bool:
         """Is the workspace using more than its nominal quota in any resource?"""

@@ -108,6 +108,8 @@ class Simulator:
         self.node_cache: list[NodeSnapshot | None] = [None] * config.nodes
         self.pending: dict[str, SimJob] = {}
         self.running: dict[str, SimJob] = {}
+        self.pending_w: dict[str, Workload] = {}  # the same, as the scheduler sees them
+        self.running_w: dict[str, Workload] = {}
         self.jobs: list[SimJob] = []
         self.rejected: list[TraceJob] = []
         self.events: list[tuple[float, int, int, int]] = []
@@ -161,6 +163,7 @@ class Simulator:
             job.finish = now
             self._release(job)
             del self.running[job.spec.id]
+            del self.running_w[job.spec.id]
 
     # -- the scheduling pass ------------------------------------------------------------
 
@@ -170,8 +173,8 @@ class Simulator:
         snapshot = Snapshot(
             now=now,
             nodes=tuple(self._node(i) for i in range(self.config.nodes)),
-            pending=tuple(j.workload for j in self.pending.values()),
-            running=tuple(j.workload for j in self.running.values()),
+            pending=tuple(self.pending_w.values()),
+            running=tuple(self.running_w.values()),
             quotas=self.quotas,
         )
         decisions = run_pass(snapshot, self.policy)
@@ -207,6 +210,8 @@ class Simulator:
             attained_gpu_s=job.progress * job.workload.total_gpus,
         )  # fmt: skip
         del self.pending[job.spec.id]
+        del self.pending_w[job.spec.id]
+        self.running_w[job.spec.id] = job.workload
         self.waiting_sizes[job.spec.tenant][job.workload.total_gpus] -= 1
         self.running[job.spec.id] = job
         self.held[job.spec.tenant] += job.workload.total_gpus
@@ -221,6 +226,7 @@ class Simulator:
         self.preemptions += 1
         self._release(job)
         del self.running[job.spec.id]
+        del self.running_w[job.spec.id]
         job.workload = replace(
             job.workload, placement=(), started_at=None, attained_at=None,
             attained_gpu_s=job.progress * job.workload.total_gpus,
@@ -229,6 +235,7 @@ class Simulator:
 
     def _enqueue(self, job: SimJob) -> None:
         self.pending[job.spec.id] = job
+        self.pending_w[job.spec.id] = job.workload
         self.waiting_sizes[job.spec.tenant][job.workload.total_gpus] += 1
 
     def _release(self, job: SimJob) -> None:

@@ -78,7 +78,9 @@ def _parse_row(name: str, line: int, row: list[str]) -> _Row:
         try:
             value = convert(cells[column])
         except ValueError:
-            raise TraceError(name, line, column, f"expected {what}, got {cells[column]!r}") from None
+            raise TraceError(
+                name, line, column, f"expected {what}, got {cells[column]!r}"
+            ) from None
         if not value >= 0 or value == float("inf"):
             raise TraceError(name, line, column, f"expected {what}, got {cells[column]!r}")
         return value
