@@ -248,12 +248,14 @@ def workspace_list(client: ClientOpt = None, json_: JsonOpt = False) -> None:
 
 
 def _register_optional() -> None:
-    """Commands that live with their feature (the simulator, serving)."""
+    """Commands that live with their feature: the trace simulator (`kaon sim`)."""
+    import importlib
+
     try:
-        from kaon.cli.sim import sim
-    except ImportError:  # pragma: no cover - the simulator is part of the package
+        module = importlib.import_module("kaon.cli.sim")
+    except ImportError:
         return
-    app.command("sim")(sim)
+    app.command("sim")(module.sim)
 
 
 _register_optional()

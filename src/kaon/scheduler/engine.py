@@ -33,6 +33,7 @@ from kaon.scheduler.quota import QuotaLedger
 GIVE_UP_AFTER = 4  # fruitless preemption attempts before a pass stops trying
 
 _Shape = tuple[int, int, float, int, str]
+_Preempted = tuple[int, int, float, int, str, bool]
 
 
 class Pass:
@@ -53,11 +54,13 @@ class Pass:
         self.started: list[Workload] = []
         self.evicted: set[str] = set()
         self.victims: list[tuple[Key, Workload]] | None = None
-        self.failed_shapes: set[_Shape] = set()
+        self.failed_shapes: set[_Preempted] = set()
         self.failures = 0
-        self.refusals: dict[tuple[int, str, int, int, float, int], str | None] = {}
+        self.refusals: dict[tuple[int, str, int, int, float, int], tuple[str, bool] | None]
+        self.refusals = {}
         self.no_room: dict[tuple[int, int, int, int], str] = {}
         self.worst: Key | None = None  # the worst-ranked victim that may go now
+        self.lowest_priority: int | None = None  # of any running preemptible job
         self.sorted_victims = False
         self.held: list[int] = []
         self.shadow: float | None = None
@@ -84,15 +87,15 @@ class Pass:
             return "backing off before a retry"
         if self.blocker is not None:
             return _behind(self.blocker, w)
-        if self.ledger is not None:
-            refusal = self._refusal(w)
-            if refusal is not None:
-                return refusal
-        placed = self._place(w)
+        refusal = self._refusal(w) if self.ledger is not None else None
+        if refusal is not None and not (refusal[1] and self.policy.preempts):
+            return refusal[0]
+        swap = refusal is not None  # may only take the place of borrowed work
+        placed = None if swap else self._place(w)
         if placed is None and self.policy.preempts:
-            placed = self._preempt(k, w)
+            placed = self._preempt(k, w, swap)
         if placed is None:
-            return self._block(w)
+            return refusal[0] if refusal is not None else self._block(w)
         self.placements.append(Placement(w.id, placed))
         if self.ledger is not None:
             self.ledger.add(w, +1)
@@ -100,7 +103,7 @@ class Pass:
             self.started.append(replace(w, placement=placed, started_at=self.now))
         return None
 
-    def _refusal(self, w: Workload) -> str | None:
+    def _refusal(self, w: Workload) -> tuple[str, bool] | None:
         """The quota's answer, cached until the ledger changes (a full pool leaves long
         runs of jobs of one workspace and shape that all get the same answer)."""
         assert self.ledger is not None
@@ -122,8 +125,10 @@ class Pass:
 
     # -- preemption ---------------------------------------------------------------------
 
-    def _preempt(self, k: Key, w: Workload) -> tuple[WorkerPlacement, ...] | None:
-        shape = self._shape(w)
+    def _preempt(self, k: Key, w: Workload, swap: bool) -> tuple[WorkerPlacement, ...] | None:
+        """Place `w` by preempting victims the policy names, the cheapest tier first. With
+        `swap` the cohort is full, so the victims must give back at least what `w` takes."""
+        shape = (*self._shape(w), swap)
         if self.failures >= GIVE_UP_AFTER or shape in self.failed_shapes:
             return None
         self._victims()
@@ -140,14 +145,20 @@ class Pass:
             if verdict is None:
                 continue
             tier, reasons[v.id] = verdict
-            if tier == RECLAIM and not self._within_loan(v, lent):
-                tier = DISPLACE
+            if self._lent_out(w, v):
+                loan = self._within_loan(v, lent, strict=tier != RECLAIM)
+                if not loan and tier != RECLAIM:
+                    continue  # rank never takes from another workspace's own share
+                if not loan:
+                    tier = DISPLACE
             tiers.setdefault(tier, []).append(v)
         result = None
         eligible: list[Workload] = []
         for tier in sorted(tiers):  # the cheapest kind of victim that makes room
             eligible = [*eligible, *tiers[tier]]
             result = plan(self.index, w, eligible)
+            if result is not None and swap and not self._swap_ok(w, *result):
+                result = None
             if result is not None:
                 break
         if result is None:
@@ -162,22 +173,41 @@ class Pass:
                 self.ledger.add(v, -1)
         return placed
 
+    def _swap_ok(
+        self, w: Workload, placed: tuple[WorkerPlacement, ...], released: list[Workload]
+    ) -> bool:
+        """Keep a swap only if the cohort stays within its nominal; else undo it."""
+        assert self.ledger is not None
+        if self.ledger.cohort_room(w, released):
+            return True
+        self.index.release(replace(w, placement=placed))
+        for v in reversed(released):
+            self.index.claim(v)
+        return False
+
     def _may_preempt(self, k: Key, w: Workload) -> bool:
         """A cheap necessary condition: does `w` outrank the worst victim, or reclaim?"""
         if self.worst is not None and self.policy.outranks(k, self.worst):
             return True
+        if self.lowest_priority is not None and w.priority > self.lowest_priority:
+            return True  # a higher priority class need not wait for a minimum run time
         ledger = self.ledger
         if ledger is None or not ledger.limited(w.workspace) or not ledger.within_nominal(w):
             return False
         return any(ws != w.workspace for ws in ledger.lenders())
 
-    def _within_loan(self, v: Workload, lent: dict[str, float]) -> bool:
-        """Reclaim from a workspace only while it is still borrowing, so reclaiming never
-        pushes it below its nominal quota by more than one job."""
-        assert self.ledger is not None
+    def _lent_out(self, w: Workload, v: Workload) -> bool:
+        """Is `v` another quota-bound workspace's work, so only its loan may be taken?"""
         ledger = self.ledger
-        left = lent.setdefault(v.workspace, ledger.borrowed_gpus(v.workspace))
-        if left <= 1e-9:
+        return ledger is not None and v.workspace != w.workspace and ledger.limited(v.workspace)
+
+    def _within_loan(self, v: Workload, lent: dict[str, float], strict: bool) -> bool:
+        """Take from another workspace only what it borrows: by rank, never below its
+        nominal quota (else it would reclaim at once and the two would thrash); by
+        reclaim, while it still borrows (at most one job below its nominal)."""
+        assert self.ledger is not None
+        left = lent.setdefault(v.workspace, self.ledger.borrowed_gpus(v.workspace))
+        if left <= 1e-9 or (strict and left + 1e-9 < v.total_gpus):
             return False
         lent[v.workspace] = left - v.total_gpus
         return True
@@ -198,6 +228,7 @@ class Pass:
             keyed = [(policy.key(v, now), v) for v in self.snapshot.running if v.preemptible]
             ready = [vk for vk, v in keyed if policy.ready(v, now)]
             self.worst = max(ready, default=None)
+            self.lowest_priority = min((v.priority for _, v in keyed), default=None)
             self.victims = keyed
             self.sorted_victims = False
         return self.victims

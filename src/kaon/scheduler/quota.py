@@ -37,9 +37,9 @@ class QuotaLedger:
         self.cohort_used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self.cohort_nominal: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self.version = 0  # bumps on every change, for callers that cache answers
-        for q in quotas.values():
-            total = self.cohort_nominal[q.cohort]
-            for d, value in enumerate(_nominal(q)):
+        for nominal_quota in quotas.values():
+            total = self.cohort_nominal[nominal_quota.cohort]
+            for d, value in enumerate(_nominal(nominal_quota)):
                 total[d] += value
         used = self.used
         for w in running:
@@ -99,8 +99,25 @@ class QuotaLedger:
             return 0.0
         return max(self.used[workspace][0] - q.gpus, 0.0)
 
-    def refusal(self, w: Workload) -> str | None:
-        """Why quota keeps `w` waiting, or None if it may run (borrowing included)."""
+    def cohort_room(self, w: Workload, freed: list[Workload]) -> bool:
+        """Would the cohort stay within its nominal GPUs if `w` replaced `freed`?"""
+        q = self.quotas.get(w.workspace)
+        if q is None:
+            return True
+        back = sum(
+            v.total_gpus
+            for v in freed
+            if (qv := self.quotas.get(v.workspace)) and qv.cohort == q.cohort
+        )
+        used = self.cohort_used[q.cohort][0] - back + w.total_gpus
+        return used <= self.cohort_nominal[q.cohort][0] + _EPS
+
+    def refusal(self, w: Workload) -> tuple[str, bool] | None:
+        """Why quota keeps `w` waiting, or None if it may run (borrowing included).
+
+        The flag says the refusal is soft: the workspace may borrow, only the cohort has
+        nothing idle to lend, so `w` may still take the place of borrowed work that
+        ranks below it (LAS among borrowers) without growing the cohort's usage."""
         q = self.quotas.get(w.workspace)
         if q is None or self.within_nominal(w):
             return None
@@ -112,13 +129,15 @@ class QuotaLedger:
             if used[d] + value > nominal + borrow + _EPS:
                 return (
                     f"quota: workspace {w.workspace} would use {used[d] + value:g} "
-                    f"{_NAMES[d]}, over its {nominal:g} plus {borrow:g} it may borrow"
+                    f"{_NAMES[d]}, over its {nominal:g} plus {borrow:g} it may borrow",
+                    False,
                 )
             if cohort_used[d] + value > cohort_nominal[d] + _EPS:
                 idle = max(cohort_nominal[d] - cohort_used[d], 0.0)
                 return (
                     f"quota: over workspace {w.workspace}'s share and cohort "
-                    f"{q.cohort} has only {idle:g} idle {_NAMES[d]} to lend"
+                    f"{q.cohort} has only {idle:g} idle {_NAMES[d]} to lend",
+                    True,
                 )
         return None
 

@@ -117,8 +117,8 @@ class Simulator:
         self.waiting_sizes: dict[str, Counter[int]] = defaultdict(Counter)
         self.series = Series()
         self.busy, self.busy_gpu_s, self.preemptions, self.passes = 0, 0.0, 0, 0
-        self.demand_s: Counter[str] = Counter()
-        self.guaranteed_s: Counter[str] = Counter()
+        self.demand_s: defaultdict[str, float] = defaultdict(float)
+        self.guaranteed_s: defaultdict[str, float] = defaultdict(float)
         self._load(jobs, total)
 
     def _load(self, jobs: list[TraceJob], total: int) -> None:

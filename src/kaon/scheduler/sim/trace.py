@@ -44,7 +44,7 @@ def read_trace(path: Path | str, limit: int | None = None) -> list[TraceJob]:
     """All jobs of the CSV trace at `path` (the first `limit` rows if given), by submit."""
     name = str(path)
     try:
-        handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115
+        handle = open(path, newline="", encoding="utf-8")
     except OSError as e:
         raise TraceError(name, 0, None, f"cannot open: {e.strerror}") from None
     with handle:
@@ -52,7 +52,7 @@ def read_trace(path: Path | str, limit: int | None = None) -> list[TraceJob]:
         header = next(reader, None)
         if header is None or [h.strip() for h in header[: len(COLUMNS)]] != list(COLUMNS):
             raise TraceError(name, 1, None, f"expected the header {','.join(COLUMNS)}")
-        rows = []
+        rows: list[_Row] = []
         for row in reader:
             if limit is not None and len(rows) >= limit:
                 break
