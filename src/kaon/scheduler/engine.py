@@ -30,10 +30,15 @@ from kaon.scheduler.policies import DISPLACE, RECLAIM, Key, Policy
 from kaon.scheduler.preempt import plan
 from kaon.scheduler.quota import QuotaLedger
 
-GIVE_UP_AFTER = 4  # fruitless preemption attempts before a pass stops trying
+GIVE_UP_AFTER = 4  # fruitless preemptions by rank before a pass stops trying them
+MAX_PREEMPTING = 16  # jobs started by preemption per pass; the rest wait for the next
+# A preemption looks at victims (best candidates first) until it has seen this many GPUs
+# of them per GPU it needs, and at least MIN_VICTIM_GPUS: enough to find a fitting node.
+VICTIM_GPUS_PER_GPU, MIN_VICTIM_GPUS = 8, 64
 
-_Shape = tuple[int, int, float, int, str]
-_Preempted = tuple[int, int, float, int, str, bool]
+# Jobs of one shape later in the queue rank no better, so they cannot find victims an
+# earlier one missed; whether the job is owed quota or must swap decides the rules.
+_Shape = tuple[int, int, float, int, bool, bool]
 
 
 class Pass:
@@ -54,8 +59,10 @@ class Pass:
         self.started: list[Workload] = []
         self.evicted: set[str] = set()
         self.victims: list[tuple[Key, Workload]] | None = None
-        self.failed_shapes: set[_Preempted] = set()
+        self.failed_shapes: set[_Shape] = set()
         self.failures = 0
+        self.preempting = 0  # jobs placed by preemption in this pass
+        self.reservation_tries = 0
         self.refusals: dict[tuple[int, str, int, int, float, int], tuple[str, bool] | None]
         self.refusals = {}
         self.no_room: dict[tuple[int, int, int, int], str] = {}
@@ -88,7 +95,8 @@ class Pass:
         if self.blocker is not None:
             return _behind(self.blocker, w)
         refusal = self._refusal(w) if self.ledger is not None else None
-        if refusal is not None and not (refusal[1] and self.policy.preempts):
+        swappable = self.policy.preempts and self.policy.borrow_by_rank
+        if refusal is not None and not (refusal[1] and swappable):
             return refusal[0]
         swap = refusal is not None  # may only take the place of borrowed work
         placed = None if swap else self._place(w)
@@ -128,8 +136,12 @@ class Pass:
     def _preempt(self, k: Key, w: Workload, swap: bool) -> tuple[WorkerPlacement, ...] | None:
         """Place `w` by preempting victims the policy names, the cheapest tier first. With
         `swap` the cohort is full, so the victims must give back at least what `w` takes."""
-        shape = (*self._shape(w), swap)
-        if self.failures >= GIVE_UP_AFTER or shape in self.failed_shapes:
+        ledger = self.ledger
+        owed = ledger is not None and ledger.limited(w.workspace) and ledger.within_nominal(w)
+        shape = (w.workers, w.gpus, w.cpu, w.memory, owed, swap)
+        if shape in self.failed_shapes or (self.failures >= GIVE_UP_AFTER and not owed):
+            return None
+        if self.preempting >= MAX_PREEMPTING:
             return None
         self._victims()
         if not self._may_preempt(k, w):
@@ -138,7 +150,11 @@ class Pass:
         reasons: dict[str, str] = {}
         tiers: dict[int, list[Workload]] = {}
         lent: dict[str, float] = {}  # what other workspaces borrow, left to take back
+        enough = max(VICTIM_GPUS_PER_GPU * w.total_gpus, MIN_VICTIM_GPUS)
+        found = 0
         for vk, v in victims:
+            if found >= enough:
+                break  # plenty to choose nodes from; the rest rank better anyway
             if v.id in self.evicted:
                 continue
             verdict = self.policy.victim(w, k, v, vk, self.now, self.ledger)
@@ -152,6 +168,7 @@ class Pass:
                 if not loan:
                     tier = DISPLACE
             tiers.setdefault(tier, []).append(v)
+            found += v.total_gpus
         result = None
         eligible: list[Workload] = []
         for tier in sorted(tiers):  # the cheapest kind of victim that makes room
@@ -163,9 +180,10 @@ class Pass:
                 break
         if result is None:
             self.failed_shapes.add(shape)
-            self.failures += 1
+            self.failures += not owed  # a quota owed is always tried (once per shape)
             return None
         placed, released = result
+        self.preempting += 1
         for v in released:
             self.evicted.add(v.id)
             self.preemptions.append(Preemption(v.id, reasons[v.id]))
@@ -212,12 +230,6 @@ class Pass:
         lent[v.workspace] = left - v.total_gpus
         return True
 
-    def _shape(self, w: Workload) -> _Shape:
-        """Jobs of one shape later in the queue cannot find victims an earlier one missed
-        (they rank no better); the workspace matters only where quotas do."""
-        ws = w.workspace if self.ledger is not None else ""
-        return (w.workers, w.gpus, w.cpu, w.memory, ws)
-
     def _victims(self) -> list[tuple[Key, Workload]]:
         """Running preemptible jobs, first to go first: work borrowed from another
         workspace's quota, then the worst ranked, then the most recently started (least
@@ -254,7 +266,8 @@ class Pass:
         blocking = self.policy.blocking
         if blocking == "strict":
             self.blocker = w
-        elif blocking != "skip" and len(self.reserved) < self.policy.max_reservations:
+        elif blocking != "skip" and self.reservation_tries < self.policy.max_reservations:
+            self.reservation_tries += 1  # tried once, even if no node can ever host it
             if blocking == "easy":
                 running = [*self.snapshot.running, *self.started]
                 self.shadow, nodes = easy_reservation(self.index, w, running, self.now)

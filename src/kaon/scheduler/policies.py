@@ -46,6 +46,7 @@ class Policy:
     uses_quotas: ClassVar[bool] = False
     preempts: ClassVar[bool] = False
     max_reservations: int = 0
+    borrow_by_rank: bool = False  # over-quota work may take the place of lower-ranked loans
 
     def key(self, w: Workload, now: float) -> Key:
         return (-w.priority, w.submitted_at)
@@ -149,7 +150,9 @@ class KaonPolicy(Policy):
       under heavy-tailed run times, so this approximates shortest-remaining-first).
     * Aging: a job gains one level for every `age_s` seconds it has waited in total
       (`now - submitted_at - run time`), down to level 0 and then below it, so a job that
-      waits long enough outranks everything of its priority: no starvation.
+      waits long enough outranks everything of its priority: no starvation. The credit
+      stays with a running job, so a job that waited long is not preempted by one that
+      waited less, and two jobs cannot trade places back and forth.
     * Preemption: a waiting job preempts a running job of its priority only when it is at
       least `hysteresis` levels better and the victim has run `min_run_s` (at least
       `min_run_factor` restart penalties) since it last started, so a restart's cost is a
@@ -165,6 +168,7 @@ class KaonPolicy(Policy):
     restart_penalty_s: float = 60.0
     hysteresis: int = 1
     max_reservations: int = 1
+    borrow_by_rank: bool = True
     name: ClassVar[str] = "kaon"
     blocking: ClassVar[Blocking] = "reserve"
     uses_quotas: ClassVar[bool] = True
@@ -185,12 +189,10 @@ class KaonPolicy(Policy):
         return min(steps, self.las_levels - 1)
 
     def key(self, w: Workload, now: float) -> Key:
-        if w.placement:  # running: aging is for waiting jobs
-            return (-w.priority, self.level(w, now), w.submitted_at)
-        attained = w.attained_gpu_s  # a waiting job's service does not grow
-        level = self._level(attained)
-        waited = now - w.submitted_at - attained / (w.gpus * w.workers or 1)
-        return (-w.priority, level - max(waited, 0.0) / self.age_s, w.submitted_at)
+        attained = w.attained(now)
+        ran = attained / (w.gpus * w.workers or 1)
+        waited = max(now - w.submitted_at - ran, 0.0)  # frozen while it runs
+        return (-w.priority, self._level(attained) - waited / self.age_s, w.submitted_at)
 
     def ready(self, v: Workload, now: float) -> bool:
         return v.started_at is None or now - v.started_at >= self.min_run

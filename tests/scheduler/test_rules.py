@@ -1,0 +1,221 @@
+"""Every policy rule on a hand-made snapshot: one table row, one decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaon.scheduler import (
+    Decisions,
+    EasyPolicy,
+    KaonPolicy,
+    LasPolicy,
+    Quota,
+    fits_anywhere,
+    schedule,
+)
+from kaon.scheduler.capacity import FreeIndex, place_gang
+
+from .factories import job, node, nodes_of, snap
+
+
+def placed(d: Decisions) -> dict[str, list[str]]:
+    return {p.workload_id: nodes_of(p.workers) for p in d.placements}
+
+
+def preempted(d: Decisions) -> list[str]:
+    return sorted(p.workload_id for p in d.preemptions)
+
+
+class TestPlacement:
+    @pytest.mark.parametrize(
+        ("free", "gpus", "workers", "expected"),
+        [
+            # one node first: a 4-GPU job fits on n2 alone, not split over n1 and n3
+            ((2, 4, 2), 4, 1, ["n2"]),
+            # best fit: the 2-GPU job goes on the fullest node that still fits it
+            ((8, 2, 4), 2, 1, ["n2"]),
+            # fewest nodes: 4 workers x 4 GPUs take the two whole free nodes
+            ((8, 4, 8, 4), 4, 4, ["n1", "n3"]),
+            # a gang bigger than a node spreads over whole nodes
+            ((8, 8, 8), 8, 2, ["n1", "n2"]),
+        ],
+    )
+    def test_where_a_gang_lands(
+        self, free: tuple[int, ...], gpus: int, workers: int, expected: list[str]
+    ) -> None:
+        nodes = [node(f"n{i + 1}", free=f) for i, f in enumerate(free)]
+        d = schedule(snap(nodes, [job("j", gpus=gpus, workers=workers)]))
+        assert placed(d) == {"j": expected}
+
+    def test_placement_names_distinct_free_gpu_indices(self) -> None:
+        d = schedule(snap([node("n1", free=5)], [job("j", gpus=2, workers=2)]))
+        gpus = [g for wp in d.placements[0].workers for g in wp.gpus]
+        assert sorted(gpus) == [3, 4, 5, 6] and len(d.placements[0].workers) == 2
+
+    def test_gang_is_all_or_nothing(self) -> None:
+        d = schedule(snap([node("n1", free=8), node("n2", free=7)], [job("j", 8, workers=2)]))
+        assert d.placements == ()
+        assert "no fitting node" in d.waiting["j"]
+
+    def test_place_gang_leaves_the_index_untouched_when_it_fails(self) -> None:
+        index = FreeIndex((node("n1", free=8), node("n2", free=4)))
+        assert place_gang(index, job("j", 8, workers=2)) is None
+        assert index.free_gpus == 12 and index.largest_free() == 8
+
+    @pytest.mark.parametrize(("gpus", "workers", "fits"), [(8, 2, True), (8, 3, False)])
+    def test_fits_anywhere_looks_at_an_empty_pool(
+        self, gpus: int, workers: int, fits: bool
+    ) -> None:
+        nodes = (node("n1", free=0), node("n2", free=1))
+        assert fits_anywhere(nodes, job("j", gpus, workers=workers)) is fits
+
+
+class TestQuota:
+    QUOTAS = {"a": Quota(gpus=4, borrow_gpus=4), "b": Quota(gpus=4)}
+
+    @pytest.mark.parametrize(
+        ("gpus", "workers", "outcome"),
+        [(4, 1, "placed"), (8, 1, "placed"), (6, 2, "quota: workspace a would use 12 GPUs")],
+    )
+    def test_borrowing_up_to_the_limit(self, gpus: int, workers: int, outcome: str) -> None:
+        nodes = [node("n1", free=8), node("n2", free=8)]
+        d = schedule(snap(nodes, [job("j", gpus, workers=workers)], quotas=self.QUOTAS))
+        if outcome == "placed":
+            assert "j" in placed(d)
+        else:
+            assert d.waiting["j"].startswith(outcome)
+
+    def test_workspace_without_quota_is_unlimited(self) -> None:
+        d = schedule(snap([node("n1")], [job("j", 8, ws="other")], quotas=self.QUOTAS))
+        assert placed(d) == {"j": ["n1"]}
+
+    def test_owner_reclaims_borrowed_capacity(self) -> None:
+        borrower = job("lent", 8, ws="a", on=(("n1", tuple(range(8))),), started=0.0)
+        d = schedule(
+            snap(
+                [node("n1", free=0)],
+                [job("own", 4, ws="b", submitted=5.0)],
+                running=[borrower],
+                quotas={"a": Quota(gpus=4), "b": Quota(gpus=4)},
+                now=10.0,
+            )
+        )
+        assert preempted(d) == ["lent"] and placed(d) == {"own": ["n1"]}
+        assert d.preemptions[0].reason.startswith("reclaimed")
+
+    def test_no_reclaim_from_a_workspace_inside_its_quota(self) -> None:
+        inside = job("inside", 4, ws="a", on=(("n1", (0, 1, 2, 3)),), started=0.0)
+        other = job("other", 4, ws="b", on=(("n1", (4, 5, 6, 7)),), started=0.0)
+        d = schedule(
+            snap(
+                [node("n1", free=0)],
+                [job("more", 4, ws="b", submitted=1.0)],
+                running=[inside, other],
+                quotas={"a": Quota(gpus=4), "b": Quota(gpus=4)},
+                now=10_000.0,
+            )
+        )
+        assert d.preemptions == () and "quota" in d.waiting["more"]
+
+
+class TestPreemption:
+    def test_higher_priority_preempts_lower(self) -> None:
+        low = job("low", 8, priority=0, on=(("n1", tuple(range(8))),), started=99.0)
+        d = schedule(snap([node("n1", free=0)], [job("high", 8, priority=5)], [low], now=100.0))
+        assert preempted(d) == ["low"] and placed(d) == {"high": ["n1"]}
+
+    def test_equal_priority_fifo_never_preempts(self) -> None:
+        old = job("old", 8, on=(("n1", tuple(range(8))),), started=0.0)
+        d = schedule(snap([node("n1", free=0)], [job("new", 8)], [old], now=1e6), policy="fifo")
+        assert d.preemptions == ()
+
+    @pytest.mark.parametrize(("ran_s", "preempts"), [(60.0, False), (3600.0, True)])
+    def test_las_preemption_waits_for_the_minimum_run_time(
+        self, ran_s: float, preempts: bool
+    ) -> None:
+        """A long-served job yields to a new one only after it ran min_run_s (600 s), so a
+        restart costs at most a tenth of the time it bought."""
+        now = 100_000.0
+        served = job(
+            "served", 1, on=(("n1", (0,)),), attained=1e6, started=now - ran_s, submitted=0.0
+        )
+        d = schedule(
+            snap([node("n1", 1, free=0)], [job("new", 1, submitted=now)], [served], now=now)
+        )
+        assert (preempted(d) == ["served"]) is preempts
+
+    def test_two_similar_jobs_do_not_trade_places(self) -> None:
+        """Hysteresis: a job must be a whole level better to preempt (both are level 1)."""
+        now = 100_000.0
+        running = job(
+            "r", 1, on=(("n1", (0,)),), attained=9000.0, started=0.0, submitted=now - 9000
+        )
+        waiting = job("w", 1, attained=3700.0, submitted=now - 3700)
+        d = schedule(snap([node("n1", 1, free=0)], [waiting], [running], now=now))
+        assert d.preemptions == ()
+
+
+class TestOrder:
+    def test_las_favours_the_least_served_job(self) -> None:
+        served = job("served", 1, attained=50_000.0, submitted=0.0)
+        fresh = job("fresh", 1, submitted=10.0)
+        for policy in (KaonPolicy(), LasPolicy()):
+            d = schedule(snap([node("n1", 1)], [served, fresh], now=20.0), policy=policy)
+            assert placed(d) == {"fresh": ["n1"]}
+
+    def test_aging_lets_a_long_waiting_job_through(self) -> None:
+        """Level 3 of service but waiting for a day beats a fresh job: no starvation."""
+        old = job("old", 1, attained=200_000.0, submitted=0.0)
+        now = 86_400.0 + 200_000.0
+        d = schedule(snap([node("n1", 1)], [old, job("fresh", 1, submitted=now)], now=now))
+        assert placed(d) == {"old": ["n1"]}
+
+    def test_strict_fifo_blocks_behind_the_head(self) -> None:
+        d = schedule(
+            snap(
+                [node("n1", free=4)], [job("head", 8, submitted=0), job("small", 1, submitted=1)]
+            ),
+            policy="fifo",
+        )
+        assert d.placements == () and "behind earlier job head" in d.waiting["small"]
+
+    def test_every_pending_job_gets_a_reason_or_a_placement(self) -> None:
+        pending = [job(f"j{i}", 4, submitted=i) for i in range(5)]
+        d = schedule(snap([node("n1")], pending))
+        assert len(d.placements) + len(d.waiting) == 5
+
+    def test_same_snapshot_same_decisions(self) -> None:
+        s = snap(
+            [node("n1", free=3), node("n2", free=5)], [job(f"j{i}", i % 3 + 1) for i in range(6)]
+        )
+        assert schedule(s) == schedule(s)
+
+    def test_unknown_policy_lists_the_valid_ones(self) -> None:
+        with pytest.raises(ValueError, match="kaon, fifo, easy, las, srtf"):
+            schedule(snap([node("n1")], []), policy="best")
+
+
+class TestBackfill:
+    def test_kaon_holds_the_nodes_the_head_needs(self) -> None:
+        """The 8-GPU head cannot start; n1 is closest (6 free), so it is held for it and the
+        small job behind goes to n2 instead of eating the head's hole."""
+        busy1 = job("b1", 2, on=(("n1", (0, 1)),), started=0.0, submitted=0.0)
+        busy2 = job("b2", 4, on=(("n2", (0, 1, 2, 3)),), started=0.0, submitted=0.0)
+        pending = [job("head", 8, submitted=1.0), job("small", 1, submitted=2.0)]
+        d = schedule(
+            snap([node("n1", free=6), node("n2", free=4)], pending, [busy1, busy2], now=3.0)
+        )
+        assert d.reserved == {"head": ("n1",)} and placed(d) == {"small": ["n2"]}
+
+    @pytest.mark.parametrize(("walltime", "where"), [(50.0, ["n1"]), (5000.0, None)])
+    def test_easy_backfills_only_what_ends_before_the_shadow(
+        self, walltime: float, where: list[str] | None
+    ) -> None:
+        """The head starts when b1 ends at t=100 (its estimate). A job estimated to end
+        before that may use the head's node; a longer one may not."""
+        b1 = job("b1", 4, on=(("n1", (0, 1, 2, 3)),), started=0.0, walltime=100.0)
+        pending = [job("head", 8, submitted=1.0, walltime=10.0)]
+        pending.append(job("small", 2, submitted=2.0, walltime=walltime))
+        d = schedule(snap([node("n1", free=4)], pending, [b1], now=10.0), policy=EasyPolicy())
+        assert d.reserved == {"head": ("n1",)}
+        assert placed(d).get("small") == where
