@@ -83,3 +83,19 @@ def test_plot_is_written(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sim_runs_inside_any_typer_app(tmp_path: Path) -> None:
+    """The command is a plain function: `app.command("sim")(sim)` is all it needs."""
+    import typer
+
+    from kaon.cli.sim import sim
+
+    tiny = typer.Typer()
+    tiny.command("sim")(sim)
+    tiny.command("noop")(lambda: None)
+    bad = _trace(tmp_path, [ROWS[0], ROWS[1], "2017-10-09 00:00:10,5,two,10,b\n"])
+    result = CliRunner().invoke(tiny, ["sim", "--trace", str(bad)])
+    assert result.exit_code == 2
+    assert "trace.csv:4: column 'num_gpus'" in result.output
+    assert "Traceback" not in result.output

@@ -25,6 +25,9 @@ def sim(
     """Replay a trace with a discrete-event clock through `kaon.scheduler`'s very code.
 
     kaon sim --trace philly.csv --nodes 48 --gpus-per-node 8 --policy kaon --json
+
+    A bad trace row or an unknown policy exits with code 2 and a one-line message
+    (file:line: column ...), never a traceback. See docs/scheduler.md for the model.
     """
     from kaon.scheduler.policies import get_policy
     from kaon.scheduler.sim.metrics import summarize
@@ -35,7 +38,9 @@ def sim(
         chosen = get_policy(policy, restart_penalty_s=restart_penalty)
         jobs = read_trace(trace, limit=limit)
     except (TraceError, ValueError) as e:
-        err.print(f"[red]error:[/] {e}")
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     config = SimConfig(
         nodes=nodes, gpus_per_node=gpus_per_node, restart_penalty_s=restart_penalty, seed=seed
@@ -44,7 +49,9 @@ def sim(
         result = Simulator(jobs, config, chosen).run()
     summary = summarize(result, policy)
     if plot is not None:
-        _plot(result.series, plot, policy)
+        from kaon.scheduler.sim.plot import plot as draw
+
+        draw({policy: result}, plot, title=f"{trace.name}, {nodes} x {gpus_per_node} GPUs")
     if json_:
         print(json.dumps(summary, indent=2))
         return
@@ -58,22 +65,3 @@ def sim(
 
 def _fmt(value: Any) -> str:
     return f"{value:,.3f}" if isinstance(value, float) else str(value)
-
-
-def _plot(series: Any, path: Path, policy: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hours = [t / 3600 for t in series.t]
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5))
-    top.plot(hours, series.queued, linewidth=0.8)
-    top.set_ylabel("queued jobs")
-    bottom.plot(hours, series.busy_gpus, linewidth=0.8, color="tab:green")
-    bottom.set_ylabel("busy GPUs")
-    bottom.set_xlabel("hours")
-    top.set_title(f"policy {policy}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

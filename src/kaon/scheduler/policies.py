@@ -157,6 +157,12 @@ class KaonPolicy(Policy):
       least `hysteresis` levels better and the victim has run `min_run_s` (at least
       `min_run_factor` restart penalties) since it last started, so a restart's cost is a
       bounded fraction of the time bought and two jobs cannot swap back and forth.
+      A higher priority class preempts at once.
+    * Quotas (see `quota.py`): work inside a workspace's nominal quota is never taken by
+      rank from another workspace; an owner reclaims its lent quota at once. With
+      `borrow_by_rank`, a job over its quota in a full cohort may still take the place
+      of another workspace's borrowed, lower-ranked work (LAS among borrowers), as long
+      as that workspace stays at or above its nominal quota.
     """
 
     las_base_gpu_s: float = 3600.0

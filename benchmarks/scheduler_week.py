@@ -1,0 +1,107 @@
+"""Every policy on the Philly week, on three pool sizes and on each half of the week.
+
+Runs each replay in its own process (two at a time by default), prints a Markdown table
+per scenario, writes every summary as JSON (``--out``) and the queue/utilization plot of
+the main scenario (``--plot``).
+
+    .venv/bin/python benchmarks/scheduler_week.py \
+        --trace ../shared/data/traces/philly_week_2017-10-09.csv \
+        --out scheduler_week.json --plot docs/img/scheduler_week.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kaon.scheduler import get_policy
+from kaon.scheduler.sim.metrics import summarize
+from kaon.scheduler.sim.plot import plot
+from kaon.scheduler.sim.simulator import SimConfig, Simulator
+from kaon.scheduler.sim.trace import TraceJob, read_trace
+
+POLICIES = ("kaon", "fifo", "easy", "las", "srtf")
+HALF_S = 3.5 * 86_400.0
+COLUMNS = (
+    "avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_queue_delay_s", "p99_queue_delay_s",
+    "makespan_s", "gpu_utilization", "jain_fairness", "quota_guarantee", "preemptions",
+)  # fmt: skip
+
+
+def scenarios(full: list[TraceJob]) -> dict[str, tuple[int, list[TraceJob]]]:
+    """Scenario name -> (nodes, jobs). Halves start their clock at their first submit."""
+    first = [j for j in full if j.submit < HALF_S]
+    second = [j for j in full if j.submit >= HALF_S]
+    return {
+        "week, 48 x 8 GPUs": (48, full),
+        "week, 40 x 8 GPUs": (40, full),
+        "week, 64 x 8 GPUs": (64, full),
+        "first half, 48 x 8 GPUs": (48, first),
+        "second half, 48 x 8 GPUs": (48, second),
+    }
+
+
+def replay(args: tuple[str, str, int, list[TraceJob], float, Path | None]) -> dict[str, Any]:
+    scenario, policy, nodes, jobs, penalty, series_dir = args
+    start = time.perf_counter()
+    config = SimConfig(nodes=nodes, gpus_per_node=8, restart_penalty_s=penalty)
+    result = Simulator(jobs, config, get_policy(policy, restart_penalty_s=penalty)).run()
+    summary = summarize(result, policy)
+    summary["scenario"], summary["wall_s"] = scenario, time.perf_counter() - start
+    if series_dir is not None:
+        (series_dir / f"{policy}.pickle").write_bytes(pickle.dumps(result))
+    return summary
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = "| policy | " + " | ".join(COLUMNS) + " | replay s |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for r in rows:
+        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) and r[c] < 10 else f"{r[c]:,.0f}"
+                 for c in COLUMNS]  # fmt: skip
+        lines.append(f"| {r['policy']} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", type=Path, required=True)
+    parser.add_argument("--restart-penalty", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", help="run only the scenarios whose name contains this")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    runs = scenarios(read_trace(args.trace))
+    if args.only:
+        runs = {k: v for k, v in runs.items() if args.only in k}
+    series_dir = args.plot.parent / ".series" if args.plot else None
+    if series_dir is not None:
+        series_dir.mkdir(parents=True, exist_ok=True)
+    work = [
+        (name, policy, nodes, jobs, args.restart_penalty,
+         series_dir if series_dir is not None and name.startswith("week, 48") else None)
+        for name, (nodes, jobs) in runs.items()
+        for policy in POLICIES
+    ]  # fmt: skip
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(pool.map(replay, work))
+    for name in runs:
+        print(f"\n### {name}\n\n" + table([r for r in results if r["scenario"] == name]))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    if args.plot and series_dir is not None:
+        loaded = {p: pickle.loads((series_dir / f"{p}.pickle").read_bytes()) for p in POLICIES}
+        plot(loaded, args.plot, title="Philly week, 48 x 8 GPUs")
+        for p in POLICIES:
+            (series_dir / f"{p}.pickle").unlink()
+        series_dir.rmdir()
+
+
+if __name__ == "__main__":
+    main()
