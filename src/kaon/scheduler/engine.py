@@ -32,9 +32,11 @@ from kaon.scheduler.quota import QuotaLedger
 
 GIVE_UP_AFTER = 4  # fruitless preemptions by rank before a pass stops trying them
 MAX_PREEMPTING = 16  # jobs started by preemption per pass; the rest wait for the next
-# A preemption looks at victims (best candidates first) until it has seen this many GPUs
-# of them per GPU it needs, and at least MIN_VICTIM_GPUS: enough to find a fitting node.
+# A preemption by rank looks at victims (best candidates first) until it has seen this many
+# GPUs of them per GPU it needs, and at least MIN_VICTIM_GPUS: enough to find a fitting
+# node. A job owed quota looks much further, as loans may be spread thin over the pool.
 VICTIM_GPUS_PER_GPU, MIN_VICTIM_GPUS = 8, 64
+OWED_VICTIM_GPUS_PER_GPU, MIN_OWED_VICTIM_GPUS = 64, 512
 
 # Jobs of one shape later in the queue rank no better, so they cannot find victims an
 # earlier one missed; whether the job is owed quota or must swap decides the rules.
@@ -151,6 +153,8 @@ class Pass:
         tiers: dict[int, list[Workload]] = {}
         lent: dict[str, float] = {}  # what other workspaces borrow, left to take back
         enough = max(VICTIM_GPUS_PER_GPU * w.total_gpus, MIN_VICTIM_GPUS)
+        if owed:  # quota owed is a promise: look much further (once per shape)
+            enough = max(OWED_VICTIM_GPUS_PER_GPU * w.total_gpus, MIN_OWED_VICTIM_GPUS)
         found = 0
         for vk, v in victims:
             if found >= enough:
