@@ -105,3 +105,21 @@ def tiny_mlp() -> object:
     return torch.nn.Sequential(
         torch.nn.Linear(2, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1), torch.nn.Sigmoid()
     )
+
+
+class Placement(kaon.Service):
+    """Sync handlers for the inline rule: one whose cost the test sets, and two pinned."""
+
+    @kaon.handler
+    def work(self, seconds: float = 0.0) -> dict[str, bool]:
+        if seconds:
+            time.sleep(seconds)
+        return {"main_thread": threading.current_thread() is threading.main_thread()}
+
+    @kaon.handler(run_inline=False)
+    def pooled(self) -> dict[str, bool]:
+        return {"main_thread": threading.current_thread() is threading.main_thread()}
+
+    @kaon.handler(run_inline=True)
+    def pinned(self) -> dict[str, bool]:
+        return {"main_thread": threading.current_thread() is threading.main_thread()}

@@ -41,6 +41,7 @@ from kaon.core.errors import KaonError
 from kaon.serving import asgi
 from kaon.serving.batching import Batcher
 from kaon.serving.endpoint import Endpoint, build_endpoint, error_details
+from kaon.serving.inline import InlineRule
 from kaon.serving.metrics import HandlerMetrics, ReplicaMetrics
 from kaon.serving.openapi import docs_page, openapi_document
 from kaon.serving.service import Service, handlers_of
@@ -70,8 +71,19 @@ def _error(status: int, detail: Any, *extra: tuple[bytes, bytes]) -> _Reply:
     return _Reply(status, json.dumps({"detail": detail}).encode(), extra)
 
 
+def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    """Run `call` (in a worker thread) and measure its wall time there, hop excluded."""
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start
+
+
 class _Runner:
-    """Calls one handler: in the thread pool or on the loop, batched or not, bounded."""
+    """Calls one handler: in the thread pool or on the loop, batched or not, bounded.
+
+    An ``async def`` handler runs on the loop. A ``def`` handler runs where its
+    `InlineRule` says: in the pool, or on the loop while it is measured to be cheap.
+    """
 
     def __init__(
         self, app: ReplicaApp, ep: Endpoint, metrics: HandlerMetrics, pool: ThreadPoolExecutor
@@ -82,6 +94,8 @@ class _Runner:
         self._pool = pool
         limit = ep.options.max_concurrency
         self._limit = asyncio.Semaphore(limit) if limit and not ep.batched else None
+        self.inline = InlineRule(ep.options.run_inline)
+        metrics.on_loop.set(1 if self.inline.on_loop and not ep.is_async else 0)
         self._batcher: Batcher | None = None
         if ep.batched:
             self._batcher = Batcher(
@@ -103,9 +117,27 @@ class _Runner:
         fn = self.ep.function
         if self.ep.is_async:
             return await fn(self._service, **kwargs)
+        if self.inline.on_loop:
+            return self._call_on_loop(fn, kwargs)
         loop = asyncio.get_running_loop()
         call = functools.partial(fn, self._service, **kwargs)
-        return await loop.run_in_executor(self._pool, call)
+        result, seconds = await loop.run_in_executor(self._pool, _timed, call)
+        self._observe(self.inline.observe_pool, seconds)
+        return result
+
+    def _call_on_loop(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        """A sync handler measured to be cheap: no thread hop (see `kaon.serving.inline`)."""
+        start = time.perf_counter()
+        try:
+            return fn(self._service, **kwargs)
+        finally:
+            self._observe(self.inline.observe_loop, time.perf_counter() - start)
+
+    def _observe(self, observe: Callable[[float], None], seconds: float) -> None:
+        moves = self.inline.moves
+        observe(seconds)
+        if self.inline.moves != moves:
+            self.metrics.on_loop.set(1 if self.inline.on_loop else 0)
 
     async def _call_batch(self, items: list[Any]) -> list[Any]:
         fn = self.ep.function

@@ -24,6 +24,7 @@ class HandlerMetrics:
         self.latency = metrics.latency.labels(handler)
         self.in_flight = metrics.in_flight.labels(handler)
         self.batch_size = metrics.batch_size.labels(handler)
+        self.on_loop = metrics.on_loop.labels(handler)
         self._by_code: dict[int, Counter] = {}
 
     def observe(self, status: int, seconds: float) -> None:
@@ -53,6 +54,12 @@ class ReplicaMetrics:
         self.batch_size = Histogram(
             "kaon_replica_batch_size", "Requests per call of a batched handler.",
             ["handler"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )  # fmt: skip
+
+        self.on_loop = Gauge(
+            "kaon_replica_handler_on_loop",
+            "1 while a def handler runs on the event loop (measured cheap), 0 in the pool.",
+            ["handler"], registry=self.registry,
         )  # fmt: skip
 
     def handler(self, name: str) -> HandlerMetrics:

@@ -1,0 +1,149 @@
+"""Where sync handlers run: the inline rule alone, and over real HTTP in a replica process.
+
+The replica runs as a real process here (not a uvicorn thread of the test), so "on the
+loop" means the replica's main thread, and a stalled loop would show in ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import time
+
+import httpx
+
+from kaon.serving.inline import InlineRule
+from tests.serving.helpers import spawn_replica
+
+
+def _feed_pool(rule: InlineRule, seconds: float, n: int) -> None:
+    for _ in range(n):
+        rule.observe_pool(seconds)
+
+
+class TestInlineRule:
+    def test_starts_in_the_pool_and_moves_when_the_median_is_cheap(self) -> None:
+        rule = InlineRule(probe=8)
+        assert not rule.on_loop
+        _feed_pool(rule, 50e-6, 7)
+        assert not rule.on_loop  # not enough calls seen yet
+        rule.observe_pool(50e-6)
+        assert rule.on_loop
+
+    def test_a_pooled_tail_does_not_keep_a_cheap_handler_off_the_loop(self) -> None:
+        rule = InlineRule(probe=8)
+        for seconds in [50e-6, 5e-3] * 4:  # half inflated by GIL waits in the pool
+            rule.observe_pool(seconds)
+        assert not rule.on_loop  # median between: over the budget
+        rule = InlineRule(probe=8)
+        for seconds in [50e-6, 50e-6, 5e-3] * 3:
+            rule.observe_pool(seconds)
+        assert rule.on_loop
+
+    def test_a_handler_that_blocks_never_leaves_the_pool(self) -> None:
+        rule = InlineRule(probe=8)
+        _feed_pool(rule, 0.05, 1000)
+        assert not rule.on_loop and rule.moves == 0
+
+    def test_one_very_slow_call_on_the_loop_sends_it_back(self) -> None:
+        rule = InlineRule(probe=8)
+        _feed_pool(rule, 50e-6, 8)
+        rule.observe_loop(0.02)
+        assert not rule.on_loop
+
+    def test_p99_over_budget_sends_it_back(self) -> None:
+        rule = InlineRule(probe=8, window=100)
+        _feed_pool(rule, 50e-6, 8)
+        rule.observe_loop(1e-3)  # 1 slow call in 100: still a p99 under the budget
+        for _ in range(50):
+            rule.observe_loop(50e-6)
+        assert rule.on_loop
+        rule.observe_loop(1e-3)  # the second: over 1%
+        assert not rule.on_loop
+
+    def test_back_off_doubles_and_a_clean_window_forgives(self) -> None:
+        rule = InlineRule(probe=4, window=10, max_cooldown=16)
+        _feed_pool(rule, 50e-6, 4)
+        rule.observe_loop(1.0)  # back to the pool for 4 calls
+        _feed_pool(rule, 50e-6, 4)
+        assert not rule.on_loop
+        rule.observe_pool(50e-6)
+        assert rule.on_loop
+        rule.observe_loop(1.0)  # now 8 calls
+        _feed_pool(rule, 50e-6, 8)
+        assert not rule.on_loop
+        rule.observe_pool(50e-6)
+        assert rule.on_loop
+        for _ in range(10):  # a full clean window: the next back-off is short again
+            rule.observe_loop(50e-6)
+        rule.observe_loop(1.0)
+        _feed_pool(rule, 50e-6, 5)
+        assert rule.on_loop
+
+    def test_pinned_rules_ignore_measurements(self) -> None:
+        pooled, pinned = InlineRule(False, probe=2), InlineRule(True, probe=2)
+        _feed_pool(pooled, 1e-6, 100)
+        pinned.observe_loop(10.0)
+        assert not pooled.on_loop and pinned.on_loop
+
+
+def _on_loop(url: str, handler: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(rf'kaon_replica_handler_on_loop{{handler="{handler}"}} ([\d.]+)', text)
+    assert match, text
+    return float(match.group(1))
+
+
+def _healthz_while(url: str, seconds: float, calls: int) -> float:
+    """The slowest /healthz answer while `calls` requests of `seconds` each run.
+
+    Clients are built before the clock starts: building one takes tens of milliseconds
+    of this process's GIL, which would be measured as the replica's delay.
+    """
+    limits = httpx.Limits(max_connections=calls)
+    with (
+        httpx.Client(timeout=10, limits=limits) as busy_client,
+        httpx.Client(timeout=5) as probe,
+        concurrent.futures.ThreadPoolExecutor(calls) as pool,
+    ):
+        probe.get(f"{url}/healthz")  # connected
+        body = {"seconds": seconds}
+        busy = [pool.submit(busy_client.post, f"{url}/work", json=body) for _ in range(calls)]
+        time.sleep(seconds / 4)  # the slow calls are running now
+        worst = 0.0
+        while not all(f.done() for f in busy):
+            start = time.perf_counter()
+            assert probe.get(f"{url}/healthz").status_code == 200
+            worst = max(worst, time.perf_counter() - start)
+            time.sleep(0.01)
+        assert all(f.result().status_code == 200 for f in busy)
+    return worst
+
+
+class TestOverHttp:
+    def test_cheap_handler_moves_to_the_loop_slow_one_stays_in_the_pool(self) -> None:
+        with spawn_replica("tests.serving.services:Placement") as (_, url), httpx.Client() as c:
+            first = c.post(f"{url}/work", json={}).json()
+            assert first == {"main_thread": False}  # measured in the pool first
+            for _ in range(40):
+                c.post(f"{url}/work", json={})
+            assert c.post(f"{url}/work", json={}).json() == {"main_thread": True}
+            assert _on_loop(url, "work") == 1.0
+            # slow now: the first slow call runs on the loop, and sends it back
+            c.post(f"{url}/work", json={"seconds": 0.05})
+            assert _on_loop(url, "work") == 0.0
+            assert _healthz_while(url, 0.5, 4) < 0.1  # the loop stays free
+
+    def test_slow_def_handler_never_stalls_healthz(self) -> None:
+        with spawn_replica("tests.serving.services:Placement") as (_, url):
+            assert _healthz_while(url, 0.3, 8) < 0.1
+            assert _healthz_while(url, 0.3, 8) < 0.1
+            assert _on_loop(url, "work") == 0.0
+
+    def test_pinned_handlers(self) -> None:
+        with spawn_replica("tests.serving.services:Placement") as (_, url), httpx.Client() as c:
+            for _ in range(60):
+                assert c.post(f"{url}/pooled").json() == {"main_thread": False}
+                assert c.post(f"{url}/pinned").json() == {"main_thread": True}
+            assert _on_loop(url, "pooled") == 0.0
+            assert _on_loop(url, "pinned") == 1.0
