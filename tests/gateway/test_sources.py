@@ -37,6 +37,7 @@ class ControlPlane:
     def __init__(self) -> None:
         self.table = RouteTable(version=1, routes=[Route(name="a")])
         self.reports: list[dict[str, Any]] = []
+        self.polls = 0
         self.fail = False
         self.app = Starlette(
             routes=[
@@ -49,6 +50,7 @@ class ControlPlane:
         return request.headers.get("authorization") == f"Bearer {GATEWAY_TOKEN}"
 
     async def routes(self, request: Request) -> Response:
+        self.polls += 1
         if self.fail:
             return Response(status_code=500)
         if not self._authorized(request):
@@ -113,6 +115,38 @@ class TestHttpSources:
         assert plane.reports
         assert plane.reports[-1]["gateway_id"] == "gw-test"
         assert plane.reports[-1]["deployments"][0]["name"] == "a"
+
+    async def test_held_request_hurries_the_route_polls(
+        self, cp: tuple[ControlPlane, str]
+    ) -> None:
+        """A 5 s poll interval, yet a held request is served within a few hundred ms of its
+        replica entering the table; polls slow down again once nothing is held."""
+        plane, url = cp
+        plane.table = RouteTable(version=1, routes=[Route(name="a", public=True)])
+        gateway = Gateway(HttpRouteSource(url, GATEWAY_TOKEN, interval_s=5.0))
+        with running(gateway) as gw, running(_echo) as replica:
+            await until(lambda: plane.polls == 1)
+            async with httpx.AsyncClient(timeout=10) as client:
+                held = asyncio.create_task(client.post(f"{gw}/a/predict", content=b"{}"))
+                await until(lambda: plane.polls >= 3)  # hurried: every 50 ms
+                routes = [Route(name="a", public=True, replicas=[replica])]
+                plane.table = RouteTable(version=2, routes=routes)
+                start = asyncio.get_running_loop().time()
+                reply = await held
+                waited = asyncio.get_running_loop().time() - start
+            polls = plane.polls
+            await asyncio.sleep(0.5)
+            assert plane.polls <= polls + 1  # back to every 5 s
+        assert reply.status_code == 200 and reply.content == b"ok"
+        assert waited < 1.0
+
+
+async def _echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A replica that answers "ok" to everything."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
 
 
 class TestMessages:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from kaon.core.deployments import GatewayReport, RouteTable
 from kaon.gateway.routing import DeploymentState, NoReplicaError, QueueFullError, Replica
-from kaon.gateway.sources import ReportSink, RouteSource
+from kaon.gateway.sources import ReportSink, RouteSource, SupportsHurry
 from kaon.gateway.stats import GatewayMetrics
 from kaon.gateway.upstream import UpstreamError, UpstreamPool, UpstreamReply
 from kaon.serving import asgi
@@ -285,9 +285,16 @@ class Gateway:
         self.table = table
 
     def _on_demand(self, name: str) -> None:
+        """A request is held for `name`, which has no ready replica: tell the control plane
+        at once, and watch its route table closely until the replica shows up."""
         if not self._demand.is_set():  # once per report, not once per held request
             logger.info("request for %s, which has no ready replica: reporting demand", name)
         self._demand.set()
+        if isinstance(self._source, SupportsHurry):
+            self._source.hurry(self._holding)
+
+    def _holding(self) -> bool:
+        return any(state.waiting_for_replica for state in self.deployments.values())
 
     def report(self, reason: str = "periodic") -> GatewayReport:
         states = list(self.deployments.values())
