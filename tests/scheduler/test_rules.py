@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kaon.scheduler import (
@@ -51,6 +53,12 @@ class TestPlacement:
         d = schedule(snap([node("n1", free=5)], [job("j", gpus=2, workers=2)]))
         gpus = [g for wp in d.placements[0].workers for g in wp.gpus]
         assert sorted(gpus) == [3, 4, 5, 6] and len(d.placements[0].workers) == 2
+
+    def test_a_cpu_job_that_does_not_fit_names_cpus_not_gpus(self) -> None:
+        cpu_job = replace(job("j", 0), cpu=128.0)
+        d = schedule(snap([node("n1", cpu=64.0)], [cpu_job]))
+        reason = d.waiting["j"]
+        assert "128 CPU" in reason and "64 CPU" in reason and "GPU" not in reason
 
     def test_gang_is_all_or_nothing(self) -> None:
         d = schedule(snap([node("n1", free=8), node("n2", free=7)], [job("j", 8, workers=2)]))
@@ -117,6 +125,45 @@ class TestQuota:
         )
         assert d.preemptions == () and "quota" in d.waiting["more"]
 
+    def test_owed_gang_moves_a_small_job_aside_when_no_node_is_all_loans(self) -> None:
+        """b is owed a whole node, but each node also hosts one 1-GPU job of c inside c's
+        quota. b may move one of those aside (a borrows 12 GPUs that c can reclaim)."""
+        loans = [
+            job(f"a{n}{g}", 1, ws="a", on=((n, (g,)),), started=0.0)
+            for n in ("n1", "n2")
+            for g in range(1, 8)
+        ]
+        small = [job(f"c{n}", 1, ws="c", on=((n, (0,)),), started=0.0) for n in ("n1", "n2")]
+        d = schedule(
+            snap(
+                [node("n1", free=0), node("n2", free=0)],
+                [job("own", 8, ws="b", submitted=5.0)],
+                running=[*loans, *small],
+                quotas={"a": Quota(gpus=2), "b": Quota(gpus=8), "c": Quota(gpus=6)},
+                now=10.0,
+            )
+        )
+        node_ = placed(d)["own"][0]
+        assert preempted(d) == sorted([f"a{node_}{g}" for g in range(1, 8)] + [f"c{node_}"])
+        reasons = {p.workload_id: p.reason for p in d.preemptions}
+        assert reasons[f"c{node_}"].startswith("moved aside")
+
+    def test_no_moving_aside_without_loans_to_reclaim(self) -> None:
+        """Nobody borrows (quotas promise more than the pool): work inside its quota stays
+        put even for a gang that is owed its own quota; it waits for room instead."""
+        inside = [job(f"a{g}", 1, ws="a", on=(("n1", (g,)),), started=0.0) for g in range(1, 8)]
+        small = job("c1", 1, ws="c", on=(("n1", (0,)),), started=0.0)
+        d = schedule(
+            snap(
+                [node("n1", free=0)],
+                [job("own", 8, ws="b", submitted=5.0)],
+                running=[*inside, small],
+                quotas={"a": Quota(gpus=7), "b": Quota(gpus=8), "c": Quota(gpus=1)},
+                now=10.0,
+            )
+        )
+        assert d.preemptions == () and "no fitting node" in d.waiting["own"]
+
 
 class TestPreemption:
     def test_higher_priority_preempts_lower(self) -> None:
@@ -163,12 +210,16 @@ class TestOrder:
             d = schedule(snap([node("n1", 1)], [served, fresh], now=20.0), policy=policy)
             assert placed(d) == {"fresh": ["n1"]}
 
-    def test_aging_lets_a_long_waiting_job_through(self) -> None:
-        """Level 3 of service but waiting for a day beats a fresh job: no starvation."""
+    @pytest.mark.parametrize(("waited_days", "old_first"), [(1, False), (4, True)])
+    def test_aging_lets_a_long_waiting_job_through(
+        self, waited_days: int, old_first: bool
+    ) -> None:
+        """Level 3 of service: a day of waiting is one level back, not enough to pass a
+        fresh job; four days of waiting beats it. No starvation, yet no FIFO either."""
         old = job("old", 1, attained=200_000.0, submitted=0.0)
-        now = 86_400.0 + 200_000.0
+        now = waited_days * 86_400.0 + 200_000.0
         d = schedule(snap([node("n1", 1)], [old, job("fresh", 1, submitted=now)], now=now))
-        assert placed(d) == {"old": ["n1"]}
+        assert placed(d) == {("old" if old_first else "fresh"): ["n1"]}
 
     def test_strict_fifo_blocks_behind_the_head(self) -> None:
         d = schedule(

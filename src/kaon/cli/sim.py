@@ -19,6 +19,9 @@ def sim(
     restart_penalty: Annotated[float, typer.Option(min=0, help="seconds lost per restart")] = 60.0,
     seed: Annotated[int, typer.Option(help="seed for walltime estimates (easy)")] = 0,
     limit: Annotated[int | None, typer.Option(help="replay only the first N jobs")] = None,
+    quotas: Annotated[
+        bool, typer.Option(help="per-tenant quotas (GPU-hour shares); off: one shared queue")
+    ] = True,
     json_: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     plot: Annotated[Path | None, typer.Option(help="PNG of queue length and utilisation")] = None,
 ) -> None:
@@ -43,11 +46,16 @@ def sim(
         err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     config = SimConfig(
-        nodes=nodes, gpus_per_node=gpus_per_node, restart_penalty_s=restart_penalty, seed=seed
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        restart_penalty_s=restart_penalty,
+        seed=seed,
+        quotas=quotas,
     )
     with err.status(f"replaying {len(jobs)} jobs with policy {policy} ..."):
         result = Simulator(jobs, config, chosen).run()
     summary = summarize(result, policy)
+    summary["quotas"] = quotas
     if plot is not None:
         from kaon.scheduler.sim.plot import plot as draw
 

@@ -26,7 +26,7 @@ from kaon.scheduler.model import (
     WorkerPlacement,
     Workload,
 )
-from kaon.scheduler.policies import DISPLACE, RECLAIM, Key, Policy
+from kaon.scheduler.policies import DISPLACE, RANK, RECLAIM, Key, Policy
 from kaon.scheduler.preempt import plan
 from kaon.scheduler.quota import QuotaLedger
 
@@ -167,7 +167,7 @@ class Pass:
             tier, reasons[v.id] = verdict
             if self._lent_out(w, v):
                 loan = self._within_loan(v, lent, strict=tier != RECLAIM)
-                if not loan and tier != RECLAIM:
+                if not loan and tier == RANK:
                     continue  # rank never takes from another workspace's own share
                 if not loan:
                     tier = DISPLACE
@@ -286,20 +286,32 @@ class Pass:
         return why
 
     def _no_room(self, w: Workload) -> str:
+        if not w.gpus:  # CPU-only work: name CPUs and memory, uncached (rare, cheap)
+            return self._describe_no_room(w)
         key = (w.workers, w.gpus, self.index.free_gpus, len(self.reserved))
         if key not in self.no_room:
             self.no_room[key] = self._describe_no_room(w)
         return self.no_room[key]
 
     def _describe_no_room(self, w: Workload) -> str:
-        shape = f"{w.workers} x {w.gpus} GPU" if w.workers > 1 else f"{w.gpus} GPU"
-        room = (
-            f"no fitting node for {shape}: {self.index.free_gpus} GPUs free, "
-            f"at most {self.index.largest_free()} on one node"
-        )
+        each = f"{w.gpus} GPU" if w.gpus else _cpu_memory(w.cpu, w.memory)
+        shape = f"{w.workers} x {each}" if w.workers > 1 else each
+        if w.gpus:
+            most = self.index.largest_free()
+            free = f"{self.index.free_gpus} GPUs free, at most {most} on one node"
+        else:
+            listed = [i for i, on in enumerate(self.index.listed) if on]
+            cpu = max((self.index.cpu[i] for i in listed), default=0.0)
+            memory = max((self.index.memory[i] for i in listed), default=0)
+            free = f"at most {_cpu_memory(cpu, memory)} free on one node"
+        room = f"no fitting node for {shape}: {free}"
         if self.reserved:
             room += f" outside the nodes held for {', '.join(self.reserved)}"
         return room
+
+
+def _cpu_memory(cpu: float, memory: int) -> str:
+    return f"{cpu:g} CPU, {memory / 2**30:.3g} GiB"
 
 
 def _behind(blocker: Workload, w: Workload) -> str:

@@ -38,6 +38,17 @@ def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * squares) if squares else 1.0
 
 
+def busy_until(result: SimResult, end: float) -> float:
+    """Allocated GPU-seconds from the first instant up to `end` (a step function)."""
+    s = result.series
+    total = 0.0
+    for i in range(len(s.t) - 1):
+        if s.t[i] >= end:
+            break
+        total += s.busy_gpus[i] * (min(s.t[i + 1], end) - s.t[i])
+    return total
+
+
 def summarize(result: SimResult, policy: str) -> dict[str, Any]:
     """The metrics of one replay as a flat, JSON-ready dict."""
     done = [j for j in result.jobs if j.finish is not None]
@@ -46,6 +57,9 @@ def summarize(result: SimResult, policy: str) -> dict[str, Any]:
     start = min((j.spec.submit for j in result.jobs), default=0.0)
     end = max((j.finish for j in done if j.finish is not None), default=start)
     makespan = end - start
+    last_submit = max((j.spec.submit for j in result.jobs), default=start)
+    window = (last_submit - start) * result.total_gpus
+    offered = sum(j.spec.gpu_time for j in result.jobs)
     slowdown: dict[str, list[float]] = defaultdict(list)
     for c, j in zip(jct, done, strict=True):
         slowdown[j.spec.tenant].append(c / j.spec.duration)
@@ -62,6 +76,8 @@ def summarize(result: SimResult, policy: str) -> dict[str, Any]:
         "p99_queue_delay_s": percentile(delay, 99),
         "makespan_s": makespan,
         "gpu_utilization": result.busy_gpu_s / (result.total_gpus * makespan) if makespan else 0.0,
+        "arrival_window_utilization": busy_until(result, last_submit) / window if window else 0.0,
+        "offered_load": offered / window if window else 0.0,
         "jain_fairness": jain(list(per_tenant.values())),
         "quota_guarantee": min(result.guarantee.values(), default=1.0),
         "preemptions": result.preemptions,
