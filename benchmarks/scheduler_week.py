@@ -1,8 +1,10 @@
 """Every policy on the Philly week, on three pool sizes and on each half of the week.
 
-Runs each replay in its own process (two at a time by default), prints a Markdown table
-per scenario, writes every summary as JSON (``--out``) and the queue/utilization plot of
-the main scenario (``--plot``).
+Each scenario runs twice: with per-tenant quotas (each tenant's share of the GPU-hours)
+and as one shared queue without them. Runs each replay in its own process (two at a time
+by default), prints a Markdown table per scenario, writes every summary as JSON
+(``--out``) and the queue/utilization plots of the 48 x 8 week (``--plot``; the run
+without quotas gets a ``-no-quotas`` suffix).
 
     .venv/bin/python benchmarks/scheduler_week.py \
         --trace ../shared/data/traces/philly_week_2017-10-09.csv \
@@ -29,27 +31,36 @@ POLICIES = ("kaon", "fifo", "easy", "las", "srtf")
 HALF_S = 3.5 * 86_400.0
 COLUMNS = (
     "avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_queue_delay_s", "p99_queue_delay_s",
-    "makespan_s", "gpu_utilization", "jain_fairness", "quota_guarantee", "preemptions",
+    "arrival_window_utilization", "jain_fairness", "quota_guarantee", "preemptions",
 )  # fmt: skip
 
 
-def scenarios(full: list[TraceJob]) -> dict[str, tuple[int, list[TraceJob]]]:
-    """Scenario name -> (nodes, jobs). Halves start their clock at their first submit."""
+def scenarios(full: list[TraceJob]) -> dict[str, tuple[int, list[TraceJob], bool]]:
+    """Scenario name -> (nodes, jobs, quotas). Halves start their clock at their first
+    submit. Each runs with per-tenant quotas and as one shared queue without them."""
     first = [j for j in full if j.submit < HALF_S]
     second = [j for j in full if j.submit >= HALF_S]
-    return {
+    cases = {
         "week, 48 x 8 GPUs": (48, full),
         "week, 40 x 8 GPUs": (40, full),
         "week, 64 x 8 GPUs": (64, full),
         "first half, 48 x 8 GPUs": (48, first),
         "second half, 48 x 8 GPUs": (48, second),
     }
+    return {
+        f"{name}, {'quotas' if quotas else 'no quotas'}": (nodes, jobs, quotas)
+        for quotas in (True, False)
+        for name, (nodes, jobs) in cases.items()
+    }
 
 
-def replay(args: tuple[str, str, int, list[TraceJob], float, Path | None]) -> dict[str, Any]:
-    scenario, policy, nodes, jobs, penalty, series_dir = args
+Replay = tuple[str, str, int, list[TraceJob], bool, float, Path | None]
+
+
+def replay(args: Replay) -> dict[str, Any]:
+    scenario, policy, nodes, jobs, quotas, penalty, series_dir = args
     start = time.perf_counter()
-    config = SimConfig(nodes=nodes, gpus_per_node=8, restart_penalty_s=penalty)
+    config = SimConfig(nodes=nodes, gpus_per_node=8, restart_penalty_s=penalty, quotas=quotas)
     result = Simulator(jobs, config, get_policy(policy, restart_penalty_s=penalty)).run()
     summary = summarize(result, policy)
     summary["scenario"], summary["wall_s"] = scenario, time.perf_counter() - start
@@ -80,27 +91,33 @@ def main() -> None:
     runs = scenarios(read_trace(args.trace))
     if args.only:
         runs = {k: v for k, v in runs.items() if args.only in k}
-    series_dir = args.plot.parent / ".series" if args.plot else None
-    if series_dir is not None:
-        series_dir.mkdir(parents=True, exist_ok=True)
+    plotted = {name for name in runs if name.startswith("week, 48")} if args.plot else set()
+    series = {name: args.plot.parent / f".series-{n}" for n, name in enumerate(sorted(plotted))}
+    for d in series.values():
+        d.mkdir(parents=True, exist_ok=True)
     work = [
-        (name, policy, nodes, jobs, args.restart_penalty,
-         series_dir if series_dir is not None and name.startswith("week, 48") else None)
-        for name, (nodes, jobs) in runs.items()
+        (name, policy, nodes, jobs, quotas, args.restart_penalty, series.get(name))
+        for name, (nodes, jobs, quotas) in runs.items()
         for policy in POLICIES
-    ]  # fmt: skip
+    ]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(replay, work))
     for name in runs:
         print(f"\n### {name}\n\n" + table([r for r in results if r["scenario"] == name]))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
-    if args.plot and series_dir is not None:
-        loaded = {p: pickle.loads((series_dir / f"{p}.pickle").read_bytes()) for p in POLICIES}
-        plot(loaded, args.plot, title="Philly week, 48 x 8 GPUs")
+    for name, d in series.items():
+        assert args.plot is not None
+        loaded = {p: pickle.loads((d / f"{p}.pickle").read_bytes()) for p in POLICIES}
+        out = args.plot if name.endswith(", quotas") else _suffixed(args.plot, "-no-quotas")
+        plot(loaded, out, title=f"Philly {name}")
         for p in POLICIES:
-            (series_dir / f"{p}.pickle").unlink()
-        series_dir.rmdir()
+            (d / f"{p}.pickle").unlink()
+        d.rmdir()
+
+
+def _suffixed(path: Path, suffix: str) -> Path:
+    return path.with_name(path.stem + suffix + path.suffix)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,21 @@ class TestQuota:
         reasons = {p.workload_id: p.reason for p in d.preemptions}
         assert reasons[f"c{node_}"].startswith("moved aside")
 
+    def test_owed_gang_moves_a_small_job_onto_free_gpus_elsewhere(self) -> None:
+        """12 GPUs are free but at most 7 on one node: b, owed 8, moves c's 1-GPU job off
+        n1; c can start it again at once on n2's free GPUs, so c keeps its quota."""
+        small = job("c1", 1, ws="c", on=(("n1", (0,)),), started=0.0)
+        d = schedule(
+            snap(
+                [node("n1", free=7), node("n2", free=5)],
+                [job("own", 8, ws="b", submitted=5.0)],
+                running=[small],
+                quotas={"b": Quota(gpus=8), "c": Quota(gpus=8)},
+                now=10.0,
+            )
+        )
+        assert preempted(d) == ["c1"] and placed(d) == {"own": ["n1"]}
+
     def test_no_moving_aside_without_loans_to_reclaim(self) -> None:
         """Nobody borrows (quotas promise more than the pool): work inside its quota stays
         put even for a gang that is owed its own quota; it waits for room instead."""

@@ -148,6 +148,8 @@ class Pass:
         self._victims()
         if not self._may_preempt(k, w):
             return None
+        if ledger is not None:
+            ledger.free_gpus = self.index.free_gpus
         victims = self._sort_victims()
         reasons: dict[str, str] = {}
         tiers: dict[int, list[Workload]] = {}
@@ -216,7 +218,8 @@ class Pass:
         ledger = self.ledger
         if ledger is None or not ledger.limited(w.workspace) or not ledger.within_nominal(w):
             return False
-        return any(ws != w.workspace for ws in ledger.lenders())
+        # Owed quota: reclaim loans, or move small jobs aside onto free GPUs elsewhere.
+        return self.index.free_gpus > 0 or any(ws != w.workspace for ws in ledger.lenders())
 
     def _lent_out(self, w: Workload, v: Workload) -> bool:
         """Is `v` another quota-bound workspace's work, so only its loan may be taken?"""

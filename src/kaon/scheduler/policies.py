@@ -226,14 +226,16 @@ class KaonPolicy(Policy):
 
     def _displace(self, p: Workload, v: Workload, ledger: QuotaLedger) -> Verdict | None:
         """A gang inside its quota may move a job smaller than one of its workers off a
-        node, when the cohort has loans that the moved job can reclaim in turn: whole
-        free nodes are what a gang needs, and loans are often spread thin over many."""
+        node, when the moved job can start again at once elsewhere: on GPUs free outside
+        the gang's node, or by reclaiming loans in turn. Whole free nodes are what a gang
+        needs, and free GPUs and loans are often spread thin over many nodes."""
         if p.priority < v.priority or v.total_gpus >= p.gpus:
             return None
         if not (ledger.limited(p.workspace) and ledger.within_nominal(p)):
             return None
-        # Loans enough for both: the moved job must find one to reclaim after `p` took its.
-        if sum(ledger.borrowed_gpus(ws) for ws in ledger.lenders()) < v.total_gpus + p.total_gpus:
+        room = v.total_gpus + p.total_gpus  # enough for both, wherever `p` lands
+        loans = sum(ledger.borrowed_gpus(ws) for ws in ledger.lenders())
+        if loans < room and ledger.free_gpus < room:
             return None
         return DISPLACE, f"moved aside for {p.id}, whose workspace needs its quota"
 

@@ -37,6 +37,9 @@ class QuotaLedger:
         self.cohort_used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self.cohort_nominal: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         self.version = 0  # bumps on every change, for callers that cache answers
+        # GPUs free in the pool right now, kept up to date by the pass: a job moved aside
+        # can start again on them at once, so moving it does not cost its owner its quota.
+        self.free_gpus = 0
         for nominal_quota in quotas.values():
             total = self.cohort_nominal[nominal_quota.cohort]
             for d, value in enumerate(_nominal(nominal_quota)):

@@ -173,7 +173,7 @@ class Simulator:
 
     # -- the scheduling pass ------------------------------------------------------------
 
-    def _schedule(self, now: float) -> None:
+    def _schedule(self, now: float, repass: int = 2) -> None:
         if not self.pending:
             return
         snapshot = Snapshot(
@@ -189,6 +189,11 @@ class Simulator:
             self._preempt(self.running[p.workload_id], now)
         for placement in decisions.placements:
             self._start(self.pending[placement.workload_id], placement.workers, now)
+        if decisions.preemptions and repass:
+            # The control plane passes again a second later (its tick), once the preempted
+            # jobs have stopped, so a job moved aside restarts at once rather than at the
+            # next arrival or completion, which may be minutes away.
+            self._schedule(now, repass - 1)
 
     def _node(self, i: int) -> NodeSnapshot:
         node = self.node_cache[i]
