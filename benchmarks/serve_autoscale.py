@@ -1,28 +1,38 @@
-"""Autoscaling on a real arrival trace: the gateway, the pure policy and real replicas.
+"""Autoscaling on a real arrival trace: Kaon's gateway and policy with real replicas, and
+Ray Serve's default autoscaler, on the same arrivals in one run.
 
-Replays the arrival times of the Azure LLM inference trace 2023 (code; 8,818 requests over
+Replays the arrival times of the Azure LLM inference trace 2023 (code; 8,819 requests over
 about an hour; CC-BY-4.0), compressed to ``--duration`` seconds, against a handler with a
 fixed service time and a fixed concurrency per replica (a stand-in for a model that keeps
-one accelerator busy). The pieces are the production ones, wired the phase-2 way:
+one accelerator busy). Arms (``--arms``, run one after the other):
 
-- the gateway runs as its own process (``python -m kaon.gateway --control-plane ...``);
-- a stand-in control plane in this process serves ``GET /api/v1/gateway/routes`` and takes
-  ``POST /api/v1/gateway/report``;
-- on each report, `kaon.gateway.autoscale.decide` picks the replica count, and a small
-  driver starts replica processes (``python -m kaon.serving.runtime``) or stops them, and
-  publishes the ready ones in the route table.
+- ``kaon``: the production pieces, wired the phase-2 way. The gateway runs as its own
+  process (``python -m kaon.gateway --control-plane ...``); a stand-in control plane in
+  this process serves ``GET /api/v1/gateway/routes`` and takes ``POST
+  /api/v1/gateway/report``; on each report `kaon.gateway.autoscale.decide` picks the
+  replica count, and a small driver starts replica processes (``python -m
+  kaon.serving.runtime``) or stops them, and publishes the ready ones in the route table.
+  Policy delays are compressed like the trace (up after 1 s, down after 10 s, to zero
+  after 20 s idle); ``kaon-defaults`` is the same with Kaon's default delays.
+- ``fixed``: the same with ``--fixed`` (8) warm replicas and no scaling.
+- ``ray``: Ray Serve, the same handler (``max_ongoing_requests`` 2), ``autoscaling_config``
+  with only ``min_replicas`` (``--ray-min``, 0) and ``max_replicas`` (8) set: Ray's
+  default policy, in wall-clock time. Requests go to Ray's HTTP proxy.
 
-    .venv/bin/python benchmarks/serve_autoscale.py                  # ~3 minutes
-    .venv/bin/python benchmarks/serve_autoscale.py --duration 60 --max-replicas 4
+    .venv/bin/python benchmarks/serve_autoscale.py                       # kaon, ray: ~8 min
+    .venv/bin/python benchmarks/serve_autoscale.py --arms fixed --fixed 8
+    .venv/bin/python benchmarks/serve_autoscale.py --keep 0.5            # half the requests
 
-Reports p50/p99 latency, errors, replica-seconds and cold starts, and the replica-seconds
-a fixed fleet sized for the peak would have used.
+Reports p50/p99 latency, errors, replica-seconds, replicas started (and from zero) per arm.
+``--keep`` sends only that share of the trace's requests (its shape at a lower rate), for
+a machine where one arm cannot keep up with the full rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import os
 import queue
@@ -31,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +62,7 @@ HEADERS = f"authorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\n"
 BODY = b'{"x": [[0.5, -1.0]]}'
 SERVICE_S = float(os.environ.get("BENCH_SERVICE_S", "0.1"))
 CONCURRENCY = 2  # requests one replica serves at once: 20 req/s per replica at 100 ms
+DRAIN_S = 1.5  # from leaving the route table to SIGTERM (the reconciler's drain_s)
 
 
 class FixedTime(kaon.Service):
@@ -191,10 +203,13 @@ class Pool:
         return (starting or self.replicas)[-1]
 
     def _stop(self, r: ReplicaProc) -> None:
+        """Out of the route table first, SIGTERM `DRAIN_S` later, as the control plane's
+        reconciler does: by then the gateway has polled the new table (every 0.5 s) and
+        sends the replica nothing new; SIGTERM drains what is still in flight."""
         self.replicas.remove(r)
-        self.publish()  # out of the table first; SIGTERM drains what is in flight
-        r.proc.send_signal(signal.SIGTERM)
-        r.stopped = time.monotonic()
+        self.publish()
+        asyncio.get_running_loop().call_later(DRAIN_S, _terminate, r.proc)
+        r.stopped = time.monotonic() + DRAIN_S
         self.retired.append(r)
 
     async def watch_ready(self, client: httpx.AsyncClient) -> None:
@@ -214,16 +229,21 @@ class Pool:
 
     def replica_seconds(self, end: float) -> float:
         every = self.replicas + self.retired
-        return sum((r.stopped or end) - r.started for r in every)
+        return sum(min(r.stopped or end, end) - r.started for r in every)
 
     def shutdown(self) -> None:
-        for r in self.replicas:
-            r.proc.send_signal(signal.SIGTERM)
+        for r in self.replicas + self.retired:
+            _terminate(r.proc)
         for r in self.replicas + self.retired:
             try:
                 r.proc.wait(10)
             except subprocess.TimeoutExpired:
                 r.proc.kill()
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -251,7 +271,7 @@ async def fire(pool: UpstreamPool, port: int, results: list[tuple[float, int]]) 
     try:
         reply = await pool.request("127.0.0.1", port, "POST", b"/trace/predict", HEADERS, BODY)
         status = reply.status
-    except UpstreamError:
+    except (UpstreamError, TimeoutError):
         status = 0
     results.append((time.perf_counter() - start, status))
 
@@ -283,19 +303,54 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-async def run(args: argparse.Namespace) -> None:
-    from serve_compare import free_port, spawn, stop, wait_http
+def thin(offsets: list[float], keep: float) -> list[float]:
+    """Every request's share `keep` of the arrivals, evenly: the trace's shape at a lower rate."""
+    if keep >= 1:
+        return offsets
+    return [o for i, o in enumerate(offsets) if int((i + 1) * keep) != int(i * keep)]
 
-    offsets = arrivals(Path(args.trace), args.duration)
-    low = args.fixed or 0  # --fixed N: N warm replicas all along, for comparison
-    policy = ScalingPolicy(
-        min_replicas=low,
-        max_replicas=args.fixed or args.max_replicas,
+
+@dataclass
+class Arm:
+    """What one system did with the trace."""
+
+    name: str
+    results: list[tuple[float, int]]
+    elapsed: float
+    replica_seconds: float
+    started: int
+    from_zero: int
+    peak: int
+    ready_times: list[float] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+def kaon_policy(arm: str, args: argparse.Namespace) -> ScalingPolicy:
+    """``kaon``: delays compressed like the trace; ``kaon-defaults``: Kaon's own delays;
+    ``fixed``: N warm replicas all along. The target is 2 in flight per replica in all,
+    the replica's concurrency (Ray's default target_ongoing_requests is 2 as well)."""
+    if arm == "fixed":
+        n = args.fixed
+        return ScalingPolicy(min_replicas=n, max_replicas=n, target_in_flight=CONCURRENCY)
+    if arm == "kaon-defaults":
+        return ScalingPolicy(
+            min_replicas=0, max_replicas=args.max_replicas, target_in_flight=CONCURRENCY
+        )
+    return ScalingPolicy(
+        min_replicas=0,
+        max_replicas=args.max_replicas,
         target_in_flight=CONCURRENCY,
         scale_up_delay_s=1,
         scale_down_delay_s=10,
         scale_to_zero_after_s=20,
     )
+
+
+async def run_kaon(args: argparse.Namespace, offsets: list[float], arm: str) -> Arm:
+    from serve_compare import free_port, spawn, stop, wait_http
+
+    policy = kaon_policy(arm, args)
+    low = policy.min_replicas
     cp = ControlPlane()
     cp_port, gw_port = free_port(), free_port()
     server = serve_in_thread(cp.app(), cp_port)
@@ -325,43 +380,209 @@ async def run(args: argparse.Namespace) -> None:
         pool.shutdown()
         stop(gateway)
         server.should_exit = True
-    summarize(args, offsets, results, pool, end - t0, end, log)
+    events = [
+        f"t={when - t0:6.1f}s  {before} -> {after}  {reason}"
+        for when, before, after, reason in log
+    ]
+    return Arm(
+        name=arm,
+        results=results,
+        elapsed=end - t0,
+        replica_seconds=pool.replica_seconds(end),
+        started=pool.cold_starts,
+        from_zero=pool.from_zero,
+        peak=max([n for _, _, n, _ in log] + [low]),
+        ready_times=pool.ready_times,
+        events=events,
+    )
 
 
-def summarize(
-    args: argparse.Namespace,
-    offsets: list[float],
-    results: list[tuple[float, int]],
-    pool: Pool,
-    elapsed: float,
-    end: float,
-    log: list[Any],
-) -> None:
-    ok = [lat for lat, status in results if status == 200]
-    errors = len(results) - len(ok)
-    peak = max([n for _, _, n, _ in log] + [args.fixed])
-    used = pool.replica_seconds(end)
-    ready = pool.ready_times or [0.0]
+# --- Ray Serve, default autoscaling -----------------------------------------------------
+
+
+class ReplicaCounter:
+    """Polls ``serve.status()`` and integrates the live replica count over time.
+
+    Live: starting or running (Ray's STARTING, UPDATING, RECOVERING, RUNNING,
+    PENDING_MIGRATION); a replica stops counting when it is told to stop, as in the Kaon
+    arm. A rise of the count is that many replicas started.
+    """
+
+    LIVE = ("STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION")
+
+    def __init__(self, app: str, interval_s: float = 0.25) -> None:
+        self.app = app
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _count(self) -> int:
+        from ray import serve
+
+        app = serve.status().applications.get(self.app)
+        if app is None:
+            return 0
+        states = [d.replica_states for d in app.deployments.values()]
+        return sum(n for st in states for state, n in st.items() if str(state) in self.LIVE)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), self._count()))
+            except Exception as exc:  # a slow controller: skip this sample
+                print(f"  serve.status() failed: {exc}", flush=True)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def summary(self, t0: float, end: float) -> tuple[float, int, int, int, list[str]]:
+        """(replica-seconds, started, from zero, peak, changes) over [t0, end]."""
+        seconds, started, from_zero, peak, changes = 0.0, 0, 0, 0, []
+        prev_t, prev_n = t0, 0
+        for t, n in self.samples:
+            if t < t0:
+                prev_n = n
+                continue
+            if t > end:
+                break
+            seconds += prev_n * (t - prev_t)
+            if n > prev_n:
+                started += n - prev_n
+                from_zero += prev_n == 0
+            if n != prev_n:
+                changes.append(f"t={t - t0:6.1f}s  {prev_n} -> {n}")
+            peak = max(peak, n)
+            prev_t, prev_n = t, n
+        seconds += prev_n * (end - prev_t)
+        return seconds, started, from_zero, peak, changes
+
+
+RAY_APP = "trace"
+
+
+def start_ray(args: argparse.Namespace, port: int) -> None:
+    """Ray Serve with the same handler: SERVICE_S, CONCURRENCY at a time per replica.
+
+    ``autoscaling_config`` sets only min and max replicas; everything else is Ray's
+    default (target_ongoing_requests 2, upscale_delay_s 30, downscale_delay_s 600,
+    look_back_period_s 30, metrics_interval_s 10). Replicas ask for no CPU, so eight fit
+    on two cores, as Kaon's replica processes do here.
+    """
+    import ray
+    from ray import serve
+
+    @serve.deployment(
+        max_ongoing_requests=CONCURRENCY,
+        ray_actor_options={"num_cpus": 0},
+        autoscaling_config={"min_replicas": args.ray_min, "max_replicas": args.max_replicas},
+    )
+    class FixedTimeRay:
+        async def __call__(self, request: Any) -> list[float]:
+            await asyncio.sleep(SERVICE_S)
+            return [0.0]
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(FixedTimeRay.bind(), name=RAY_APP, route_prefix="/trace", blocking=False)
+
+
+def stop_ray() -> None:
+    import ray
+    from ray import serve
+
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    ray_bin = Path(sys.executable).parent / "ray"
+    subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, check=False)
+
+
+async def run_ray(args: argparse.Namespace, offsets: list[float]) -> Arm:
+    from serve_compare import free_port
+
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise SystemExit("ray serve is not installed: pip install 'kaon[ray]'") from None
+    port = free_port()
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    start_ray(args, port)
+    counter = ReplicaCounter(RAY_APP)
+    try:
+        await asyncio.sleep(2.0)  # the proxy and controller settle
+        counter.start()
+        t0 = time.monotonic()
+        results = await replay(offsets, port, [])
+        end = time.monotonic()
+        counter.stop()
+    finally:
+        counter.stop()
+        stop_ray()
+    seconds, started, from_zero, peak, changes = counter.summary(t0, end)
+    return Arm("ray", results, end - t0, seconds, started, from_zero, peak, events=changes)
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, offsets: list[float], arms: list[Arm]) -> None:
     print(
-        f"trace: {len(offsets)} requests replayed in {elapsed:.0f} s "
-        f"(mean {len(offsets) / args.duration:.1f} req/s); "
-        f"service time {SERVICE_S * 1000:.0f} ms, {CONCURRENCY} at a time per replica"
+        f"\ntrace: {len(offsets)} requests over {args.duration:.0f} s "
+        f"(mean {len(offsets) / args.duration:.1f} req/s"
+        + (f", {args.keep:.0%} of the trace's requests" if args.keep < 1 else "")
+        + f"); service time {SERVICE_S * 1000:.0f} ms, {CONCURRENCY} at a time per replica; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"latency: p50 {pct(ok, 50) * 1000:.0f} ms  p99 {pct(ok, 99) * 1000:.0f} ms  "
-        f"max {max(ok) * 1000:.0f} ms  errors {errors}"
+        f"{'arm':<14} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} "
+        f"{'replica-s':>10} {'started':>8} {'from 0':>7} {'peak':>5} {'ready p50 s':>12}"
     )
-    print(
-        f"replicas: peak {peak}, {pool.cold_starts} started ({pool.from_zero} from zero), "
-        f"spawn->ready p50 {pct(ready, 50):.2f} s max {max(ready):.2f} s"
-    )
-    fixed = peak * elapsed
-    print(
-        f"replica-seconds: {used:.0f} autoscaled vs {fixed:.0f} for a fixed fleet of "
-        f"{peak} (the peak) = {used / fixed:.0%}"
-    )
-    for when, before, after, reason in log[: args.show]:
-        print(f"  t={when - log[0][0]:6.1f}s  {before} -> {after}  {reason}")
+    for arm in arms:
+        ok = [lat for lat, status in arm.results if status == 200] or [float("nan")]
+        errors = len(arm.results) - sum(1 for _, status in arm.results if status == 200)
+        ready = f"{pct(arm.ready_times, 50):.2f}" if arm.ready_times else "n/a"
+        print(
+            f"{arm.name:<14} {pct(ok, 50) * 1000:>8.0f} {pct(ok, 99) * 1000:>8.0f} "
+            f"{max(ok) * 1000:>8.0f} {errors:>7} {arm.replica_seconds:>10.0f} "
+            f"{arm.started:>8} {arm.from_zero:>7} {arm.peak:>5} {ready:>12}"
+        )
+    for arm in arms:
+        codes = Counter(status for _, status in arm.results if status != 200)
+        if codes:
+            listed = ", ".join(f"{n} x {code or 'no answer'}" for code, n in sorted(codes.items()))
+            print(f"{arm.name} errors: {listed}")
+    for arm in arms:
+        shown = arm.events[: args.show]
+        more = len(arm.events) - len(shown)
+        print(
+            f"\n{arm.name}: scaling"
+            + (f" (first {len(shown)} of {len(arm.events)})" if more else "")
+        )
+        for line in shown:
+            print(f"  {line}")
+
+
+async def run(args: argparse.Namespace) -> None:
+    offsets = thin(arrivals(Path(args.trace), args.duration), args.keep)
+    arms = []
+    for name in args.arms.split(","):
+        print(
+            f"arm {name}: replaying {len(offsets)} requests over {args.duration:.0f} s", flush=True
+        )
+        if name == "ray":
+            arms.append(await run_ray(args, offsets))
+        elif name in ("kaon", "kaon-defaults", "fixed"):
+            arms.append(await run_kaon(args, offsets, name))
+        else:
+            raise SystemExit(f"unknown arm {name!r}")
+    report(args, offsets, arms)
 
 
 def main() -> None:
@@ -369,7 +590,14 @@ def main() -> None:
     parser.add_argument("--trace", default=str(TRACE))
     parser.add_argument("--duration", type=float, default=180.0)
     parser.add_argument("--max-replicas", type=int, default=8)
-    parser.add_argument("--fixed", type=int, default=0, help="no autoscaling: N replicas")
+    parser.add_argument(
+        "--arms", default="kaon,ray", help="comma-separated: kaon, kaon-defaults, fixed, ray"
+    )
+    parser.add_argument("--fixed", type=int, default=8, help="replicas of the 'fixed' arm")
+    parser.add_argument("--ray-min", type=int, default=0, help="Ray Serve min_replicas")
+    parser.add_argument(
+        "--keep", type=float, default=1.0, help="share of the trace's requests to send (rate)"
+    )
     parser.add_argument("--log", default="/dev/null", help="gateway log file")
     parser.add_argument("--show", type=int, default=12, help="scaling events to print")
     args = parser.parse_args()

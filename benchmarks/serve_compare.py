@@ -324,10 +324,26 @@ def bench_kaon(tmp: Path, service: str, tag: str, duration: int, conns: int) -> 
     ]
     prefix = "async-" if tag else ""
     try:
-        return {prefix + k: load(n, url, tmp, duration, c, pids) for k, n, url, c, pids in runs}
+        results = {prefix + k: load(n, url, tmp, duration, c, pids) for k, n, url, c, pids in runs}
+        print(f"  where the handler ran: {where_handler_ran(base)}", flush=True)
+        return results
     finally:
         stop(gateway)
         stop(replica)
+
+
+def where_handler_ran(base: str) -> str:
+    """From the replica's metrics: on the loop (a cheap def handler), or in the pool."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    match = re.search(r'kaon_replica_handler_on_loop\{handler="(\w+)"\} ([\d.]+)', text)
+    moves = re.search(r"kaon_replica_handler_moves_total\{[^}]*\} ([\d.]+)", text)
+    if match is None:
+        return "unknown"
+    where = "on the loop" if float(match.group(2)) else "in the pool"
+    return (
+        f"{match.group(1)}: {where} at the end, {float(moves.group(1)) if moves else 0:.0f} moves"
+    )
 
 
 def bench(only: set[str], duration: int, connections: int) -> dict[str, Result]:

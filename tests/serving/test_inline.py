@@ -48,42 +48,60 @@ class TestInlineRule:
     def test_one_very_slow_call_on_the_loop_sends_it_back(self) -> None:
         rule = InlineRule(probe=8)
         _feed_pool(rule, 50e-6, 8)
-        rule.observe_loop(0.02)
+        rule.observe_loop(0.02, 10e-6)  # blocked 20 ms: over the limit, CPU or not
         assert not rule.on_loop
 
-    def test_p99_over_budget_sends_it_back(self) -> None:
+    def test_cpu_p99_over_the_tail_budget_sends_it_back(self) -> None:
         rule = InlineRule(probe=8, window=100)
         _feed_pool(rule, 50e-6, 8)
-        rule.observe_loop(1e-3)  # 1 slow call in 100: still a p99 under the budget
-        for _ in range(50):
-            rule.observe_loop(50e-6)
+        rule.observe_loop(2e-3, 2e-3)  # 1 slow call in 100: still a p99 under 1 ms
+        for i in range(50):
+            slow = i % 4 == 0  # a quarter of the calls at 400 µs: a p99 of 400 µs is fine
+            rule.observe_loop(400e-6 if slow else 50e-6, 400e-6 if slow else 50e-6)
         assert rule.on_loop
-        rule.observe_loop(1e-3)  # the second: over 1%
+        rule.observe_loop(2e-3, 2e-3)  # the second over 1 ms: over 1%
         assert not rule.on_loop
+
+    def test_preemptions_do_not_move_a_cheap_handler(self) -> None:
+        """One call in ten loses 2 ms of wall time to the kernel, not to the handler."""
+        rule = InlineRule(probe=8, window=100)
+        _feed_pool(rule, 50e-6, 8)
+        for i in range(1000):
+            rule.observe_loop(2e-3 if i % 10 == 0 else 50e-6, 50e-6)
+        assert rule.on_loop and rule.moves == 1
+
+    def test_a_handler_that_starts_to_block_goes_back_within_a_probe(self) -> None:
+        rule = InlineRule(probe=8, window=100)
+        _feed_pool(rule, 50e-6, 8)
+        calls = 0
+        while rule.on_loop:
+            rule.observe_loop(1e-3, 10e-6)  # waits 1 ms on I/O, hardly any CPU
+            calls += 1
+        assert calls == 5  # more than half of the last 8
 
     def test_back_off_doubles_and_a_clean_window_forgives(self) -> None:
         rule = InlineRule(probe=4, window=10, max_cooldown=16)
         _feed_pool(rule, 50e-6, 4)
-        rule.observe_loop(1.0)  # back to the pool for 4 calls
+        rule.observe_loop(1.0, 1.0)  # back to the pool for 4 calls
         _feed_pool(rule, 50e-6, 4)
         assert not rule.on_loop
         rule.observe_pool(50e-6)
         assert rule.on_loop
-        rule.observe_loop(1.0)  # now 8 calls
+        rule.observe_loop(1.0, 1.0)  # now 8 calls
         _feed_pool(rule, 50e-6, 8)
         assert not rule.on_loop
         rule.observe_pool(50e-6)
         assert rule.on_loop
         for _ in range(10):  # a full clean window: the next back-off is short again
-            rule.observe_loop(50e-6)
-        rule.observe_loop(1.0)
+            rule.observe_loop(50e-6, 50e-6)
+        rule.observe_loop(1.0, 1.0)
         _feed_pool(rule, 50e-6, 5)
         assert rule.on_loop
 
     def test_pinned_rules_ignore_measurements(self) -> None:
         pooled, pinned = InlineRule(False, probe=2), InlineRule(True, probe=2)
         _feed_pool(pooled, 1e-6, 100)
-        pinned.observe_loop(10.0)
+        pinned.observe_loop(10.0, 10.0)
         assert not pooled.on_loop and pinned.on_loop
 
 
@@ -132,6 +150,8 @@ class TestOverHttp:
             # slow now: the first slow call runs on the loop, and sends it back
             c.post(f"{url}/work", json={"seconds": 0.05})
             assert _on_loop(url, "work") == 0.0
+            metrics = c.get(f"{url}/metrics").text
+            assert 'kaon_replica_handler_moves_total{handler="work"} 2.0' in metrics
             assert _healthz_while(url, 0.5, 4) < 0.1  # the loop stays free
 
     def test_slow_def_handler_never_stalls_healthz(self) -> None:

@@ -95,7 +95,7 @@ class _Runner:
         limit = ep.options.max_concurrency
         self._limit = asyncio.Semaphore(limit) if limit and not ep.batched else None
         self.inline = InlineRule(ep.options.run_inline)
-        metrics.on_loop.set(1 if self.inline.on_loop and not ep.is_async else 0)
+        metrics.on_loop.set(1 if ep.is_async or (self.inline.on_loop and not ep.batched) else 0)
         self._batcher: Batcher | None = None
         if ep.batched:
             self._batcher = Batcher(
@@ -122,22 +122,25 @@ class _Runner:
         loop = asyncio.get_running_loop()
         call = functools.partial(fn, self._service, **kwargs)
         result, seconds = await loop.run_in_executor(self._pool, _timed, call)
-        self._observe(self.inline.observe_pool, seconds)
+        self._observe(lambda: self.inline.observe_pool(seconds))
         return result
 
     def _call_on_loop(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        """A sync handler measured to be cheap: no thread hop (see `kaon.serving.inline`)."""
-        start = time.perf_counter()
+        """A sync handler measured to be cheap: no thread hop (see `kaon.serving.inline`).
+        Timed in wall time (blocking) and in this thread's CPU time (cost, not preemption)."""
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return fn(self._service, **kwargs)
         finally:
-            self._observe(self.inline.observe_loop, time.perf_counter() - start)
+            wall_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu
+            self._observe(lambda: self.inline.observe_loop(wall_s, cpu_s))
 
-    def _observe(self, observe: Callable[[float], None], seconds: float) -> None:
+    def _observe(self, observe: Callable[[], None]) -> None:
         moves = self.inline.moves
-        observe(seconds)
+        observe()
         if self.inline.moves != moves:
             self.metrics.on_loop.set(1 if self.inline.on_loop else 0)
+            self.metrics.moves.inc()
 
     async def _call_batch(self, items: list[Any]) -> list[Any]:
         fn = self.ep.function

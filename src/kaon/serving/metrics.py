@@ -25,6 +25,7 @@ class HandlerMetrics:
         self.in_flight = metrics.in_flight.labels(handler)
         self.batch_size = metrics.batch_size.labels(handler)
         self.on_loop = metrics.on_loop.labels(handler)
+        self.moves = metrics.moves.labels(handler)
         self._by_code: dict[int, Counter] = {}
 
     def observe(self, status: int, seconds: float) -> None:
@@ -58,7 +59,12 @@ class ReplicaMetrics:
 
         self.on_loop = Gauge(
             "kaon_replica_handler_on_loop",
-            "1 while a def handler runs on the event loop (measured cheap), 0 in the pool.",
+            "1: the handler runs on the event loop (async, or def found cheap); 0: in a thread.",
+            ["handler"], registry=self.registry,
+        )  # fmt: skip
+
+        self.moves = Counter(
+            "kaon_replica_handler_moves", "Moves of a def handler between the loop and a thread.",
             ["handler"], registry=self.registry,
         )  # fmt: skip
 
