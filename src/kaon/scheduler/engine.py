@@ -138,12 +138,12 @@ class Pass:
     def _preempt(self, k: Key, w: Workload, swap: bool) -> tuple[WorkerPlacement, ...] | None:
         """Place `w` by preempting victims the policy names, the cheapest tier first. With
         `swap` the cohort is full, so the victims must give back at least what `w` takes."""
+        if self.preempting >= MAX_PREEMPTING:
+            return None
         ledger = self.ledger
         owed = ledger is not None and ledger.limited(w.workspace) and ledger.within_nominal(w)
         shape = (w.workers, w.gpus, w.cpu, w.memory, owed, swap)
         if shape in self.failed_shapes or (self.failures >= GIVE_UP_AFTER and not owed):
-            return None
-        if self.preempting >= MAX_PREEMPTING:
             return None
         self._victims()
         if not self._may_preempt(k, w):

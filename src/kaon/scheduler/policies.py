@@ -198,10 +198,14 @@ class KaonPolicy(Policy):
         return min(steps, self.las_levels - 1)
 
     def key(self, w: Workload, now: float) -> Key:
-        attained = w.attained(now)
+        # Called for every job in every pass: the common cases are inlined (a waiting job's
+        # service is its stamp; level 0 needs no logarithm).
+        attained = w.attained_gpu_s if not w.placement else w.attained(now)
+        level = 0 if attained < self.las_base_gpu_s else self._level(attained)
         ran = attained / (w.gpus * w.workers or 1)
-        waited = max(now - w.submitted_at - ran, 0.0)  # frozen while it runs
-        return (-w.priority, self._level(attained) - waited / self.age_s, w.submitted_at)
+        waited = now - w.submitted_at - ran  # frozen while it runs
+        aged = waited / self.age_s if waited > 0.0 else 0.0
+        return (-w.priority, level - aged, w.submitted_at)
 
     def ready(self, v: Workload, now: float) -> bool:
         return v.started_at is None or now - v.started_at >= self.min_run

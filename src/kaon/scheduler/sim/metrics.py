@@ -63,6 +63,9 @@ def summarize(result: SimResult, policy: str) -> dict[str, Any]:
     slowdown: dict[str, list[float]] = defaultdict(list)
     for c, j in zip(jct, done, strict=True):
         slowdown[j.spec.tenant].append(c / j.spec.duration)
+    waits: dict[str, list[float]] = defaultdict(list)
+    for d, j in zip(delay, done, strict=True):
+        waits[j.spec.tenant].append(d)
     per_tenant = {t: sum(v) / len(v) for t, v in sorted(slowdown.items())}
     return {
         "policy": policy,
@@ -83,5 +86,8 @@ def summarize(result: SimResult, policy: str) -> dict[str, Any]:
         "preemptions": result.preemptions,
         "scheduling_passes": result.passes,
         "tenant_mean_slowdown": per_tenant,
+        "tenant_jobs": {t: len(v) for t, v in sorted(waits.items())},
+        "tenant_quota_gpus": dict(sorted(result.quotas.items())),
+        "tenant_avg_queue_delay_s": {t: sum(v) / len(v) for t, v in sorted(waits.items())},
         "tenant_quota_guarantee": dict(sorted(result.guarantee.items())),
     }
