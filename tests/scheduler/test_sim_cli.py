@@ -99,3 +99,27 @@ def test_sim_runs_inside_any_typer_app(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "trace.csv:4: column 'num_gpus'" in result.output
     assert "Traceback" not in result.output
+
+
+def _sim_json(trace: Path, *extra: str) -> dict[str, object]:
+    args = ["sim", "--trace", str(trace), "--nodes", "1", "--gpus-per-node", "8", "--json"]
+    result = CliRunner().invoke(app, [*args, *extra])
+    assert result.exit_code == 0, result.output
+    summary: dict[str, object] = json.loads(result.output)
+    return summary
+
+
+def test_quotas_reclaim_and_no_quotas_share_one_queue(tmp_path: Path) -> None:
+    """b's share is 4.8 GPUs (6,000 of 10,000 GPU-seconds): with quotas its 2-GPU job takes
+    back the node a borrows whole; as one shared queue it waits for a's job to end."""
+    trace = _trace(
+        tmp_path,
+        ["2017-10-09 00:00:00,500,8,4000,a\n", "2017-10-09 00:00:10,3000,2,6000,b\n"],
+    )
+    shared = _sim_json(trace, "--no-quotas")
+    quotas = _sim_json(trace)
+    assert (quotas["quotas"], shared["quotas"]) == (True, False)
+    assert quotas["preemptions"] == 1 and quotas["quota_guarantee"] == 1.0
+    assert shared["preemptions"] == 0 and shared["quota_guarantee"] < 0.5  # type: ignore[operator]
+    waits = quotas["tenant_avg_queue_delay_s"], shared["tenant_avg_queue_delay_s"]
+    assert waits[0]["b"] == 0.0 and waits[1]["b"] == 490.0  # type: ignore[index]
