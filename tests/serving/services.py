@@ -111,7 +111,7 @@ class Placement(kaon.Service):
     """Sync handlers for the inline rule: one whose cost the test sets, and two pinned."""
 
     @kaon.handler
-    def work(self, seconds: float = 0.0) -> dict[str, bool]:
+    def compute(self, seconds: float = 0.0) -> dict[str, bool]:
         if seconds:
             time.sleep(seconds)
         return {"main_thread": threading.current_thread() is threading.main_thread()}

@@ -126,7 +126,7 @@ def _healthz_while(url: str, seconds: float, calls: int) -> float:
     ):
         probe.get(f"{url}/healthz")  # connected
         body = {"seconds": seconds}
-        busy = [pool.submit(busy_client.post, f"{url}/work", json=body) for _ in range(calls)]
+        busy = [pool.submit(busy_client.post, f"{url}/compute", json=body) for _ in range(calls)]
         time.sleep(seconds / 4)  # the slow calls are running now
         worst = 0.0
         while not all(f.done() for f in busy):
@@ -141,24 +141,24 @@ def _healthz_while(url: str, seconds: float, calls: int) -> float:
 class TestOverHttp:
     def test_cheap_handler_moves_to_the_loop_slow_one_stays_in_the_pool(self) -> None:
         with spawn_replica("tests.serving.services:Placement") as (_, url), httpx.Client() as c:
-            first = c.post(f"{url}/work", json={}).json()
+            first = c.post(f"{url}/compute", json={}).json()
             assert first == {"main_thread": False}  # measured in the pool first
             for _ in range(40):
-                c.post(f"{url}/work", json={})
-            assert c.post(f"{url}/work", json={}).json() == {"main_thread": True}
-            assert _on_loop(url, "work") == 1.0
+                c.post(f"{url}/compute", json={})
+            assert c.post(f"{url}/compute", json={}).json() == {"main_thread": True}
+            assert _on_loop(url, "compute") == 1.0
             # slow now: the first slow call runs on the loop, and sends it back
-            c.post(f"{url}/work", json={"seconds": 0.05})
-            assert _on_loop(url, "work") == 0.0
+            c.post(f"{url}/compute", json={"seconds": 0.05})
+            assert _on_loop(url, "compute") == 0.0
             metrics = c.get(f"{url}/metrics").text
-            assert 'kaon_replica_handler_moves_total{handler="work"} 2.0' in metrics
+            assert 'kaon_replica_handler_moves_total{handler="compute"} 2.0' in metrics
             assert _healthz_while(url, 0.5, 4) < 0.1  # the loop stays free
 
     def test_slow_def_handler_never_stalls_healthz(self) -> None:
         with spawn_replica("tests.serving.services:Placement") as (_, url):
             assert _healthz_while(url, 0.3, 8) < 0.1
             assert _healthz_while(url, 0.3, 8) < 0.1
-            assert _on_loop(url, "work") == 0.0
+            assert _on_loop(url, "compute") == 0.0
 
     def test_pinned_handlers(self) -> None:
         with spawn_replica("tests.serving.services:Placement") as (_, url), httpx.Client() as c:
