@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import httpx
@@ -161,7 +161,8 @@ class DeploymentReconciler:
     async def _reconcile(self, d: Deployment, rows: list[_Row], probes: dict[str, bool]) -> bool:
         spec = DeploymentSpec.model_validate(d.spec)
         now = self.clock()
-        desired = d.desired_replicas if d.deleting else self._autoscale(d, spec)
+        warming = _warming(rows)
+        desired = d.desired_replicas if d.deleting else self._autoscale(d, spec, warming)
         facts = DeploymentFacts(
             generation=d.generation,
             desired=0 if d.deleting else desired,
@@ -175,11 +176,16 @@ class DeploymentReconciler:
         await self._apply(d, spec, rows, step, desired, now)
         return step.start > 0 or any(r.state == "starting" for r in replicas)
 
-    def _autoscale(self, d: Deployment, spec: DeploymentSpec) -> int:
+    def _autoscale(self, d: Deployment, spec: DeploymentSpec, warming: bool) -> int:
+        """`warming`: replicas are starting and none is ready yet. The idle clock only runs
+        while there is capacity to be idle: a replica must not be scaled to zero before it
+        could serve anything (a slow start would otherwise outlast a short idle window)."""
         now = self.clock().timestamp()
         state = self.scaling.get(d.id) or ScalingState(
             replicas=d.desired_replicas, last_busy_at=now
         )
+        if warming:
+            state = replace(state, last_busy_at=now)
         state = state.observe(self.loads.load(d.name), replicas=d.desired_replicas)
         decision = decide(spec.autoscaling, state, now)
         self.scaling[d.id] = decision.state
@@ -242,6 +248,12 @@ class DeploymentReconciler:
                 )
         if step.start or step.kill:
             self.poke_jobs()
+
+
+def _warming(rows: list[_Row]) -> bool:
+    """Replicas are starting and none of them is ready yet."""
+    states = {r.replica.state for r in rows}
+    return "starting" in states and "ready" not in states
 
 
 def _facts(row: _Row, probe: bool | None) -> ReplicaFacts:
