@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from kaon.serving.inline import InlineRule
+from kaon.serving.inline import InlineRule, voluntary_waits
 from tests.serving.helpers import spawn_replica
 
 
@@ -50,6 +50,20 @@ class TestInlineRule:
         _feed_pool(rule, 50e-6, 8)
         rule.observe_loop(0.02, 10e-6)  # blocked 20 ms: over the limit, CPU or not
         assert not rule.on_loop
+
+    def test_a_long_preemption_is_not_a_slow_call(self) -> None:
+        """90 ms of wall time in which the thread never waited: the kernel ran others."""
+        rule = InlineRule(probe=8)
+        _feed_pool(rule, 50e-6, 8)
+        rule.observe_loop(0.09, 400e-6, waited=False)
+        assert rule.on_loop
+        rule.observe_loop(0.09, 0.02, waited=False)  # 20 ms of CPU: slow whatever the kernel did
+        assert not rule.on_loop
+
+    def test_voluntary_waits_count_sleeps(self) -> None:
+        before = voluntary_waits()
+        time.sleep(0.01)
+        assert before < 0 or voluntary_waits() > before
 
     def test_cpu_p99_over_the_tail_budget_sends_it_back(self) -> None:
         rule = InlineRule(probe=8, window=100)

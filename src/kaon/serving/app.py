@@ -41,7 +41,7 @@ from kaon.core.errors import KaonError
 from kaon.serving import asgi
 from kaon.serving.batching import Batcher
 from kaon.serving.endpoint import Endpoint, build_endpoint, error_details
-from kaon.serving.inline import InlineRule
+from kaon.serving.inline import InlineRule, voluntary_waits
 from kaon.serving.metrics import HandlerMetrics, ReplicaMetrics
 from kaon.serving.openapi import docs_page, openapi_document
 from kaon.serving.service import Service, handlers_of
@@ -127,13 +127,15 @@ class _Runner:
 
     def _call_on_loop(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         """A sync handler measured to be cheap: no thread hop (see `kaon.serving.inline`).
-        Timed in wall time (blocking) and in this thread's CPU time (cost, not preemption)."""
-        start, cpu = time.perf_counter(), time.thread_time()
+        Timed in wall time (blocking) and in this thread's CPU time (cost, not preemption);
+        a call over the wall-time limit also tells whether the thread waited in it."""
+        start, cpu, waits = time.perf_counter(), time.thread_time(), voluntary_waits()
         try:
             return fn(self._service, **kwargs)
         finally:
             wall_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu
-            self._observe(lambda: self.inline.observe_loop(wall_s, cpu_s))
+            waited = wall_s <= self.inline.limit_s or waits < 0 or voluntary_waits() > waits
+            self._observe(lambda: self.inline.observe_loop(wall_s, cpu_s, waited))
 
     def _observe(self, observe: Callable[[], None]) -> None:
         moves = self.inline.moves
