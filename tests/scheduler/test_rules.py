@@ -285,3 +285,11 @@ class TestBackfill:
         d = schedule(snap([node("n1", free=4)], pending, [b1], now=10.0), policy=EasyPolicy())
         assert d.reserved == {"head": ("n1",)}
         assert placed(d).get("small") == where
+
+
+def test_quota_reason_has_no_floating_point_dust() -> None:
+    """Fractional shares (as GPU-hour shares are) sum to 8 plus dust; the reason says 0."""
+    quotas = {f"w{i}": Quota(gpus=0.4) for i in range(20)}  # 8.000000000000002 in all
+    busy = job("busy", 8, ws="w1", on=(("n1", tuple(range(8))),), started=0.0)
+    d = schedule(snap([node("n1", free=0)], [job("j", 1, ws="w0")], [busy], quotas=quotas))
+    assert "has only 0 idle GPUs to lend" in d.waiting["j"]

@@ -136,7 +136,8 @@ class QuotaLedger:
                     False,
                 )
             if cohort_used[d] + value > cohort_nominal[d] + _EPS:
-                idle = max(cohort_nominal[d] - cohort_used[d], 0.0)
+                # rounded: sums of fractional quotas leave dust like 5.7e-14 behind
+                idle = round(max(cohort_nominal[d] - cohort_used[d], 0.0), 3)
                 return (
                     f"quota: over workspace {w.workspace}'s share and cohort "
                     f"{q.cohort} has only {idle:g} idle {_NAMES[d]} to lend",
