@@ -319,6 +319,8 @@ class TestSnapshot:
         broken.write_bytes(b"not a tar file")
         with pytest.raises(PermanentBackendError, match="cannot unpack"):
             local.launch(gang("pass", snapshot=str(broken)))
+        job_dir = local.executor.runs_dir / "j-test"
+        assert not [p.name for p in job_dir.glob("code*")]  # nothing half-unpacked left
 
     def test_a_snapshot_cannot_write_outside_its_folder(
         self, local: Harness, tmp_path: Path

@@ -88,6 +88,7 @@ class LocalExecutor:
                 with tarfile.open(gang.snapshot, "r:gz") as tar:
                     tar.extractall(tmp, filter="data")
             except (OSError, tarfile.TarError) as e:
+                shutil.rmtree(tmp, ignore_errors=True)  # leave no half-unpacked folder
                 raise PermanentBackendError(
                     f"cannot unpack the job's working directory: {e}"
                 ) from e
