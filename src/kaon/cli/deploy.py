@@ -12,9 +12,9 @@ import yaml
 from kaon.cli.common import EXIT_INPUT, ClientOpt, JsonOpt, exit_on_error, make_client
 from kaon.cli.render import console, err, print_json, rows_table
 from kaon.core.deployment_views import DeploymentView
+from kaon.sdk.config import load_config
 
 app = typer.Typer(help="Serve models: deployments behind the gateway.", no_args_is_help=True)
-GATEWAY = "http://127.0.0.1:8471"
 
 
 def _spec(
@@ -166,13 +166,14 @@ def list_(client: ClientOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         print_json(views)
         return
+    gateway = load_config().gateway_url
     rows = [
         (
             v.name,
             v.status,
             f"{v.ready_replicas}/{v.desired_replicas}",
             str(v.generation),
-            f"{GATEWAY}/{v.name}/",
+            f"{gateway}/{v.name}/",
             v.message,
         )
         for v in views
@@ -228,7 +229,8 @@ def _show(view: DeploymentView, json_: bool) -> None:
         print_json(view)
         return
     console.print(f"[bold]{view.name}[/] {view.status}: {view.message}")
-    console.print(f"  call: POST {GATEWAY}/{view.name}/<handler>  (Authorization: Bearer <token>)")
+    gateway = load_config().gateway_url
+    console.print(f"  call: POST {gateway}/{view.name}/<handler>  (Authorization: Bearer <token>)")
     rows = [
         (r.job_id, str(r.generation), r.state, r.url or "-", str(r.pid or "-"), r.message)
         for r in view.replicas

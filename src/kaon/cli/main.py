@@ -23,7 +23,7 @@ from kaon.cli.common import ClientOpt, JsonOpt, exit_on_error, make_client
 from kaon.cli.daemon import Daemon, wait_healthy
 from kaon.cli.render import console, err, nodes_table, print_json, rows_table
 from kaon.sdk.client import Client
-from kaon.sdk.config import ClientConfig, home, load_config, save_config
+from kaon.sdk.config import ClientConfig, home, load_config, save_config, save_gateway_url
 
 app = typer.Typer(
     name="kaon",
@@ -124,6 +124,8 @@ def up(
     config = load_config()
     with exit_on_error():
         gateway = _start_gateway(url, config.token, gateway_port)
+    if gateway != config.gateway_url:
+        save_gateway_url(gateway)  # `kaon deploy` prints this address
     console.print(f"Kaon control plane: [bold]{url}[/] (logs: {daemon.log_file})")
     console.print(f"Kaon gateway:       [bold]{gateway}[/]")
     if config.token:
