@@ -70,6 +70,8 @@ S = ScalingState
         (S(3, Load(), pending_since=0, pending_target=1, last_busy_at=0), 30, 1),
         # idle long enough: scale to zero at once
         (S(1, Load(), last_busy_at=0), 60, 0),
+        # ... but not while the replica is still starting: the idle clock waits for it
+        (S(1, Load(), last_busy_at=0, warming=True), 60, 1),
         # min_replicas holds even when idle forever
         (S(2, Load(), last_busy_at=0), 10_000, 2),
     ],

@@ -26,6 +26,9 @@ The rules:
    when going down), so a one-off spike or lull inside the window cannot over-react.
 4. While there was load within ``scale_to_zero_after_s``, at least one replica stays; the
    last one goes once the deployment was idle that long (``min_replicas == 0`` only).
+   The idle clock only runs while a replica is ready: while the first ones are still
+   starting (``warming``), a slow start cannot outlast a short idle window and be scaled
+   to zero before it ever served.
 """
 
 from __future__ import annotations
@@ -69,10 +72,14 @@ class ScalingState:
     pending_since: float | None = None  # when wanted first differed from replicas
     pending_target: int | None = None  # least extreme count wanted since then
     last_busy_at: float | None = None  # last time there was any load
+    warming: bool = False  # replicas are starting and none is ready yet
 
-    def observe(self, load: Load, replicas: int | None = None) -> ScalingState:
+    def observe(
+        self, load: Load, replicas: int | None = None, warming: bool = False
+    ) -> ScalingState:
         """This state with fresh load (and, if it changed outside the policy, replicas)."""
-        return replace(self, load=load, replicas=self.replicas if replicas is None else replicas)
+        replicas = self.replicas if replicas is None else replicas
+        return replace(self, load=load, replicas=replicas, warming=warming)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ def wanted(policy: ScalingPolicy, load: Load) -> int:
 def decide(policy: ScalingPolicy, state: ScalingState, now: float) -> ScalingDecision:
     """The replica count for now, and the state to pass next time."""
     busy = state.load.busy
-    last_busy = now if busy else state.last_busy_at
+    last_busy = now if busy or state.warming else state.last_busy_at
     state = replace(state, last_busy_at=last_busy)
     floor = policy.min_replicas
     idle_for = math.inf if last_busy is None else now - last_busy

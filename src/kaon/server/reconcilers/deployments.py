@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
@@ -177,16 +177,14 @@ class DeploymentReconciler:
         return step.start > 0 or any(r.state == "starting" for r in replicas)
 
     def _autoscale(self, d: Deployment, spec: DeploymentSpec, warming: bool) -> int:
-        """`warming`: replicas are starting and none is ready yet. The idle clock only runs
-        while there is capacity to be idle: a replica must not be scaled to zero before it
-        could serve anything (a slow start would otherwise outlast a short idle window)."""
+        """`warming`: replicas are starting and none is ready yet (the policy's idle clock
+        waits for a ready replica)."""
         now = self.clock().timestamp()
         state = self.scaling.get(d.id) or ScalingState(
             replicas=d.desired_replicas, last_busy_at=now
         )
-        if warming:
-            state = replace(state, last_busy_at=now)
-        state = state.observe(self.loads.load(d.name), replicas=d.desired_replicas)
+        load = self.loads.load(d.name)
+        state = state.observe(load, replicas=d.desired_replicas, warming=warming)
         decision = decide(spec.autoscaling, state, now)
         self.scaling[d.id] = decision.state
         if decision.replicas != d.desired_replicas:
