@@ -5,6 +5,10 @@
 100 training points and a held-out test set, inputs normalised, a 2-5-1 MLP with binary
 cross-entropy and Adam (lr 0.01, batch 4). kaon.train reports the loss of each epoch to
 the platform; this script adds the test accuracy and which input feature mattered.
+
+It writes to out/binary_classifier/ (``--out``): one folder per example, so two examples
+run from the same place never resume each other's checkpoints, and the same folder on
+every run, so running the command again resumes this one instead of starting over.
 """
 
 import argparse
@@ -31,7 +35,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--test-samples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="out")
+    parser.add_argument("--out", default="out/binary_classifier", help="output folder")
     args = parser.parse_args()
 
     seed_everything(args.seed)

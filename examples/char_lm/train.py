@@ -6,6 +6,10 @@ The text is Python's own LICENSE.txt from the standard library folder (or, where
 distribution leaves it out, the source of the `argparse` module), so nothing is
 downloaded. The last 10% is held out: its loss falls epoch by epoch, and at the end the
 model writes a sample.
+
+It writes to out/char_lm/ (``--out``): one folder per example, so two examples run from
+the same place never resume each other's checkpoints, and the same folder on every run,
+so running the command again resumes this one instead of starting over.
 """
 
 import argparse
@@ -98,7 +102,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=None, help="use only this many chars")
     parser.add_argument("--sample", type=int, default=200, help="characters to generate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="out")
+    parser.add_argument("--out", default="out/char_lm", help="output folder")
     args = parser.parse_args()
 
     seed_everything(args.seed)

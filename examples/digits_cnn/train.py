@@ -5,6 +5,10 @@
 
 The 1,797 images ship inside scikit-learn, so nothing is downloaded. 20% are held out
 for the test; another 10% of the rest is the validation set, watched for early stopping.
+
+It writes to out/digits_cnn/ (``--out``): one folder per example, so two examples run
+from the same place never resume each other's checkpoints, and the same folder on every
+run, so running the command again resumes this one instead of starting over.
 """
 
 import argparse
@@ -62,7 +66,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="use only this many images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="out")
+    parser.add_argument("--out", default="out/digits_cnn", help="output folder")
     parser.add_argument("--explain", action="store_true", help="save <out>/explain_digit.png")
     args = parser.parse_args()
 

@@ -6,6 +6,9 @@
 
 The tokens are random, so the loss only falls to log(vocab); the point is tokens per
 second and MFU on real shapes, without a tokenizer or a dataset download.
+
+It keeps no checkpoints (a benchmark measures from a fresh start every time); what else it
+writes goes to out/gpt/ (``--out``), one folder per example like the others.
 """
 
 import argparse
@@ -32,7 +35,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="out")
+    parser.add_argument("--out", default="out/gpt", help="output folder")
     args = parser.parse_args()
 
     seed_everything(args.seed)

@@ -126,8 +126,9 @@ class TestSkippingBadCheckpoints:
         (root / "step-000000016" / "model_card.json").write_text("{}")
         (root / "step-000000012" / "manifest.json").write_text("{not json")
         torch.manual_seed(0)
-        config = TrainConfig(loss="bce", batch_size=4, epochs=2, output_dir=str(root.parent),
-                             tensorboard=False, progress=False)  # fmt: skip
+        config = TrainConfig(loss="bce", optimizer="adam", batch_size=4, epochs=2,
+                             output_dir=str(root.parent), tensorboard=False,
+                             progress=False)  # fmt: skip
         trainer = Trainer(Classifier(hidden=6), blobs(), config=config)
         with pytest.warns(CheckpointWarning) as caught:
             progress = trainer._start()

@@ -78,6 +78,24 @@ def test_digits_cnn(tmp_path: Path) -> None:
     assert (tmp_path / "explain_digit.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # loads scikit-learn and Captum on first use
+def test_examples_with_default_folders_keep_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's first minutes: one example, then another, from the same folder and with
+    no --out. Each writes to out/<example>/, so the second does not try to resume the
+    first's checkpoint, and running the first again resumes its own."""
+    monkeypatch.chdir(tmp_path)
+    binary = EXAMPLES / "binary_classifier" / "train.py"
+    run_script(binary, "--epochs", "1")
+    digits = ["--epochs", "1", "--limit", "300", "--channels", "4"]
+    assert "test accuracy: " in run_script(EXAMPLES / "digits_cnn" / "train.py", *digits)
+    assert "resumed from step-000000025: step 25, epoch 2" in run_script(binary, "--epochs", "1")
+    out = tmp_path / "out"
+    assert read_model_card(out / "binary_classifier" / "checkpoints")["input_shape"] == [2]
+    assert read_model_card(out / "digits_cnn" / "checkpoints")["input_shape"] == [1, 8, 8]
+
+
 def test_char_lm(tmp_path: Path) -> None:
     args = ["--epochs", "3", "--chars", "3000", "--block", "32", "--dim", "32", "--layers", "1"]
     printed = run_script(

@@ -13,12 +13,14 @@ and reports metrics to the platform, TensorBoard and the console. See docs/train
 """
 
 from kaon.train.checkpoint import CheckpointWarning
+from kaon.train.checkpointer import CheckpointMismatchError
 from kaon.train.config import TrainConfig, TrainConfigError
 from kaon.train.predict import latest_checkpoint, load_model, predict, read_model_card
 from kaon.train.runtime import seed_everything
 from kaon.train.trainer import Preempted, Trainer
 
 __all__ = [
+    "CheckpointMismatchError",
     "CheckpointWarning",
     "Preempted",
     "TrainConfig",

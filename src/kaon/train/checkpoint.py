@@ -40,6 +40,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "read_model_card",
+    "root_setting",
     "save_checkpoint",
 ]
 
@@ -64,6 +65,13 @@ def checkpoint_root(config: TrainConfig) -> Path:
     if config.checkpoint_dir:
         return Path(config.checkpoint_dir)
     return Path(config.output_dir) / "checkpoints"
+
+
+def root_setting(config: TrainConfig) -> str:
+    """The setting that chose `checkpoint_root`, for messages that say what to change."""
+    if os.environ.get("KAON_CHECKPOINT_DIR"):
+        return "$KAON_CHECKPOINT_DIR"
+    return "checkpoint_dir" if config.checkpoint_dir else "output_dir"
 
 
 def save_checkpoint(
