@@ -15,9 +15,9 @@ import statistics
 import time
 
 from kaon.scheduler import (
-    NodeSnapshot,
+    NodeCapacity,
+    PoolState,
     Quota,
-    Snapshot,
     WorkerPlacement,
     Workload,
     get_policy,
@@ -27,7 +27,7 @@ from kaon.scheduler import (
 NODES, GPUS, PENDING, BUSY = 1000, 8, 10_000, 0.8
 
 
-def build(seed: int = 0) -> Snapshot:
+def build(seed: int = 0) -> PoolState:
     rng = random.Random(seed)
     now = 1_000_000.0
     nodes, running = [], []
@@ -53,7 +53,7 @@ def build(seed: int = 0) -> Snapshot:
             used += size
             g += 1
         nodes.append(
-            NodeSnapshot(
+            NodeCapacity(
                 id=f"n{n}",
                 cpu=128.0,
                 memory=1 << 40,
@@ -77,20 +77,20 @@ def build(seed: int = 0) -> Snapshot:
         for i in range(PENDING)
     )
     quotas = {f"ws{i}": Quota(gpus=NODES * GPUS / 10) for i in range(10)}
-    return Snapshot(
+    return PoolState(
         now=now, nodes=tuple(nodes), pending=pending, running=tuple(running), quotas=quotas
     )
 
 
 def main() -> None:
-    snapshot = build()
-    print(f"{NODES} nodes x {GPUS} GPUs, {len(snapshot.running)} running, {PENDING} pending")
+    pool = build()
+    print(f"{NODES} nodes x {GPUS} GPUs, {len(pool.running)} running, {PENDING} pending")
     for name in ("kaon", "fifo", "easy", "las", "srtf"):
         policy = get_policy(name)
         times = []
         for _ in range(7):
             start = time.perf_counter()
-            decisions = schedule(snapshot, policy)
+            decisions = schedule(pool, policy)
             times.append(time.perf_counter() - start)
         median, worst = statistics.median(times) * 1e3, max(times) * 1e3
         print(

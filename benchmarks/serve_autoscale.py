@@ -9,7 +9,7 @@ one accelerator busy). Arms (``--arms``, run one after the other):
 - ``kaon``: the production pieces, wired the phase-2 way. The gateway runs as its own
   process (``python -m kaon.gateway --control-plane ...``); a stand-in control plane in
   this process serves ``GET /api/v1/gateway/routes`` and takes ``POST
-  /api/v1/gateway/report``; on each report `kaon.gateway.autoscale.decide` picks the
+  /api/v1/gateway/report``; on each report `kaon.autoscaling.decide` picks the
   replica count, and a small driver starts replica processes (``python -m
   kaon.serving.runtime``) or stops them, and publishes the ready ones in the route table.
   Policy delays are compressed like the trace (up after 1 s, down after 10 s, to zero
@@ -50,8 +50,10 @@ from typing import Any
 import httpx
 
 import kaon
-from kaon.core.deployments import GatewayReport, Route, RouteTable, ScalingPolicy, hash_token
-from kaon.gateway.autoscale import ScalingState, decide, load_of
+from kaon.autoscaling import LoadBoard, ScalingState, decide
+from kaon.core.deployments import ScalingPolicy
+from kaon.core.gateway import GatewayReport, Route, RouteTable
+from kaon.core.tokens import hash_token
 from kaon.gateway.upstream import UpstreamError, UpstreamPool
 
 HERE = Path(__file__).resolve().parent
@@ -251,15 +253,17 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 
 async def autoscaler(cp: ControlPlane, pool: Pool, policy: ScalingPolicy, log: list[Any]) -> None:
     state = ScalingState(replicas=0)
+    board = LoadBoard()
     while True:
         try:
             report = cp.reports.get_nowait()
         except queue.Empty:
             await asyncio.sleep(0.05)
             continue
-        loads = [d for d in report.deployments if d.name == "trace"]
         now = time.monotonic()
-        decision = decide(policy, state.observe(load_of(loads), replicas=pool.count), now)
+        board.record(report, now)
+        load = board.load("trace", now)
+        decision = decide(policy, state.observe(load, replicas=pool.count), now)
         state = decision.state
         if decision.replicas != pool.count:
             log.append((now, pool.count, decision.replicas, decision.reason))

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 from pydantic import ValidationError
 
-from kaon.core.deployments import DeploymentLoad, ScalingPolicy
-from kaon.gateway.autoscale import Load, ScalingState, decide, load_of, wanted
+from kaon.autoscaling import Load, ScalingState, decide, wanted
+from kaon.core.deployments import ScalingPolicy
 
 POLICY = ScalingPolicy(
     min_replicas=0, max_replicas=8, target_in_flight=4, scale_up_delay_s=5,
@@ -74,6 +74,11 @@ S = ScalingState
         (S(1, Load(), last_busy_at=0, warming=True), 60, 1),
         # min_replicas holds even when idle forever
         (S(2, Load(), last_busy_at=0), 10_000, 2),
+        # after a restart (rule 5): counted busy at the restart, so no scale to zero ...
+        (S.initial(1, now=1000), 1059, 1),
+        (S.initial(1, now=1000), 1060, 0),  # ... until idle the full window after it
+        # ... and no scale-down before the reports are back: the delay starts over
+        (S.initial(3, now=1000), 1029, 3),
     ],
 )
 def test_decide(state: ScalingState, now: float, expected: int) -> None:
@@ -111,14 +116,6 @@ def test_burst_then_idle_timeline() -> None:
     assert counts[70] == 1 and counts[71] == 0  # zero 60 s after the last load (t=11)
 
 
-def test_load_of_sums_gateways() -> None:
-    reports = [
-        DeploymentLoad(name="a", in_flight=2, queued=1, requests_per_s=3.5),
-        DeploymentLoad(name="a", in_flight=1, queued=0, requests_per_s=1.5),
-    ]
-    assert load_of(reports) == Load(in_flight=3, queued=1, requests_per_s=5.0)
-
-
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -138,3 +135,21 @@ def test_state_observe_keeps_memory() -> None:
     state = S(2, Load(), pending_since=1.0, pending_target=3, last_busy_at=0.5)
     fresh = state.observe(Load(in_flight=7), replicas=4)
     assert fresh == replace(state, load=Load(in_flight=7), replicas=4)
+
+
+def test_a_restart_mid_rollout_delays_but_never_hastens() -> None:
+    """The same load timeline with and without a restart (fresh state) halfway through a
+    pending scale-down: the restarted run reaches the same count, only later."""
+    steps = [(float(t), Load(in_flight=4)) for t in range(80)]
+    steady = run(POLICY, steps, replicas=4)
+    state = ScalingState(replicas=4, last_busy_at=0)
+    restarted = []
+    for now, load in steps:
+        if now == 20:
+            state = ScalingState.initial(state.replicas, now)  # the control plane restarts
+        decision = decide(POLICY, state.observe(load), now)
+        state = decision.state
+        restarted.append(decision.replicas)
+    assert steady.index(1) == 30  # 30 s of wanting fewer
+    assert restarted.index(1) == 50  # the window started over at the restart (t=20)
+    assert all(r >= s for r, s in zip(restarted, steady, strict=True))

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import uvloop
 
-from kaon.core.deployments import Route, RouteTable, hash_token
+from kaon.core.gateway import Route, RouteTable
+from kaon.core.tokens import hash_token
 from kaon.gateway.app import Gateway
 from kaon.gateway.server import GatewayServer
 from kaon.gateway.sources import MemoryReportSink, StaticRouteSource

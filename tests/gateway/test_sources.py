@@ -10,20 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as Path
 
-from kaon.core.deployments import (
-    DeploymentSpec,
-    Route,
-    RouteTable,
-    hash_token,
-    replica_command,
-    replica_env,
-)
+from kaon.core.gateway import Route, RouteTable
 from kaon.gateway.app import Gateway
 from kaon.gateway.sources import HttpReportSink, HttpRouteSource
 from tests.serving.helpers import running
@@ -147,40 +139,3 @@ async def _echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
-
-
-class TestMessages:
-    def test_spec_defaults_and_replica_command(self) -> None:
-        spec = DeploymentSpec(name="clf", service="app:Classifier", env={"MODE": "fast"})
-        assert spec.autoscaling.min_replicas == 1 and not spec.public
-        cmd = replica_command(spec, "127.0.0.1", 9001)
-        assert cmd[1:] == ["-m", "kaon.serving.runtime", "--service", "app:Classifier",
-                           "--host", "127.0.0.1", "--port", "9001"]  # fmt: skip
-        env = replica_env(spec, "r-1")
-        assert env == {"MODE": "fast", "KAON_REPLICA_ID": "r-1", "KAON_DEPLOYMENT": "clf"}
-
-    def test_from_job_serves_the_predictor(self) -> None:
-        spec = DeploymentSpec(name="clf", from_job="job-1")
-        assert spec.service_ref() == "kaon.serving.predictor:Predictor"
-        assert replica_env(spec, "r", "/ckpt")["KAON_MODEL_DIR"] == "/ckpt"
-
-    @pytest.mark.parametrize(
-        ("fields", "message"),
-        [
-            ({"name": "Bad_Name", "service": "a:B"}, "deployment name"),
-            ({"name": "metrics", "service": "a:B"}, "reserved"),
-            ({"name": "a"}, "exactly one of service and from_job"),
-            ({"name": "a", "service": "a:B", "from_job": "j"}, "exactly one"),
-            ({"name": "a", "service": "no-colon"}, "module.path:ClassName"),
-            ({"name": "a", "service": "a:B", "env": {"KAON_X": "1"}}, "set by Kaon"),
-            ({"name": "a", "service": "a:B", "autoscaling": {"min_replicas": 5}}, "exceed"),
-        ],
-    )
-    def test_spec_validation(self, fields: dict[str, Any], message: str) -> None:
-        with pytest.raises(ValidationError, match=message):
-            DeploymentSpec(**fields)
-
-    def test_route_wants_digests_not_tokens(self) -> None:
-        assert Route(name="a", token_hashes=[hash_token("t")]).token_hashes[0] != "t"
-        with pytest.raises(ValidationError, match="sha256"):
-            Route(name="a", token_hashes=["plaintext-token"])

@@ -1,14 +1,14 @@
-"""Small builders for snapshots, so each test reads as its table row."""
+"""Small builders for pool states, so each test reads as its table row."""
 
 from __future__ import annotations
 
-from kaon.scheduler import NodeSnapshot, Quota, Snapshot, WorkerPlacement, Workload
+from kaon.scheduler import NodeCapacity, PoolState, Quota, WorkerPlacement, Workload
 
 
-def node(name: str, gpus: int = 8, free: int | None = None, cpu: float = 64.0) -> NodeSnapshot:
+def node(name: str, gpus: int = 8, free: int | None = None, cpu: float = 64.0) -> NodeCapacity:
     """A node with `gpus` GPUs; the last `free` indices are free, the first ones busy."""
     free = gpus if free is None else free
-    return NodeSnapshot(
+    return NodeCapacity(
         id=name,
         cpu=cpu,
         memory=1 << 40,
@@ -49,13 +49,13 @@ def job(
 
 
 def snap(
-    nodes: list[NodeSnapshot],
+    nodes: list[NodeCapacity],
     pending: list[Workload],
     running: list[Workload] | None = None,
     quotas: dict[str, Quota] | None = None,
     now: float = 0.0,
-) -> Snapshot:
-    return Snapshot(
+) -> PoolState:
+    return PoolState(
         now=now,
         nodes=tuple(nodes),
         pending=tuple(pending),

@@ -1,4 +1,4 @@
-"""Every policy rule on a hand-made snapshot: one table row, one decision."""
+"""Every policy rule on a hand-made pool: one table row, one decision."""
 
 from __future__ import annotations
 

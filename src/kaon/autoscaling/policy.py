@@ -1,16 +1,16 @@
 """The autoscaling policy: load in, replica count out. A pure function, no clock, no I/O.
 
 The deployment reconciler calls `decide` on each pass with the deployment's `ScalingPolicy`,
-the state it kept from the previous decision, the newest load from the gateways
-(`GatewayReport`, summed over gateways) and the current time, and stores the returned
-state for next time:
+the state it kept from the previous decision, the newest load from the gateways (summed
+by `kaon.autoscaling.load.LoadBoard`) and the current time, and keeps the returned state
+for next time:
 
 ```python
-state = ScalingState(replicas=1)
+state = ScalingState.initial(replicas=1, now=clock())
 ...
 state = state.observe(load=Load(in_flight=12, queued=3, requests_per_s=40.0))
 decision = decide(policy, state, now=clock())
-state = decision.state          # keep it (in the DB) for the next pass
+state = decision.state          # keep it for the next pass
 scale_to(decision.replicas)     # start or stop replicas
 ```
 
@@ -29,6 +29,11 @@ The rules:
    The idle clock only runs while a replica is ready: while the first ones are still
    starting (``warming``), a slow start cannot outlast a short idle window and be scaled
    to zero before it ever served.
+5. After a control-plane restart the state starts over (`ScalingState.initial`): the
+   replica count from the database, the deployment counted busy at that moment, no
+   pending change. So a restart never scales a busy deployment down before the gateways'
+   reports (one second apart) are back, and a change that was pending waits its full
+   delay again: a restart can only delay a scaling step, never hasten one.
 """
 
 from __future__ import annotations
@@ -36,36 +41,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from kaon.core.deployments import DeploymentLoad, ScalingPolicy
+from kaon.autoscaling.load import Load
+from kaon.core.deployments import ScalingPolicy
 
-__all__ = ["Load", "ScalingDecision", "ScalingState", "decide", "load_of"]
-
-
-@dataclass(frozen=True)
-class Load:
-    """What the gateways saw of one deployment, summed over gateways."""
-
-    in_flight: int = 0
-    queued: int = 0
-    requests_per_s: float = 0.0
-
-    @property
-    def busy(self) -> bool:
-        return self.in_flight > 0 or self.queued > 0 or self.requests_per_s > 0
-
-
-def load_of(reports: list[DeploymentLoad]) -> Load:
-    """One deployment's load from every gateway's latest `DeploymentLoad`."""
-    return Load(
-        in_flight=sum(r.in_flight for r in reports),
-        queued=sum(r.queued for r in reports),
-        requests_per_s=sum(r.requests_per_s for r in reports),
-    )
+__all__ = ["ScalingDecision", "ScalingState", "decide", "wanted"]
 
 
 @dataclass(frozen=True)
 class ScalingState:
-    """Replicas now, the newest load, and what the policy remembers between calls."""
+    """Replicas now, the newest load, and what the policy remembers between calls.
+
+    Where it lives: in the control plane's memory, one per deployment, in the deployment
+    reconciler (`DeploymentReconciler.scaling`). Only the replica count is also in the
+    database (``deployments.desired_replicas``); the rest is rebuilt by `initial` after a
+    restart, which is safe by rule 5 above and tested in
+    ``tests/server/reconcilers/test_deployments.py``.
+    """
 
     replicas: int
     load: Load = Load()
@@ -73,6 +64,11 @@ class ScalingState:
     pending_target: int | None = None  # least extreme count wanted since then
     last_busy_at: float | None = None  # last time there was any load
     warming: bool = False  # replicas are starting and none is ready yet
+
+    @staticmethod
+    def initial(replicas: int, now: float) -> ScalingState:
+        """The state of a deployment first seen by this control plane (rule 5)."""
+        return ScalingState(replicas=replicas, last_busy_at=now)
 
     def observe(
         self, load: Load, replicas: int | None = None, warming: bool = False

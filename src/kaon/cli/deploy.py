@@ -11,7 +11,7 @@ import yaml
 
 from kaon.cli.common import EXIT_INPUT, ClientOpt, JsonOpt, exit_on_error, make_client
 from kaon.cli.render import console, err, print_json, rows_table
-from kaon.core.deployment_views import DeploymentView
+from kaon.core.deployments import DeploymentView
 from kaon.sdk.config import load_config
 
 app = typer.Typer(help="Serve models: deployments behind the gateway.", no_args_is_help=True)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def check_name(value: str, what: str = "name") -> str:
-    if not _NAME.match(value):
-        raise ValueError(f"{what} must be 1-63 characters of a-z, 0-9 and '-'")
-    return value
+from kaon.core.validation import check_name
 
 
 class WorkspaceView(BaseModel):

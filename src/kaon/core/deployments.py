@@ -1,42 +1,27 @@
-"""Deployments: the spec a user submits, and the two messages the gateway trades with the
-control plane.
+"""Deployments: the spec a user submits, how its replicas are launched, and the views the
+API returns.
 
 A deployment runs N replicas of one service (``module:Class``, a `kaon.Service`) behind the
-gateway. The control plane stores a `DeploymentSpec`; its reconciler starts replicas with
-the command line from `replica_command` and the environment from `replica_env`, probes each
-replica's health check, and publishes the ready ones to the gateway as a `RouteTable`.
-
-The gateway in turn reports the load it sees as a `GatewayReport` every second (and at once
-when a request arrives for a deployment with no ready replica). The reconciler feeds that
-load to the pure autoscaling policy (`kaon.gateway.autoscale.decide`) with the deployment's
-`ScalingPolicy`, and starts or stops replicas to match.
-
-```
- control plane --RouteTable (GET /api/v1/gateway/routes)--> gateway --> replicas
- control plane <--GatewayReport (POST /api/v1/gateway/report)-- gateway
-```
-
-Tokens never travel in plaintext: a route carries sha256 hex digests (`hash_token`), and the
-gateway hashes the bearer it receives.
+gateway. The control plane stores a `DeploymentSpec`; its reconciler queues each replica as
+a job of kind ``replica`` (`replica_job_spec`, `replica_env`) for the one scheduler, probes
+its health check, and publishes the ready ones to the gateways (`kaon.core.gateway`).
+Replica lifecycle: `kaon.core.replicas`. Autoscaling: `kaon.autoscaling`.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import re
-import sys
-from typing import Literal
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kaon.core.errors import IllegalTransitionError
+from kaon.core.jobs import JobSpec
+from kaon.core.replicas import ENV_DEPLOYMENT, ENV_MODEL_DIR, ENV_REPLICA_ID, ReplicaStatus
 from kaon.core.resources import Resources
+from kaon.core.validation import NAME_PATTERN, check_env, check_name, check_snapshot
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SERVICE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 RESERVED_NAMES = frozenset({"healthz", "metrics", "ready", "api", "docs"})
 """Deployment names the gateway keeps for its own endpoints (``/healthz``, ``/metrics``)."""
@@ -44,19 +29,9 @@ RESERVED_NAMES = frozenset({"healthz", "metrics", "ready", "api", "docs"})
 PREDICTOR_SERVICE = "kaon.serving.predictor:Predictor"
 """The service a ``from_job`` deployment runs: it serves the job's latest checkpoint."""
 
-ENV_REPLICA_ID = "KAON_REPLICA_ID"
-ENV_DEPLOYMENT = "KAON_DEPLOYMENT"
-ENV_MODEL_DIR = "KAON_MODEL_DIR"
-
-
-def hash_token(token: str) -> str:
-    """The form in which a token reaches the gateway: its sha256 hex digest."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
 
 def check_deployment_name(value: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError("deployment name must be 1-63 characters of a-z, 0-9 and '-'")
+    check_name(value, "deployment name")
     if value in RESERVED_NAMES:
         raise ValueError(f"deployment name {value!r} is reserved by the gateway")
     return value
@@ -71,7 +46,8 @@ class ScalingPolicy(BaseModel):
     ``scale_up_delay_s`` (``scale_down_delay_s``), so a short burst or lull does not make
     the count flap. With ``min_replicas == 0`` the last replica goes after
     ``scale_to_zero_after_s`` without any request, and the first comes back at once when a
-    request arrives. A fixed size is ``min_replicas == max_replicas``.
+    request arrives. A fixed size is ``min_replicas == max_replicas``. The rules, one by
+    one: `kaon.autoscaling.policy`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -151,20 +127,12 @@ class DeploymentSpec(BaseModel):
     @field_validator("snapshot")
     @classmethod
     def _snapshot(cls, value: str | None) -> str | None:
-        if value is not None and not _SHA256.match(value):
-            raise ValueError("snapshot must be the sha256 hex digest of an uploaded folder")
-        return value
+        return check_snapshot(value)
 
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not _ENV_NAME.match(key):
-                raise ValueError(f"env name {key!r} is not a valid variable name")
-            if key.startswith("KAON_"):
-                raise ValueError(f"env {key!r} is set by Kaon and cannot be overridden")
-            if "\x00" in item:
-                raise ValueError(f"env {key!r} must not contain NUL characters")
+        check_env(value)
         return value
 
     @model_validator(mode="after")
@@ -178,173 +146,83 @@ class DeploymentSpec(BaseModel):
         return self.service or PREDICTOR_SERVICE
 
 
-def replica_command(spec: DeploymentSpec, host: str, port: int) -> list[str]:
-    """The argv a replica runs with; its cwd is the unpacked snapshot (or any folder)."""
-    return [
-        sys.executable,
-        "-m",
-        "kaon.serving.runtime",
-        "--service",
-        spec.service_ref(),
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+# --- replicas as jobs ----------------------------------------------------------------------
 
 
-def replica_env(
-    spec: DeploymentSpec, replica_id: str, model_dir: str | None = None
-) -> dict[str, str]:
-    """The variables Kaon adds to ``spec.env`` for one replica."""
-    env = dict(spec.env)
-    env[ENV_REPLICA_ID] = replica_id
-    env[ENV_DEPLOYMENT] = spec.name
+def replica_command(spec: DeploymentSpec) -> list[str]:
+    """The argv a replica runs with. Its working directory is the unpacked snapshot; it
+    listens on the port and address the executor gives every worker (``KAON_PORT``,
+    ``KAON_NODE_ADDRESS``), and ``python`` is the Python that runs Kaon on that node."""
+    return ["python", "-m", "kaon.serving.runtime", "--service", spec.service_ref()]
+
+
+def replica_job_spec(spec: DeploymentSpec) -> JobSpec:
+    """One replica as a job for the scheduler: the deployment's code, env and resources."""
+    return JobSpec(
+        name=spec.name,
+        command=replica_command(spec),
+        snapshot=spec.snapshot,
+        env=spec.env,
+        resources=spec.resources,
+    )
+
+
+def replica_env(deployment: str, replica_id: str, model_dir: str | None = None) -> dict[str, str]:
+    """The variables Kaon sets for one replica, beside every worker's ``KAON_*``."""
+    env = {ENV_REPLICA_ID: replica_id, ENV_DEPLOYMENT: deployment}
     if model_dir is not None:
         env[ENV_MODEL_DIR] = model_dir
     return env
 
 
-class ReplicaStatus(enum.StrEnum):
-    """Lifecycle of one replica, as the deployment reconciler drives it.
-
-    STARTING -> READY <-> UNHEALTHY          (health probes pass / fail)
-    STARTING | READY | UNHEALTHY -> STOPPING -> STOPPED
-    STARTING | READY | UNHEALTHY -> FAILED   (the process exited on its own)
-
-    Only READY replicas are published in the route table.
-    """
-
-    STARTING = "starting"  # launched; waiting for its first passing health check
-    READY = "ready"  # serving traffic
-    UNHEALTHY = "unhealthy"  # failed health checks; out of the route table
-    STOPPING = "stopping"  # asked to stop; draining in-flight requests
-    STOPPED = "stopped"  # gone, as asked
-    FAILED = "failed"  # exited or crashed; the reconciler starts a new one with backoff
-
-    def is_terminal(self) -> bool:
-        return self in (ReplicaStatus.STOPPED, ReplicaStatus.FAILED)
-
-    def can_become(self, new: ReplicaStatus) -> bool:
-        return new in _REPLICA_NEXT[self]
-
-    def check_transition(self, new: ReplicaStatus) -> None:
-        if not self.can_become(new):
-            raise IllegalTransitionError(f"a replica cannot go from {self.value} to {new.value}")
+# --- views ----------------------------------------------------------------------------------
 
 
-_ENDS = frozenset({ReplicaStatus.STOPPING, ReplicaStatus.FAILED})
-_REPLICA_NEXT: dict[ReplicaStatus, frozenset[ReplicaStatus]] = {
-    ReplicaStatus.STARTING: frozenset({ReplicaStatus.READY}) | _ENDS,
-    ReplicaStatus.READY: frozenset({ReplicaStatus.UNHEALTHY}) | _ENDS,
-    ReplicaStatus.UNHEALTHY: frozenset({ReplicaStatus.READY}) | _ENDS,
-    ReplicaStatus.STOPPING: frozenset({ReplicaStatus.STOPPED, ReplicaStatus.FAILED}),
-    ReplicaStatus.STOPPED: frozenset(),
-    ReplicaStatus.FAILED: frozenset(),
-}
+class DeploymentStatus(enum.StrEnum):
+    """What a deployment is doing, as a whole (`deployment_steps.plan` decides it)."""
+
+    PENDING = "pending"  # just created; the reconciler has not looked yet
+    STARTING = "starting"  # fewer ready replicas than desired
+    READY = "ready"  # as many ready replicas as desired
+    UPDATING = "updating"  # rolling out a new generation
+    SCALED_TO_ZERO = "scaled-to-zero"  # idle; the next request starts a replica
+    FAILING = "failing"  # replicas crash and none is ready
+    DELETING = "deleting"  # replicas are being stopped before the deployment goes
 
 
-# --- control plane -> gateway -------------------------------------------------------------
+class ReplicaView(BaseModel):
+    job_id: str
+    generation: int
+    state: ReplicaStatus
+    url: str | None = None
+    pid: int | None = None
+    message: str = ""
+    waiting_reason: str | None = Field(
+        default=None, description="why its job waits for resources, while it does"
+    )
+    created_at: datetime
 
 
-class Route(BaseModel):
-    """Everything the gateway needs to serve one deployment, as of one moment."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class DeploymentView(BaseModel):
     name: str
-    replicas: list[str] = Field(
-        default_factory=list, description="base URLs of READY replicas, e.g. http://10.0.0.5:9001"
-    )
-    token_hashes: list[str] = Field(
-        default_factory=list,
-        description="sha256 hex of every token allowed to call it (deployment and workspace)",
-    )
-    public: bool = False
-    request_timeout_s: float = Field(default=60.0, gt=0)
-    max_queue: int = Field(default=100, ge=0)
-    max_concurrency: int = Field(default=64, ge=1, description="in-flight per replica")
-    max_body_bytes: int = Field(default=10 * 2**20, ge=1)
-    cold_start_timeout_s: float = Field(
-        default=30.0, ge=0, description="how long a request waits for a first replica"
-    )
-
-    @field_validator("token_hashes")
-    @classmethod
-    def _hashes(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not _SHA256.match(item):
-                raise ValueError("token_hashes must be lowercase sha256 hex digests")
-        return value
-
-    @field_validator("replicas")
-    @classmethod
-    def _replicas(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith("http://"):
-                raise ValueError(f"replica URL {url!r} must start with http://")
-        return value
-
-    @classmethod
-    def from_spec(
-        cls, spec: DeploymentSpec, replicas: list[str], token_hashes: list[str]
-    ) -> Route:
-        """The route for a stored deployment, its READY replicas and allowed token hashes."""
-        return cls(
-            name=spec.name,
-            replicas=replicas,
-            token_hashes=token_hashes,
-            public=spec.public,
-            request_timeout_s=spec.request_timeout_s,
-            max_queue=spec.max_queue,
-            max_concurrency=spec.max_concurrency,
-            max_body_bytes=spec.max_body_bytes,
-        )
+    workspace: str
+    status: DeploymentStatus
+    message: str = ""
+    spec: DeploymentSpec
+    generation: int
+    desired_replicas: int
+    ready_replicas: int = 0
+    replicas: list[ReplicaView] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
 
 
-class RouteTable(BaseModel):
-    """The body of ``GET /api/v1/gateway/routes``: every deployment the gateway may serve.
-
-    ``version`` grows whenever anything in the table changes; a gateway that already has
-    that version skips the rebuild.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: int = 0
-    routes: list[Route] = Field(default_factory=list)
+class CreateDeploymentToken(BaseModel):
+    name: str = Field(default="token", pattern=NAME_PATTERN)
 
 
-# --- gateway -> control plane -------------------------------------------------------------
-
-
-class DeploymentLoad(BaseModel):
-    """What one gateway saw of one deployment over the last window."""
-
-    model_config = ConfigDict(extra="forbid")
-
+class DeploymentTokenCreated(BaseModel):
+    id: str
     name: str
-    in_flight: int = Field(ge=0, description="requests at a replica now")
-    queued: int = Field(ge=0, description="requests waiting for a replica now")
-    requests_per_s: float = Field(ge=0, description="arrivals per second over the window")
-    p50_ms: float | None = Field(default=None, description="None when no request finished")
-    p99_ms: float | None = None
-    waiting_for_replica: bool = Field(
-        default=False, description="requests are held because no replica is ready"
-    )
-
-
-class GatewayReport(BaseModel):
-    """The body of ``POST /api/v1/gateway/report``, sent every second by each gateway.
-
-    ``reason`` is ``"demand"`` for the immediate report sent when a request arrives for a
-    deployment with no ready replica, so the control plane can start one at once.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    gateway_id: str
-    time: float = Field(description="unix time at the end of the window")
-    window_s: float = Field(gt=0)
-    reason: Literal["periodic", "demand"] = "periodic"
-    deployments: list[DeploymentLoad] = Field(default_factory=list)
+    deployment: str
+    token: str = Field(description="the secret; shown only now")

@@ -11,10 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kaon.core.errors import IllegalTransitionError
 from kaon.core.resources import Resources
+from kaon.core.validation import check_env, check_snapshot
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-RESERVED_ENV_PREFIXES = ("KAON_",)
 RESERVED_ENV = frozenset(
     {
         "MASTER_ADDR",
@@ -85,6 +84,18 @@ _NEXT: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+class StopReason(enum.StrEnum):
+    """Why a job's workers are being stopped; decides where the job goes once they are."""
+
+    CANCEL = "cancel"  # a user (or the job's deployment) asked -> CANCELLED
+    PREEMPT = "preempt"  # the scheduler needs the resources -> QUEUED
+    RESUME = "resume"  # a worker exited with EXIT_CODE_RESUME -> QUEUED
+    RETRY = "retry"  # a worker failed and retries are left -> QUEUED
+    TIMEOUT = "timeout"  # -> FAILED
+    FAILED = "failed"  # a worker failed and no retries are left -> FAILED
+    LOST = "lost"  # its node is gone or unreachable; its workers with it -> QUEUED
+
+
 class JobSpec(BaseModel):
     """What a user asks to run. Given as YAML, CLI flags or through the SDK.
 
@@ -124,20 +135,12 @@ class JobSpec(BaseModel):
     @field_validator("snapshot")
     @classmethod
     def _snapshot(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
-            raise ValueError("snapshot must be the sha256 hex digest of an uploaded folder")
-        return value
+        return check_snapshot(value)
 
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not _ENV_NAME.match(key):
-                raise ValueError(f"env name {key!r} is not a valid variable name")
-            if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
-                raise ValueError(f"env {key!r} is set by Kaon and cannot be overridden")
-            if "\x00" in item:
-                raise ValueError(f"env {key!r} must not contain NUL characters")
+        check_env(value, RESERVED_ENV)
         return value
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from kaon.core.replicas import ENV_NODE_ADDRESS, ENV_PORT
 from kaon.executors.base import GangLaunch, WorkerLaunch
 
 # Server-side settings that must never leak into user code.
@@ -19,9 +20,13 @@ def worker_env(
     master_addr: str,
     master_port: int,
     base: Mapping[str, str],
+    *,
+    node_address: str,
+    port: int,
+    checkpoint_dir: str,
 ) -> dict[str, str]:
     """`base` (the host's environment, less Kaon's own settings), then the job's env,
-    then the distributed layout, which the job cannot override."""
+    then the distributed layout and the worker's place, which the job cannot override."""
     env = {k: v for k, v in base.items() if not k.startswith("KAON_") and k not in _SERVER_ONLY}
     env.update(gang.env)
     nodes = _node_order(gang.workers)
@@ -40,6 +45,9 @@ def worker_env(
             "KAON_WORLD_SIZE": str(len(gang.workers)),
             "KAON_ATTEMPT": str(gang.attempt),
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in worker.gpus),
+            "KAON_CHECKPOINT_DIR": checkpoint_dir,
+            ENV_PORT: str(port),
+            ENV_NODE_ADDRESS: node_address,
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -25,11 +25,40 @@ from typing import Any
 import psutil
 
 from kaon.core.errors import PermanentBackendError
+from kaon.core.nodes import GpuInfo
 from kaon.executors.base import GangLaunch, NodeInventory, WorkerLaunch, WorkerState
 from kaon.executors.env import worker_env
 
 SHIM = Path(__file__).with_name("_shim.py")
 LOST_AFTER_S = 30.0  # a launch claimed but never started is declared lost after this
+
+
+def local_nodes(
+    name: str,
+    count: int,
+    gpus: list[GpuInfo],
+    cpus: float | None = None,
+    memory: int | None = None,
+    labels: dict[str, str] | None = None,
+) -> list[NodeInventory]:
+    """This machine as one node, or as `count` nodes that split its CPUs and memory
+    (``KAON_LOCAL_NODES``; declared capacity, `cpus` and `memory`, is then per node).
+    Every node gets every GPU index, as declared GPUs are a test's fiction anyway."""
+    host = socket.gethostname() if name == "local" else name
+    cpu = cpus or float(os.cpu_count() or 1) / count
+    mem = memory or int(psutil.virtual_memory().total) // count
+    return [
+        NodeInventory(
+            id=name if count == 1 else f"{name}-{i}",
+            name=host if count == 1 else f"{host}-{i}",
+            address="127.0.0.1",
+            cpu=cpu,
+            memory=mem,
+            gpus=tuple(gpus),
+            labels=dict(labels or {}),
+        )
+        for i in range(count)
+    ]
 
 
 class LocalExecutor:
@@ -124,9 +153,16 @@ class LocalExecutor:
         ckpt = self.checkpoint_dir(gang.job_id)
         ckpt.mkdir(parents=True, exist_ok=True)
         own_port = self._free_port()
-        env = worker_env(gang, worker, self.node.address, port, _host_env())
-        env["KAON_CHECKPOINT_DIR"] = str(ckpt)
-        env["KAON_PORT"] = str(own_port)
+        env = worker_env(
+            gang,
+            worker,
+            self.node.address,
+            port,
+            _host_env(),
+            node_address=self.node.address,
+            port=own_port,
+            checkpoint_dir=str(ckpt),
+        )
         spec = {
             "command": list(gang.command),
             "cwd": str(cwd),

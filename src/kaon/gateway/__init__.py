@@ -2,7 +2,7 @@
 
 It runs as its own process (``python -m kaon.gateway``), gets its routes from the control
 plane, balances requests over ready replicas, holds requests while a deployment scales from
-zero, and reports the load it sees so the autoscaler can act. The autoscaling policy itself
-is the pure function `kaon.gateway.autoscale.decide`, which the control plane imports; this
-package's ``__init__`` imports nothing so that doing so stays cheap.
+zero, and reports the load it sees so the autoscaler can act. The autoscaling policy that
+acts on those reports is the control plane's (`kaon.autoscaling`); the gateway never
+imports the control plane, only the protocol both speak (`kaon.core.gateway`).
 """

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from kaon.core.deployments import RouteTable
+from kaon.core.gateway import RouteTable
 from kaon.gateway.app import Gateway
 from kaon.gateway.server import GatewayServer
 from kaon.gateway.sources import HttpReportSink, HttpRouteSource, StaticRouteSource

@@ -26,7 +26,6 @@ caller's credentials.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 import logging
@@ -35,7 +34,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from kaon.core.deployments import GatewayReport, RouteTable
+from kaon.core.gateway import GatewayReport, RouteTable
+from kaon.core.tokens import hash_token
 from kaon.gateway.routing import DeploymentState, NoReplicaError, QueueFullError, Replica
 from kaon.gateway.sources import ReportSink, RouteSource, SupportsHurry
 from kaon.gateway.stats import GatewayMetrics
@@ -194,7 +194,7 @@ class Gateway:
         byte (a handful per bucket) and each candidate is checked with
         `hmac.compare_digest`.
         """
-        digest = hashlib.sha256(token).hexdigest()
+        digest = hash_token(token)
         for known, names in self._tokens_by_prefix.get(digest[:2], ()):
             if hmac.compare_digest(known, digest):
                 return names

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from kaon.core.deployments import Route
+from kaon.core.gateway import Route
 
 __all__ = ["DeploymentState", "NoReplicaError", "QueueFullError", "Replica"]
 

@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import httpx
 
-from kaon.core.deployments import GatewayReport, RouteTable
+from kaon.core.gateway import GatewayReport, RouteTable
 
 __all__ = [
     "HttpReportSink",

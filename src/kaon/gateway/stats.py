@@ -13,7 +13,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from kaon.core.deployments import DeploymentLoad
+from kaon.core.gateway import DeploymentLoad
 from kaon.gateway.routing import DeploymentState
 
 __all__ = ["GatewayMetrics", "Window", "percentile"]

@@ -1,18 +1,19 @@
-"""The pure scheduling core: a snapshot of the pool and the workloads in, decisions out.
+"""The pure scheduling core: the state of the pool and its workloads in, decisions out.
 
 No I/O and no clock of its own, so the control plane's job reconciler and the trace
-simulator call the very same code. `schedule(snapshot)` runs Kaon's policy; the baselines
-(`fifo`, `easy`, `las`, `srtf`) are selected with `schedule(snapshot, policy=...)`.
+simulator call the very same code. `schedule(pool)` runs Kaon's policy; the baselines
+(`fifo`, `easy`, `las`, `srtf`) are selected with `schedule(pool, policy=...)`.
 """
 
 from kaon.scheduler.capacity import fits_anywhere, place_gang
+from kaon.scheduler.engine import schedule
 from kaon.scheduler.model import (
     Decisions,
-    NodeSnapshot,
+    NodeCapacity,
     Placement,
+    PoolState,
     Preemption,
     Quota,
-    Snapshot,
     WorkerPlacement,
     Workload,
 )
@@ -26,7 +27,6 @@ from kaon.scheduler.policies import (
     SrtfPolicy,
     get_policy,
 )
-from kaon.scheduler.policy import schedule
 
 __all__ = [
     "POLICIES",
@@ -35,12 +35,12 @@ __all__ = [
     "FifoPolicy",
     "KaonPolicy",
     "LasPolicy",
-    "NodeSnapshot",
+    "NodeCapacity",
     "Placement",
     "Policy",
     "Preemption",
     "Quota",
-    "Snapshot",
+    "PoolState",
     "SrtfPolicy",
     "WorkerPlacement",
     "Workload",

@@ -11,7 +11,7 @@ Two flavours, one per policy family:
   them: nothing behind the head is placed there, so they drain toward the head and no
   backfilled job can stand in its way. The head may also preempt lower-ranked work on
   them under the usual preemption rules. The choice is recomputed every pass from the
-  snapshot, and it is stable: held nodes only gain free GPUs, so they stay the closest.
+  pool, and it is stable: held nodes only gain free GPUs, so they stay the closest.
 """
 
 from __future__ import annotations

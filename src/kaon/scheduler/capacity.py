@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from dataclasses import replace
 
-from kaon.scheduler.model import NodeSnapshot, WorkerPlacement, Workload
+from kaon.scheduler.model import NodeCapacity, WorkerPlacement, Workload
 
 _EPS = 1e-9
 
@@ -26,7 +26,7 @@ _EPS = 1e-9
 class FreeIndex:
     """Mutable free CPUs, memory and GPU indices of every node, bucketed by free GPUs."""
 
-    def __init__(self, nodes: tuple[NodeSnapshot, ...]) -> None:
+    def __init__(self, nodes: tuple[NodeCapacity, ...]) -> None:
         self.nodes = nodes
         self.by_id = {n.id: i for i, n in enumerate(nodes)}
         self.cpu = [n.cpu_free for n in nodes]
@@ -195,7 +195,7 @@ def _undo(index: FreeIndex, w: Workload, done: list[tuple[int, list[WorkerPlacem
         index.release(replace(w, workers=len(wps), placement=tuple(wps)))
 
 
-def fits_anywhere(nodes: tuple[NodeSnapshot, ...], w: Workload) -> bool:
+def fits_anywhere(nodes: tuple[NodeCapacity, ...], w: Workload) -> bool:
     """Could the gang fit on an empty pool? False means it must be rejected, not queued."""
     empty = tuple(
         replace(n, cpu_free=n.cpu, memory_free=n.memory, gpus_free=n.gpus)

@@ -21,12 +21,12 @@ from kaon.scheduler.capacity import FreeIndex, place_gang
 from kaon.scheduler.model import (
     Decisions,
     Placement,
+    PoolState,
     Preemption,
-    Snapshot,
     WorkerPlacement,
     Workload,
 )
-from kaon.scheduler.policies import DISPLACE, RANK, RECLAIM, Key, Policy
+from kaon.scheduler.policies import DISPLACE, RANK, RECLAIM, KaonPolicy, Key, Policy, get_policy
 from kaon.scheduler.preempt import plan
 from kaon.scheduler.quota import QuotaLedger
 
@@ -46,14 +46,14 @@ _Shape = tuple[int, int, float, int, bool, bool]
 class Pass:
     """The mutable state of one pass; `run()` returns the decisions."""
 
-    def __init__(self, snapshot: Snapshot, policy: Policy) -> None:
-        self.snapshot = snapshot
+    def __init__(self, pool: PoolState, policy: Policy) -> None:
+        self.pool = pool
         self.policy = policy
-        self.now = snapshot.now
-        self.index = FreeIndex(snapshot.nodes)
+        self.now = pool.now
+        self.index = FreeIndex(pool.nodes)
         self.ledger: QuotaLedger | None = None
-        if policy.uses_quotas and snapshot.quotas:
-            self.ledger = QuotaLedger(snapshot.quotas, snapshot.running)
+        if policy.uses_quotas and pool.quotas:
+            self.ledger = QuotaLedger(pool.quotas, pool.running)
         self.placements: list[Placement] = []
         self.preemptions: list[Preemption] = []
         self.waiting: dict[str, str] = {}
@@ -78,7 +78,7 @@ class Pass:
     def run(self) -> Decisions:
         key = self.policy.key
         now = self.now
-        queue = sorted((key(w, now), w.id, w) for w in self.snapshot.pending)
+        queue = sorted((key(w, now), w.id, w) for w in self.pool.pending)
         for k, _, w in queue:
             reason = self._consider(k, w)
             if reason is not None:
@@ -244,7 +244,7 @@ class Pass:
         job passes the cheap test against the worst-ranked victim."""
         if self.victims is None:
             policy, now = self.policy, self.now
-            keyed = [(policy.key(v, now), v) for v in self.snapshot.running if v.preemptible]
+            keyed = [(policy.key(v, now), v) for v in self.pool.running if v.preemptible]
             ready = [vk for vk, v in keyed if policy.ready(v, now)]
             self.worst = max(ready, default=None)
             self.lowest_priority = min((v.priority for _, v in keyed), default=None)
@@ -276,7 +276,7 @@ class Pass:
         elif blocking != "skip" and self.reservation_tries < self.policy.max_reservations:
             self.reservation_tries += 1  # tried once, even if no node can ever host it
             if blocking == "easy":
-                running = [*self.snapshot.running, *self.started]
+                running = [*self.pool.running, *self.started]
                 self.shadow, nodes = easy_reservation(self.index, w, running, self.now)
             else:
                 nodes = drain_reservation(self.index, w)
@@ -323,6 +323,19 @@ def _behind(blocker: Workload, w: Workload) -> str:
     return f"behind earlier job {blocker.id}, which does not fit yet (strict FIFO)"
 
 
-def run_pass(snapshot: Snapshot, policy: Policy) -> Decisions:
-    """Decide one pass under `policy`. Pure: same snapshot, same decisions."""
-    return Pass(snapshot, policy).run()
+def run_pass(pool: PoolState, policy: Policy) -> Decisions:
+    """Decide one pass under `policy`. Pure: same pool, same decisions."""
+    return Pass(pool, policy).run()
+
+
+DEFAULT_POLICY = KaonPolicy()
+
+
+def schedule(pool: PoolState, policy: Policy | str = DEFAULT_POLICY) -> Decisions:
+    """The entry point the control plane calls: which pending workloads start where, whom
+    to preempt, and why the others wait. Kaon's policy unless another is asked for, by
+    name or as an object (``schedule(pool, policy="easy")``); the baselines exist so the
+    simulator compares them with Kaon through this very function."""
+    if isinstance(policy, str):
+        policy = get_policy(policy)
+    return run_pass(pool, policy)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class NodeSnapshot:
+class NodeCapacity:
     """A node's capacity and what is free on it right now."""
 
     id: str
@@ -41,7 +41,7 @@ class Workload:
     cpu: float  # per worker
     memory: int  # per worker, bytes
     gpus: int  # per worker
-    submitted_at: float  # seconds, any epoch, same clock as Snapshot.now
+    submitted_at: float  # seconds, any epoch, same clock as PoolState.now
     priority: int = 0
     gpu_type: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
@@ -52,7 +52,7 @@ class Workload:
     # When the current run started: a job is not preempted again before it has run
     # `min_run_s`, which bounds thrashing. None (unknown) lets any rule preempt it.
     started_at: float | None = None
-    # When `attained_gpu_s` was measured. None means "at Snapshot.now" (what the control
+    # When `attained_gpu_s` was measured. None means "at PoolState.now" (what the control
     # plane sends); a running workload with an older stamp accrues total_gpus GPU-seconds
     # per second since then, so a simulator can reuse one object across passes.
     attained_at: float | None = None
@@ -91,9 +91,9 @@ class Quota:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class PoolState:
     now: float
-    nodes: tuple[NodeSnapshot, ...]
+    nodes: tuple[NodeCapacity, ...]
     pending: tuple[Workload, ...]
     running: tuple[Workload, ...] = ()
     quotas: dict[str, Quota] = field(default_factory=dict)

@@ -4,7 +4,7 @@ A policy only says three things; the pass in `engine.py` does the rest, identica
 all of them, so a comparison measures the policy and not its plumbing:
 
 * `key(w, now)`: the order of the queue (smaller first). It is computed from the
-  snapshot alone (priority, submit time, attained service, the clock), because the
+  pool alone (priority, submit time, attained service, the clock), because the
   control plane is crash-only and keeps no scheduler memory between passes.
 * `victim(p, v, ...)`: whether waiting job `p` may preempt running job `v`, and why.
 * `blocking`: what a job that cannot start does to the jobs behind it: "strict" stops

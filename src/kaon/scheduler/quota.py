@@ -8,7 +8,7 @@ go when its owner needs it back. A workspace without a quota entry is unlimited 
 cohort, which is the single-tenant default.
 
 Usage is GPUs, CPUs and memory of whole gangs, counted from the running workloads in the
-snapshot and updated as the pass places and preempts, so no state survives a pass.
+pool and updated as the pass places and preempts, so no state survives a pass.
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 
 from kaon.core.auth import CreatedToken, TokenView, WhoAmI, WorkspaceView
-from kaon.core.deployment_views import DeploymentTokenCreated, DeploymentView
-from kaon.core.deployments import DeploymentSpec
+from kaon.core.deployments import DeploymentSpec, DeploymentTokenCreated, DeploymentView
 from kaon.core.errors import (
     AuthError,
     ConflictError,

@@ -1,5 +1,5 @@
 """``python -m kaon.server``: run the control plane in the foreground."""
 
-from kaon.server.main import main
+from kaon.server.serve import main
 
 main()

@@ -1,49 +1,80 @@
-"""Request dependencies: the database, the caller, and the running reconcilers."""
+"""Typed request dependencies: the caller, a database session, and the control plane's
+parts. Routers declare what they need with these; nothing reads ``app.state`` but
+`plane`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from kaon.autoscaling import LoadBoard
 from kaon.executors.base import Executor
+from kaon.server.config import Settings
+from kaon.server.context import ControlPlane
 from kaon.server.db.session import Database
-from kaon.server.reconcilers.jobs import JobReconciler
-from kaon.server.services.auth import Principal, authenticate
+from kaon.server.security.principal import Principal, authenticate, bearer
+from kaon.server.services.gateway import RouteVersions
+from kaon.server.wake import Wake
 
 
-def bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+def plane(request: Request) -> ControlPlane:
+    found = request.app.state.plane
+    assert isinstance(found, ControlPlane)
+    return found
 
 
-def get_db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
+PlaneDep = Annotated[ControlPlane, Depends(plane)]
 
 
-def get_executor(request: Request) -> Executor:
-    executor: Executor = request.app.state.executor
-    return executor
+def _db(p: PlaneDep) -> Database:
+    return p.db
 
 
-def get_jobs_reconciler(request: Request) -> JobReconciler:
-    reconciler: JobReconciler = request.app.state.job_reconciler
-    return reconciler
+def _settings(p: PlaneDep) -> Settings:
+    return p.settings
 
 
-DbDep = Annotated[Database, Depends(get_db)]
-ExecutorDep = Annotated[Executor, Depends(get_executor)]
-JobReconcilerDep = Annotated[JobReconciler, Depends(get_jobs_reconciler)]
+def _executor(p: PlaneDep) -> Executor:
+    return p.executor
 
 
-async def get_caller(
-    db: DbDep, authorization: Annotated[str | None, Header()] = None
+def _wake(p: PlaneDep) -> Wake:
+    return p.wake
+
+
+def _loads(p: PlaneDep) -> LoadBoard:
+    return p.loads
+
+
+def _routes(p: PlaneDep) -> RouteVersions:
+    return p.routes
+
+
+DbDep = Annotated[Database, Depends(_db)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ExecutorDep = Annotated[Executor, Depends(_executor)]
+WakeDep = Annotated[Wake, Depends(_wake)]
+LoadBoardDep = Annotated[LoadBoard, Depends(_loads)]
+RouteVersionsDep = Annotated[RouteVersions, Depends(_routes)]
+
+
+async def _session(db: DbDep) -> AsyncIterator[AsyncSession]:
+    """One session per request, closed before the response is sent (scope="function"),
+    so a service's commit is visible to the caller's next request."""
+    async with db.unit_of_work() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
+
+
+async def _caller(
+    session: SessionDep, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    async with db.session() as s:
-        return await authenticate(s, bearer(authorization))
+    return await authenticate(session, bearer(authorization))
 
 
-CallerDep = Annotated[Principal, Depends(get_caller)]
+CallerDep = Annotated[Principal, Depends(_caller)]

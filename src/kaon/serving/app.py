@@ -1,9 +1,10 @@
 """The replica: one `Service` instance behind a raw ASGI app.
 
-Lifecycle, as the control plane sees it through ``/ready``:
+Lifecycle, as the control plane sees it through ``/ready`` (the part of
+`kaon.core.replicas.ReplicaStatus` that a replica knows of itself):
 
-    starting (setup() running, 503) -> ready (200)
-    starting -> failed (setup() raised: 503 with the reason; traceback on stderr)
+    STARTING (setup() running, 503) -> READY (200)
+    STARTING -> FAILED (setup() raised: 503 with the reason; traceback on stderr)
 
 ``/healthz`` answers 200 as long as the event loop runs. Handler routes answer 503 until
 the replica is ready, so a request that slips in early is refused cleanly rather than run
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import json
 import logging
@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from kaon.core.errors import KaonError
+from kaon.core.replicas import ReplicaStatus
 from kaon.serving import asgi
 from kaon.serving.batching import Batcher
 from kaon.serving.endpoint import Endpoint, build_endpoint, error_details
@@ -46,18 +47,12 @@ from kaon.serving.metrics import HandlerMetrics, ReplicaMetrics
 from kaon.serving.openapi import docs_page, openapi_document
 from kaon.serving.service import Service, handlers_of
 
-__all__ = ["ReplicaApp", "ReplicaState"]
+__all__ = ["ReplicaApp"]
 
 logger = logging.getLogger("kaon.serving")
 
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
-
-
-class ReplicaState(enum.StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
 
 
 @dataclass
@@ -175,7 +170,7 @@ class ReplicaApp:
     ) -> None:
         self.service = service
         self.title = title or type(service).__name__
-        self.state = ReplicaState.STARTING
+        self.state = ReplicaStatus.STARTING
         self.reason = "setup() is running"
         self.setup_seconds: float | None = None
         self.metrics = ReplicaMetrics()
@@ -240,7 +235,7 @@ class ReplicaApp:
         return runner
 
     async def _serve(self, runner: _Runner, scope: asgi.Scope, receive: asgi.Receive) -> _Reply:
-        if self.state is not ReplicaState.READY:
+        if self.state is not ReplicaStatus.READY:
             return _error(503, f"replica not ready: {self.reason}", asgi.retry_after(1))
         metrics = runner.metrics
         start = time.perf_counter()
@@ -299,7 +294,7 @@ class ReplicaApp:
     # --- built-in routes ----------------------------------------------------------------
 
     def _ready(self) -> _Reply:
-        status = 200 if self.state is ReplicaState.READY else 503
+        status = 200 if self.state is ReplicaStatus.READY else 503
         body = {"status": self.state.value, "reason": None if status == 200 else self.reason}
         return _Reply(status, json.dumps(body).encode())
 
@@ -336,12 +331,15 @@ class ReplicaApp:
             self._fail(exc)
             return
         self.setup_seconds = time.perf_counter() - start
-        self.state, self.reason = ReplicaState.READY, ""
+        self._become(ReplicaStatus.READY, "")
         logger.info("replica ready: setup() took %.3f s", self.setup_seconds)
 
+    def _become(self, state: ReplicaStatus, reason: str) -> None:
+        self.state.check_transition(state)
+        self.state, self.reason = state, reason
+
     def _fail(self, exc: Exception) -> None:
-        self.state = ReplicaState.FAILED
-        self.reason = f"setup() raised {type(exc).__name__}: {exc}"
+        self._become(ReplicaStatus.FAILED, f"setup() raised {type(exc).__name__}: {exc}")
         print(f"kaon: {self.reason}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         if self._on_setup_failed is not None:
             self._on_setup_failed(self.reason)

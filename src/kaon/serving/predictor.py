@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from kaon.core.deployments import ENV_MODEL_DIR
 from kaon.core.errors import InvalidSpecError
+from kaon.core.replicas import ENV_MODEL_DIR
 from kaon.serving.service import Service, handler
 
 __all__ = ["Predictor", "PredictRequest", "PredictResponse", "ExplainResponse"]

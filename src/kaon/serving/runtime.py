@@ -22,7 +22,14 @@ from pathlib import Path
 
 import uvicorn
 
-from kaon.serving.app import ReplicaApp, ReplicaState
+from kaon.core.replicas import (
+    ENV_DEPLOYMENT,
+    ENV_NODE_ADDRESS,
+    ENV_PORT,
+    ENV_REPLICA_ID,
+    ReplicaStatus,
+)
+from kaon.serving.app import ReplicaApp
 from kaon.serving.service import Service
 
 __all__ = ["build_app", "load_service", "main", "serve"]
@@ -30,12 +37,6 @@ __all__ = ["build_app", "load_service", "main", "serve"]
 logger = logging.getLogger("kaon.serving")
 
 SETUP_FAILURE_EXIT_DELAY_S = 3.0
-
-# The names `kaon.core.deployments.replica_env` sets, spelled here so that a replica does
-# not import the control plane's models: about 0.1 s of every cold start (a test keeps
-# the two in step).
-ENV_REPLICA_ID = "KAON_REPLICA_ID"
-ENV_DEPLOYMENT = "KAON_DEPLOYMENT"
 
 
 def load_service(ref: str, path: str | os.PathLike[str] | None = None) -> Service:
@@ -110,7 +111,7 @@ def serve(
     replica = os.environ.get(ENV_REPLICA_ID, "-")
     logger.info("replica %s serving %s on http://%s:%d", replica, service, host, port)
     uvicorn.Server(config).run()
-    return 1 if app.state is ReplicaState.FAILED else 0
+    return 1 if app.state is ReplicaStatus.FAILED else 0
 
 
 def _configure_logging(level: str) -> None:
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaon.serving.runtime", description=__doc__)
     parser.add_argument("--service", required=True, help="module:Class of a kaon.Service")
     parser.add_argument("--path", default=None, help="folder to import from (default: cwd)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("KAON_PORT", "8080")))
+    parser.add_argument("--host", default=os.environ.get(ENV_NODE_ADDRESS, "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get(ENV_PORT, "8080")))
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--exit-after-setup-failure", type=float, default=SETUP_FAILURE_EXIT_DELAY_S,

@@ -1,7 +1,7 @@
 """A discrete-event replay of a job trace through the real scheduling core.
 
 Events are job arrivals and completions. After all events of one instant are applied the
-simulator builds a `Snapshot` exactly as the control plane would and calls `run_pass`,
+simulator builds a `PoolState` exactly as the control plane would and calls `run_pass`,
 the function behind `kaon.scheduler.schedule`, then applies its preemptions and
 placements. Nothing of the policy lives here.
 
@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
 from kaon.scheduler.engine import run_pass
-from kaon.scheduler.model import NodeSnapshot, Quota, Snapshot, WorkerPlacement, Workload
+from kaon.scheduler.model import NodeCapacity, PoolState, Quota, WorkerPlacement, Workload
 from kaon.scheduler.policies import Policy
 from kaon.scheduler.sim.trace import TraceJob
 
@@ -111,7 +111,7 @@ class Simulator:
         shares = self.quota_gpus if config.quotas else {}
         self.quotas = {t: Quota(gpus=q) for t, q in shares.items()}
         self.free = [set(range(config.gpus_per_node)) for _ in range(config.nodes)]
-        self.node_cache: list[NodeSnapshot | None] = [None] * config.nodes
+        self.node_cache: list[NodeCapacity | None] = [None] * config.nodes
         self.pending: dict[str, SimJob] = {}
         self.running: dict[str, SimJob] = {}
         self.pending_w: dict[str, Workload] = {}  # the same, as the scheduler sees them
@@ -176,14 +176,14 @@ class Simulator:
     def _schedule(self, now: float, repass: int = 2) -> None:
         if not self.pending:
             return
-        snapshot = Snapshot(
+        pool = PoolState(
             now=now,
             nodes=tuple(self._node(i) for i in range(self.config.nodes)),
             pending=tuple(self.pending_w.values()),
             running=tuple(self.running_w.values()),
             quotas=self.quotas,
         )
-        decisions = run_pass(snapshot, self.policy)
+        decisions = run_pass(pool, self.policy)
         self.passes += 1
         for p in decisions.preemptions:
             self._preempt(self.running[p.workload_id], now)
@@ -195,11 +195,11 @@ class Simulator:
             # next arrival or completion, which may be minutes away.
             self._schedule(now, repass - 1)
 
-    def _node(self, i: int) -> NodeSnapshot:
+    def _node(self, i: int) -> NodeCapacity:
         node = self.node_cache[i]
         if node is None:
             g = self.config.gpus_per_node
-            node = NodeSnapshot(
+            node = NodeCapacity(
                 id=f"node-{i}", cpu=1e9, memory=1 << 60, gpus=tuple(range(g)),
                 cpu_free=1e9, memory_free=1 << 60, gpus_free=tuple(sorted(self.free[i])),
             )  # fmt: skip

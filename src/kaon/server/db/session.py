@@ -42,8 +42,17 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session whose transaction commits on success and rolls back on error."""
+        """A session whose transaction commits on success and rolls back on error: one
+        short unit of work of a reconciler or of start-up."""
         async with self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        """A session for one request. Nothing commits by itself: the service that writes
+        calls ``session.commit()`` when its change is whole (and only then wakes a
+        reconciler); whatever is left uncommitted is rolled back on the way out."""
+        async with self._sessions() as session:
             yield session
 
     async def migrate(self) -> None:

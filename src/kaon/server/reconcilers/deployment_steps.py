@@ -21,7 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-LIVE = ("starting", "ready", "unhealthy")
+from kaon.core.deployments import DeploymentStatus
+from kaon.core.replicas import ReplicaStatus
+
+R = ReplicaStatus
 CRASH_WINDOW = timedelta(minutes=5)
 MAX_BACKOFF_S = 60.0
 
@@ -30,7 +33,7 @@ MAX_BACKOFF_S = 60.0
 class ReplicaFacts:
     job_id: str
     generation: int
-    state: str  # starting | ready | unhealthy | stopping | stopped | failed
+    state: ReplicaStatus
     job_done: bool  # the replica's job reached a terminal status
     running: bool  # the job's worker runs (so it can be probed)
     probe_ok: bool | None  # None: not probed this pass
@@ -52,10 +55,11 @@ class DeploymentFacts:
 @dataclass
 class Plan:
     start: int = 0  # new replicas of the current generation to create
-    states: dict[str, tuple[str, int]] = field(default_factory=dict)  # job -> (state, failures)
+    # job -> (state, failures), for replicas whose state or failure count changed
+    states: dict[str, tuple[ReplicaStatus, int]] = field(default_factory=dict)
     drain: list[str] = field(default_factory=list)  # -> STOPPING, stop after drain_s
     kill: list[str] = field(default_factory=list)  # stop the job now
-    status: str = "starting"
+    status: DeploymentStatus = DeploymentStatus.STARTING
     message: str = ""
     remove: bool = False  # deleting, and nothing is left: remove the deployment
 
@@ -63,16 +67,16 @@ class Plan:
 def plan(d: DeploymentFacts, replicas: list[ReplicaFacts], now: datetime) -> Plan:
     p = Plan()
     current = {r.job_id: _observe(d, r, now, p) for r in replicas}
-    live = [r for r in replicas if current[r.job_id] in LIVE]
+    live = [r for r in replicas if current[r.job_id].is_live()]
     if d.deleting:
         p.drain += [r.job_id for r in live]
-        remaining = [r for r in replicas if current[r.job_id] in (*LIVE, "stopping")]
-        p.status, p.message = "deleting", "stopping replicas"
+        remaining = [r for r in replicas if not current[r.job_id].is_terminal()]
+        p.status, p.message = DeploymentStatus.DELETING, "stopping replicas"
         p.remove = not remaining
         return p
     new = [r for r in live if r.generation == d.generation]
     old = [r for r in live if r.generation != d.generation]
-    ready_new = [r for r in new if current[r.job_id] == "ready"]
+    ready_new = [r for r in new if current[r.job_id] is R.READY]
     if old:
         _roll(d, new, old, ready_new, current, p)
     else:
@@ -81,26 +85,29 @@ def plan(d: DeploymentFacts, replicas: list[ReplicaFacts], now: datetime) -> Pla
     return p
 
 
-def _observe(d: DeploymentFacts, r: ReplicaFacts, now: datetime, p: Plan) -> str:
-    """The replica's state after this pass's facts; records changes in `p`."""
+def _observe(d: DeploymentFacts, r: ReplicaFacts, now: datetime, p: Plan) -> ReplicaStatus:
+    """The replica's state after this pass's facts; records changes in `p`. Every move is
+    checked against the replica state machine (`ReplicaStatus.check_transition`)."""
     state, failures = r.state, r.failures
-    if r.job_done and state in (*LIVE, "stopping"):
-        state = "stopped" if state == "stopping" else "failed"
-    elif state in LIVE and r.probe_ok is True:
-        state, failures = "ready", 0
-    elif state in ("ready", "unhealthy") and r.probe_ok is False and r.running:
+    if r.job_done and not state.is_terminal():
+        state = R.STOPPED if state is R.STOPPING else R.FAILED
+    elif state.is_live() and r.probe_ok is True:
+        state, failures = R.READY, 0
+    elif state in (R.READY, R.UNHEALTHY) and r.probe_ok is False and r.running:
         failures += 1
-        if state == "ready" and failures >= d.failure_threshold:
-            state = "unhealthy"
+        if state is R.READY and failures >= d.failure_threshold:
+            state = R.UNHEALTHY
         if failures >= 2 * d.failure_threshold:
-            state = "failed"
+            state = R.FAILED
             p.kill.append(r.job_id)
-    if state == "starting" and (now - r.created_at).total_seconds() > d.startup_timeout_s:
-        state = "failed"
+    if state is R.STARTING and (now - r.created_at).total_seconds() > d.startup_timeout_s:
+        state = R.FAILED
         p.kill.append(r.job_id)
-    if state == "stopping" and r.stop_at is not None and now >= r.stop_at:
+    if state is R.STOPPING and r.stop_at is not None and now >= r.stop_at:
         p.kill.append(r.job_id)
     if (state, failures) != (r.state, r.failures):
+        if state is not r.state:
+            r.state.check_transition(state)
         p.states[r.job_id] = (state, failures)
     return state
 
@@ -110,13 +117,13 @@ def _roll(
     new: list[ReplicaFacts],
     old: list[ReplicaFacts],
     ready_new: list[ReplicaFacts],
-    current: dict[str, str],
+    current: dict[str, ReplicaStatus],
     p: Plan,
 ) -> None:
     """One new replica at a time; drain an old one for each new one that is ready."""
-    not_ready_old = [r for r in old if current[r.job_id] != "ready"]
+    not_ready_old = [r for r in old if current[r.job_id] is not R.READY]
     p.drain += [r.job_id for r in not_ready_old]  # they serve nothing: no need to wait
-    ready_old = [r for r in old if current[r.job_id] == "ready"]
+    ready_old = [r for r in old if current[r.job_id] is R.READY]
     starting_new = len(new) - len(ready_new)
     if starting_new == 0 and len(new) < max(d.desired, 1):
         p.start = 1
@@ -130,7 +137,7 @@ def _roll(
 def _scale(
     d: DeploymentFacts,
     new: list[ReplicaFacts],
-    current: dict[str, str],
+    current: dict[str, ReplicaStatus],
     p: Plan,
     replicas: list[ReplicaFacts],
     now: datetime,
@@ -140,13 +147,13 @@ def _scale(
         if wait <= 0:
             p.start = d.desired - len(new)
     elif len(new) > d.desired:
-        order = sorted(new, key=lambda r: (current[r.job_id] == "ready", r.created_at))
+        order = sorted(new, key=lambda r: (current[r.job_id] is R.READY, r.created_at))
         p.drain += [r.job_id for r in order[: len(new) - d.desired]]
 
 
 def _crashes(replicas: list[ReplicaFacts], now: datetime) -> list[ReplicaFacts]:
     return [
-        r for r in replicas if r.state == "failed" and r.stop_at and now - r.stop_at < CRASH_WINDOW
+        r for r in replicas if r.state is R.FAILED and r.stop_at and now - r.stop_at < CRASH_WINDOW
     ]
 
 
@@ -166,26 +173,27 @@ def _status(
     new: list[ReplicaFacts],
     old: list[ReplicaFacts],
     ready_new: list[ReplicaFacts],
-    current: dict[str, str],
+    current: dict[str, ReplicaStatus],
     p: Plan,
     now: datetime,
 ) -> None:
-    ready = sum(1 for s in current.values() if s == "ready")
+    ready = sum(1 for s in current.values() if s is R.READY)
     crashes = _crashes(replicas, now)
     if old:
-        p.status = "updating"
+        p.status = DeploymentStatus.UPDATING
         p.message = (
             f"rolling out generation {d.generation}: {len(ready_new)}/{d.desired} new ready"
         )
     elif d.desired == 0 and not new:
-        p.status, p.message = "scaled-to-zero", "no replica; the next request starts one"
+        p.status = DeploymentStatus.SCALED_TO_ZERO
+        p.message = "no replica; the next request starts one"
     elif ready >= d.desired:
-        p.status, p.message = "ready", f"{ready}/{d.desired} replicas ready"
+        p.status, p.message = DeploymentStatus.READY, f"{ready}/{d.desired} replicas ready"
     elif crashes and ready == 0:
-        p.status = "failing"
+        p.status = DeploymentStatus.FAILING
         p.message = (
             f"{len(crashes)} replica(s) crashed in the last 5 min; "
             "see 'kaon deploy logs' for the traceback"
         )
     else:
-        p.status, p.message = "starting", f"{ready}/{d.desired} replicas ready"
+        p.status, p.message = DeploymentStatus.STARTING, f"{ready}/{d.desired} replicas ready"

@@ -2,13 +2,14 @@
 
 Each pass loads every deployment with its replicas (jobs of kind ``replica`` plus their
 health rows), probes the replicas that run, feeds the gateways' latest load to the pure
-autoscaling policy (`kaon.gateway.autoscale.decide`), asks `deployment_steps.plan` what to
-do, and carries the plan out: new replica jobs are queued for the one scheduler, drained
+autoscaling policy (`kaon.autoscaling`), asks the pure `deployment_steps.plan` what to do,
+and carries the plan out: new replica jobs are queued for the one scheduler, drained
 replicas are stopped through their jobs. The job reconciler does the starting and
 stopping; this one never touches a process.
 
-The gateways' load reports live in memory (`LoadBoard`): they are a snapshot that the
-next report replaces, so losing them in a restart loses nothing.
+What lives in memory here, and why a restart is safe: the gateways' load reports
+(`LoadBoard`, replaced by the next report within a second) and each deployment's
+`ScalingState` (rebuilt by `ScalingState.initial`, which only ever delays a scaling step).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,66 +25,30 @@ import httpx
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kaon.core.deployments import (
-    ENV_DEPLOYMENT,
-    ENV_MODEL_DIR,
-    ENV_REPLICA_ID,
-    DeploymentSpec,
-    GatewayReport,
-)
-from kaon.core.jobs import JobSpec, JobStatus
-from kaon.gateway.autoscale import Load, ScalingState, decide
+from kaon.autoscaling import LoadBoard, ScalingState, decide
+from kaon.core.deployments import DeploymentSpec, replica_env, replica_job_spec
+from kaon.core.jobs import JobStatus
+from kaon.core.replicas import LIVE_STATES, ReplicaStatus
 from kaon.server.db.models import Deployment, Job, Node, Replica, Worker, utcnow
 from kaon.server.db.session import Database
-from kaon.server.reconcilers.deployment_steps import (
-    LIVE,
-    DeploymentFacts,
-    Plan,
-    ReplicaFacts,
-    plan,
-)
-from kaon.server.services.ids import new_id
+from kaon.server.reconcilers.deployment_steps import DeploymentFacts, Plan, ReplicaFacts, plan
+from kaon.server.reconcilers.probes import ProbeTarget, probe_all
+from kaon.server.security.tokens import new_id
+from kaon.server.services.job_state import request_cancel
 
 logger = logging.getLogger("kaon.reconciler.deployments")
-REPORT_TTL_S = 5.0
-TERMINAL = [s.value for s in JobStatus if s.is_terminal()]
-
-
-class LoadBoard:
-    """The newest load each gateway reported for each deployment."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self._latest: dict[tuple[str, str], tuple[float, Load]] = {}
-
-    def record(self, report: GatewayReport) -> None:
-        now = self.clock()
-        for d in report.deployments:
-            queued = d.queued + (1 if d.waiting_for_replica and d.queued == 0 else 0)
-            self._latest[(report.gateway_id, d.name)] = (
-                now,
-                Load(in_flight=d.in_flight, queued=queued, requests_per_s=d.requests_per_s),
-            )
-
-    def load(self, name: str) -> Load:
-        now = self.clock()
-        fresh = [
-            load
-            for (_, n), (at, load) in self._latest.items()
-            if n == name and now - at < REPORT_TTL_S
-        ]
-        return Load(
-            in_flight=sum(x.in_flight for x in fresh),
-            queued=sum(x.queued for x in fresh),
-            requests_per_s=sum(x.requests_per_s for x in fresh),
-        )
+RECENT = timedelta(minutes=10)  # ended replicas this young count towards crash back-off
 
 
 @dataclass
 class _Row:
     replica: Replica
     job: Job
-    url: str | None
+    url: str | None  # where its worker listens, once it runs
+
+    @property
+    def state(self) -> ReplicaStatus:
+        return ReplicaStatus(self.replica.state)
 
 
 class DeploymentReconciler:
@@ -105,7 +68,7 @@ class DeploymentReconciler:
         self.interval_s = interval_s
         self.drain_s = drain_s
         self.wakeup = asyncio.Event()
-        self.scaling: dict[str, ScalingState] = {}
+        self.scaling: dict[str, ScalingState] = {}  # deployment id -> the policy's memory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
 
@@ -131,38 +94,30 @@ class DeploymentReconciler:
         """One pass over every deployment. True while some replica is on its way up."""
         async with self.db.session() as s:
             deployments = list((await s.execute(select(Deployment))).scalars())
-            rows = await _replica_rows(s)
-        probes = await self._probe_all(deployments, rows)
+            rows = await _replica_rows(s, self.clock())
+        probes = await self._probe(deployments, rows)
         busy = False
         for d in deployments:
             mine = [r for r in rows if r.replica.deployment_id == d.id]
             busy |= await self._reconcile(d, mine, probes)
         return busy
 
-    async def _probe_all(self, deployments: list[Deployment], rows: list[_Row]) -> dict[str, bool]:
+    async def _probe(self, deployments: list[Deployment], rows: list[_Row]) -> dict[str, bool]:
         specs = {d.id: DeploymentSpec.model_validate(d.spec) for d in deployments}
         targets = [
-            r
+            ProbeTarget(r.replica.job_id, r.url, specs[r.replica.deployment_id].health_check)
             for r in rows
-            if r.url and r.replica.state in LIVE and r.replica.deployment_id in specs
+            if r.url and r.state.is_live() and r.replica.deployment_id in specs
         ]
-
-        async def probe(row: _Row) -> tuple[str, bool]:
-            check = specs[row.replica.deployment_id].health_check
-            client = self._http or httpx.AsyncClient()
-            try:
-                response = await client.get(f"{row.url}{check.path}", timeout=check.timeout_s)
-                return row.replica.job_id, response.status_code == 200
-            except httpx.HTTPError:
-                return row.replica.job_id, False
-
-        return dict(await asyncio.gather(*(probe(r) for r in targets)))
+        if self._http is not None:
+            return await probe_all(self._http, targets)
+        async with httpx.AsyncClient() as http:  # run_once() driven by hand, as tests do
+            return await probe_all(http, targets)
 
     async def _reconcile(self, d: Deployment, rows: list[_Row], probes: dict[str, bool]) -> bool:
         spec = DeploymentSpec.model_validate(d.spec)
         now = self.clock()
-        warming = _warming(rows)
-        desired = d.desired_replicas if d.deleting else self._autoscale(d, spec, warming)
+        desired = d.desired_replicas if d.deleting else self._autoscale(d, spec, _warming(rows))
         facts = DeploymentFacts(
             generation=d.generation,
             desired=0 if d.deleting else desired,
@@ -174,16 +129,14 @@ class DeploymentReconciler:
         replicas = [_facts(r, probes.get(r.replica.job_id)) for r in rows]
         step = plan(facts, replicas, now)
         await self._apply(d, spec, rows, step, desired, now)
-        return step.start > 0 or any(r.state == "starting" for r in replicas)
+        return step.start > 0 or any(r.state is ReplicaStatus.STARTING for r in replicas)
 
     def _autoscale(self, d: Deployment, spec: DeploymentSpec, warming: bool) -> int:
         """`warming`: replicas are starting and none is ready yet (the policy's idle clock
         waits for a ready replica)."""
         now = self.clock().timestamp()
-        state = self.scaling.get(d.id) or ScalingState(
-            replicas=d.desired_replicas, last_busy_at=now
-        )
-        load = self.loads.load(d.name)
+        state = self.scaling.get(d.id) or ScalingState.initial(d.desired_replicas, now)
+        load = self.loads.load(d.name, now)
         state = state.observe(load, replicas=d.desired_replicas, warming=warming)
         decision = decide(spec.autoscaling, state, now)
         self.scaling[d.id] = decision.state
@@ -211,32 +164,15 @@ class DeploymentReconciler:
             if step.remove:
                 await s.execute(delete(Deployment).where(Deployment.id == d.id))
                 self.scaling.pop(d.id, None)
+                self.loads.forget(d.name)
                 return
-            for job_id, (state, failures) in step.states.items():
-                values: dict[str, object] = {"state": state, "failures": failures}
-                if state == "ready" and by_id[job_id].replica.ready_at is None:
-                    values["ready_at"] = now
-                if state == "failed":
-                    values["stop_at"] = now
-                await s.execute(update(Replica).where(Replica.job_id == job_id).values(**values))
-            for job_id in step.drain:
-                stop_at = now + timedelta(
-                    seconds=self.drain_s if by_id[job_id].replica.state == "ready" else 0
-                )
-                await s.execute(
-                    update(Replica)
-                    .where(Replica.job_id == job_id)
-                    .values(state="stopping", stop_at=stop_at)
-                )
+            await _record_states(s, step, by_id, now)
+            await _drain(s, step.drain, by_id, now, self.drain_s)
             for job_id in step.kill:
-                await _stop_job(s, by_id[job_id].job, "stopped by its deployment")
+                await request_cancel(s, by_id[job_id].job, "stopped by its deployment")
             for _ in range(step.start):
-                _new_replica(s, d, spec)
-            for r in rows:  # record each replica's address once its worker runs
-                if r.url and r.replica.url != r.url:
-                    await s.execute(
-                        update(Replica).where(Replica.job_id == r.replica.job_id).values(url=r.url)
-                    )
+                _new_replica(s, d, spec, now)
+            await _record_urls(s, rows)
             changes = {"desired_replicas": desired, "status": step.status, "message": step.message}
             if any(getattr(d, k) != v for k, v in changes.items()):
                 await s.execute(
@@ -250,8 +186,8 @@ class DeploymentReconciler:
 
 def _warming(rows: list[_Row]) -> bool:
     """Replicas are starting and none of them is ready yet."""
-    states = {r.replica.state for r in rows}
-    return "starting" in states and "ready" not in states
+    states = {r.state for r in rows}
+    return ReplicaStatus.STARTING in states and ReplicaStatus.READY not in states
 
 
 def _facts(row: _Row, probe: bool | None) -> ReplicaFacts:
@@ -259,7 +195,7 @@ def _facts(row: _Row, probe: bool | None) -> ReplicaFacts:
     return ReplicaFacts(
         job_id=rep.job_id,
         generation=rep.generation,
-        state=rep.state,
+        state=row.state,
         job_done=JobStatus(job.status).is_terminal(),
         running=job.status == JobStatus.RUNNING.value and row.url is not None,
         probe_ok=probe,
@@ -269,13 +205,14 @@ def _facts(row: _Row, probe: bool | None) -> ReplicaFacts:
     )
 
 
-async def _replica_rows(s: AsyncSession) -> list[_Row]:
-    """Replicas that are live or ended recently (the latter count towards crash back-off)."""
-    since = utcnow() - timedelta(minutes=10)
+async def _replica_rows(s: AsyncSession, now: datetime) -> list[_Row]:
+    """Replicas that are live or ended recently (the latter count towards crash back-off),
+    with the address their worker listens on once it runs."""
+    alive = [*LIVE_STATES, ReplicaStatus.STOPPING.value]
     query = (
         select(Replica, Job)
         .join(Job, Job.id == Replica.job_id)
-        .where((Replica.state.in_([*LIVE, "stopping"])) | (Replica.created_at > since))
+        .where(Replica.state.in_(alive) | (Replica.created_at > now - RECENT))
     )
     pairs = (await s.execute(query)).tuples().all()
     addresses = await s.execute(
@@ -287,53 +224,66 @@ async def _replica_rows(s: AsyncSession) -> list[_Row]:
     return [_Row(rep, job, urls.get(rep.job_id)) for rep, job in pairs]
 
 
-def _new_replica(s: AsyncSession, d: Deployment, spec: DeploymentSpec) -> None:
+async def _record_states(
+    s: AsyncSession, step: Plan, by_id: dict[str, _Row], now: datetime
+) -> None:
+    for job_id, (state, failures) in step.states.items():
+        values: dict[str, object] = {"state": state.value, "failures": failures}
+        if state is ReplicaStatus.READY and by_id[job_id].replica.ready_at is None:
+            values["ready_at"] = now
+        if state is ReplicaStatus.FAILED:
+            values["stop_at"] = now
+        await s.execute(update(Replica).where(Replica.job_id == job_id).values(**values))
+
+
+async def _drain(
+    s: AsyncSession, job_ids: list[str], by_id: dict[str, _Row], now: datetime, drain_s: float
+) -> None:
+    """Out of the route table now; the process is stopped `drain_s` later (at once for a
+    replica that was not serving), so no request in flight is cut."""
+    for job_id in job_ids:
+        row = by_id[job_id]
+        row.state.check_transition(ReplicaStatus.STOPPING)
+        wait = drain_s if row.state is ReplicaStatus.READY else 0.0
+        await s.execute(
+            update(Replica)
+            .where(Replica.job_id == job_id)
+            .values(state=ReplicaStatus.STOPPING.value, stop_at=now + timedelta(seconds=wait))
+        )
+
+
+async def _record_urls(s: AsyncSession, rows: list[_Row]) -> None:
+    """Remember each replica's address once its worker runs (the route table reads it)."""
+    for r in rows:
+        if r.url and r.replica.url != r.url:
+            await s.execute(
+                update(Replica).where(Replica.job_id == r.replica.job_id).values(url=r.url)
+            )
+
+
+def _new_replica(s: AsyncSession, d: Deployment, spec: DeploymentSpec, now: datetime) -> None:
+    """Queue one replica of the deployment's current generation as a job."""
     job_id = new_id("r")
-    command = [
-        sys.executable,
-        "-m",
-        "kaon.serving.runtime",
-        "--service",
-        spec.service_ref(),
-        "--host",
-        "127.0.0.1",
-    ]
-    job_spec = JobSpec(
-        name=d.name,
-        command=command,
-        snapshot=spec.snapshot,
-        env=spec.env,
-        resources=spec.resources,
-    )
-    system_env = {ENV_REPLICA_ID: job_id, ENV_DEPLOYMENT: d.name}
-    if d.model_dir:
-        system_env[ENV_MODEL_DIR] = d.model_dir
     s.add(
         Job(
             id=job_id,
             workspace_id=d.workspace_id,
             name=d.name,
-            spec=job_spec.model_dump(mode="json"),
+            spec=replica_job_spec(spec).model_dump(mode="json"),
             status=JobStatus.QUEUED.value,
             kind="replica",
             deployment_id=d.id,
             generation=d.generation,
-            system_env=system_env,
-            submitted_at=utcnow(),
+            system_env=replica_env(d.name, job_id, d.model_dir),
+            submitted_at=now,
         )
     )
-    s.add(Replica(job_id=job_id, deployment_id=d.id, generation=d.generation, state="starting"))
-
-
-async def _stop_job(s: AsyncSession, job: Job, message: str) -> None:
-    """Ask a replica's job to stop (a queued one is simply cancelled)."""
-    if JobStatus(job.status).is_terminal() or job.stop_reason == "cancel":
-        return
-    values: dict[str, object] = {"stop_reason": "cancel", "message": message}
-    if job.status == JobStatus.QUEUED.value:
-        values = {"status": JobStatus.CANCELLED.value, "finished_at": utcnow(), "message": message}
-    await s.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.version == job.version)
-        .values(version=job.version + 1, **values)
+    s.add(
+        Replica(
+            job_id=job_id,
+            deployment_id=d.id,
+            generation=d.generation,
+            state=ReplicaStatus.STARTING.value,
+            created_at=now,
+        )
     )

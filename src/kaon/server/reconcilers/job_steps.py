@@ -9,22 +9,11 @@ when nothing runs any more.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from kaon.core.jobs import EXIT_CODE_RESUME, JobStatus
+from kaon.core.jobs import EXIT_CODE_RESUME, JobStatus, StopReason
 from kaon.executors.base import WorkerState
-
-
-class StopReason(enum.StrEnum):
-    CANCEL = "cancel"
-    PREEMPT = "preempt"  # the scheduler needs the resources
-    RESUME = "resume"  # a worker exited with EXIT_CODE_RESUME
-    RETRY = "retry"  # a worker failed and retries are left
-    TIMEOUT = "timeout"
-    FAILED = "failed"  # a worker failed and no retries are left
-
 
 # Where a job goes once every worker is gone, and the status it shows while stopping.
 _AFTER_STOP = {
@@ -34,11 +23,13 @@ _AFTER_STOP = {
     StopReason.RETRY: JobStatus.QUEUED,
     StopReason.TIMEOUT: JobStatus.FAILED,
     StopReason.FAILED: JobStatus.FAILED,
+    StopReason.LOST: JobStatus.QUEUED,
 }
 _WHILE_STOPPING = {
     StopReason.PREEMPT: JobStatus.PREEMPTED,
     StopReason.RESUME: JobStatus.PREEMPTED,
     StopReason.RETRY: JobStatus.RETRYING,
+    StopReason.LOST: JobStatus.PREEMPTED,
 }
 
 
@@ -118,3 +109,19 @@ def _stopping(reason: StopReason, alive: list[WorkerState], message: str, job: J
             message=message,
         )
     return Step(status=_AFTER_STOP[reason], stop_reason=reason, message=message)
+
+
+def _path(current: JobStatus, final: JobStatus, reason: StopReason | None) -> list[JobStatus]:
+    """The statuses a job passes through to reach `final` in one step (RUNNING -> QUEUED
+    goes through RETRYING or PREEMPTED, so the documented machine is respected)."""
+    if final is JobStatus.QUEUED and current in (JobStatus.STARTING, JobStatus.RUNNING):
+        middle = JobStatus.RETRYING if reason is StopReason.RETRY else JobStatus.PREEMPTED
+        return [middle, final]
+    return [final]
+
+
+def check_path(current: JobStatus, final: JobStatus, reason: StopReason | None) -> None:
+    """Raise IllegalTransitionError unless the job's state machine allows the move."""
+    for status in _path(current, final, reason):
+        current.check_transition(status)
+        current = status

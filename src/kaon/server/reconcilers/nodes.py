@@ -8,7 +8,7 @@ import logging
 
 from kaon.executors.base import Executor
 from kaon.server.db.session import Database
-from kaon.server.services.nodes import register_node
+from kaon.server.services.pool import register_node
 
 logger = logging.getLogger("kaon.reconciler.nodes")
 

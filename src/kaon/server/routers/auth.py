@@ -12,7 +12,7 @@ from kaon.core.auth import (
     WhoAmI,
     WorkspaceView,
 )
-from kaon.server.deps import CallerDep, DbDep
+from kaon.server.deps import CallerDep, SessionDep
 from kaon.server.services import auth
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
@@ -24,30 +24,27 @@ async def whoami(caller: CallerDep) -> WhoAmI:
 
 
 @router.post("/tokens", response_model=CreatedToken, status_code=201)
-async def create_token(body: CreateToken, caller: CallerDep, db: DbDep) -> CreatedToken:
-    async with db.session() as s:
-        return await auth.create_token(s, caller, body)
+async def create_token(body: CreateToken, caller: CallerDep, session: SessionDep) -> CreatedToken:
+    return await auth.create_token(session, caller, body)
 
 
 @router.get("/tokens", response_model=list[TokenView])
-async def list_tokens(caller: CallerDep, db: DbDep) -> list[TokenView]:
-    async with db.session() as s:
-        return await auth.list_tokens(s, caller)
+async def list_tokens(caller: CallerDep, session: SessionDep) -> list[TokenView]:
+    return await auth.list_tokens(session, caller)
 
 
 @router.delete("/tokens/{ref}", response_model=TokenView)
-async def revoke_token(ref: str, caller: CallerDep, db: DbDep) -> TokenView:
-    async with db.session() as s:
-        return await auth.revoke_token(s, caller, ref)
+async def revoke_token(ref: str, caller: CallerDep, session: SessionDep) -> TokenView:
+    return await auth.revoke_token(session, caller, ref)
 
 
 @router.post("/workspaces", response_model=WorkspaceView, status_code=201)
-async def create_workspace(body: CreateWorkspace, caller: CallerDep, db: DbDep) -> WorkspaceView:
-    async with db.session() as s:
-        return await auth.create_workspace(s, caller, body.name)
+async def create_workspace(
+    body: CreateWorkspace, caller: CallerDep, session: SessionDep
+) -> WorkspaceView:
+    return await auth.create_workspace(session, caller, body.name)
 
 
 @router.get("/workspaces", response_model=list[WorkspaceView])
-async def list_workspaces(caller: CallerDep, db: DbDep) -> list[WorkspaceView]:
-    async with db.session() as s:
-        return await auth.list_workspaces(s, caller)
+async def list_workspaces(caller: CallerDep, session: SessionDep) -> list[WorkspaceView]:
+    return await auth.list_workspaces(session, caller)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from kaon.core.nodes import NodeView
-from kaon.server.deps import CallerDep, DbDep
-from kaon.server.services import nodes
+from kaon.server.deps import CallerDep, SessionDep
+from kaon.server.services import pool
 
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
 
 
 @router.get("", response_model=list[NodeView])
-async def list_nodes(caller: CallerDep, db: DbDep) -> list[NodeView]:
-    async with db.session() as s:
-        return await nodes.list_nodes(s)
+async def list_nodes(caller: CallerDep, session: SessionDep) -> list[NodeView]:
+    return await pool.list_nodes(session)

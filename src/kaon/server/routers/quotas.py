@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from kaon.core.quotas import QuotaSpec, QuotaView
-from kaon.server.deps import CallerDep, DbDep, JobReconcilerDep
+from kaon.server.deps import CallerDep, SessionDep, WakeDep
 from kaon.server.services import quotas
 
 router = APIRouter(prefix="/api/v1/quotas", tags=["quotas"])
@@ -13,25 +13,19 @@ router = APIRouter(prefix="/api/v1/quotas", tags=["quotas"])
 
 @router.put("/{workspace}", response_model=QuotaView)
 async def set_quota(
-    workspace: str, body: QuotaSpec, caller: CallerDep, db: DbDep, reconciler: JobReconcilerDep
+    workspace: str, body: QuotaSpec, caller: CallerDep, session: SessionDep, wake: WakeDep
 ) -> QuotaView:
-    async with db.session() as s:
-        view = await quotas.set_quota(s, caller, workspace, body)
-    reconciler.poke()
-    return view
+    return await quotas.set_quota(session, caller, workspace, body, wake)
 
 
 @router.get("", response_model=list[QuotaView])
-async def list_quotas(caller: CallerDep, db: DbDep) -> list[QuotaView]:
-    async with db.session() as s:
-        return await quotas.list_quotas(s, caller)
+async def list_quotas(caller: CallerDep, session: SessionDep) -> list[QuotaView]:
+    return await quotas.list_quotas(session, caller)
 
 
 @router.delete("/{workspace}", status_code=204)
 async def delete_quota(
-    workspace: str, caller: CallerDep, db: DbDep, reconciler: JobReconcilerDep
+    workspace: str, caller: CallerDep, session: SessionDep, wake: WakeDep
 ) -> Response:
-    async with db.session() as s:
-        await quotas.delete_quota(s, caller, workspace)
-    reconciler.poke()
+    await quotas.delete_quota(session, caller, workspace, wake)
     return Response(status_code=204)

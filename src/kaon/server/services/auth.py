@@ -1,67 +1,22 @@
-"""Tokens and workspaces: who may call, and which workspaces they see.
+"""Tokens and workspaces: creating, listing and revoking them.
 
-A token is stored only as its SHA-256. A request for a workspace the token is not a
-member of fails exactly like a request for a workspace that does not exist (404).
+A token is stored only as its SHA-256 and shown once, at creation. Who the caller is
+(`Principal`) is `kaon.server.security.principal`'s business.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import timedelta
-
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.auth import CreatedToken, CreateToken, TokenView, WorkspaceView
-from kaon.core.errors import AuthError, ConflictError, NotFoundError, PermissionDeniedError
+from kaon.core.errors import ConflictError, NotFoundError
+from kaon.core.tokens import hash_token
 from kaon.server.db.models import Token, TokenWorkspace, Workspace, utcnow
-from kaon.server.services.ids import hash_token, new_id, new_token
+from kaon.server.security.principal import Principal
+from kaon.server.security.tokens import new_id, new_token
 
 DEFAULT_WORKSPACE = "default"
-_LAST_USED_EVERY = timedelta(minutes=1)
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller of a request: a token and the workspaces it belongs to."""
-
-    token_id: str
-    name: str
-    role: str
-    workspaces: dict[str, str] = field(default_factory=dict)  # name -> id
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-    def workspace_id(self, name: str) -> str:
-        try:
-            return self.workspaces[name]
-        except KeyError:
-            raise NotFoundError(f"workspace {name!r} not found") from None
-
-    def require_admin(self) -> None:
-        if not self.is_admin:
-            raise PermissionDeniedError("this needs an admin token")
-
-
-async def authenticate(session: AsyncSession, bearer: str | None) -> Principal:
-    if not bearer:
-        raise AuthError("missing bearer token: pass 'Authorization: Bearer <token>'")
-    token = (
-        await session.execute(select(Token).where(Token.hash == hash_token(bearer)))
-    ).scalar_one_or_none()
-    if token is None or token.revoked_at is not None:
-        raise AuthError("invalid or revoked token")
-    now = utcnow()
-    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_EVERY:
-        await session.execute(update(Token).where(Token.id == token.id).values(last_used_at=now))
-    rows = await session.execute(
-        select(Workspace.name, Workspace.id)
-        .join(TokenWorkspace, TokenWorkspace.workspace_id == Workspace.id)
-        .where(TokenWorkspace.token_id == token.id)
-    )
-    return Principal(token.id, token.name, token.role, dict(rows.tuples().all()))
 
 
 async def ensure_default_workspace(session: AsyncSession) -> str:
@@ -107,6 +62,7 @@ async def create_token(session: AsyncSession, caller: Principal, req: CreateToke
     ids = [caller.workspace_id(name) for name in req.workspaces]
     secret = new_token()
     token = await _insert_token(session, req.name, req.role, secret, ids)
+    await session.commit()
     return CreatedToken(**_token_view(token, req.workspaces).model_dump(), token=secret)
 
 
@@ -157,7 +113,7 @@ async def revoke_token(session: AsyncSession, caller: Principal, ref: str) -> To
         raise ConflictError(f"{len(tokens)} tokens are named {ref!r}; revoke one by its id")
     token = tokens[0]
     token.revoked_at = utcnow()
-    await session.flush()
+    await session.commit()
     names = await _token_workspaces(session, [token.id])
     return _token_view(token, names.get(token.id, []))
 
@@ -170,7 +126,7 @@ async def create_workspace(session: AsyncSession, caller: Principal, name: str) 
     session.add(workspace)
     await session.flush()
     session.add(TokenWorkspace(token_id=caller.token_id, workspace_id=workspace.id))
-    await session.flush()
+    await session.commit()
     return WorkspaceView(name=workspace.name, created_at=workspace.created_at)
 
 

@@ -14,28 +14,24 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kaon.core.deployment_views import DeploymentTokenCreated, DeploymentView, ReplicaView
-from kaon.core.deployments import DeploymentSpec, Route, RouteTable
-from kaon.core.errors import ConflictError, InvalidSpecError, NotFoundError
-from kaon.core.jobs import JobSpec, JobStatus
-from kaon.server.db.models import (
-    Deployment,
-    DeploymentToken,
-    Job,
-    Replica,
-    Token,
-    TokenWorkspace,
-    Worker,
-    Workspace,
-    utcnow,
+from kaon.core.deployments import (
+    DeploymentSpec,
+    DeploymentStatus,
+    DeploymentTokenCreated,
+    DeploymentView,
+    ReplicaView,
 )
-from kaon.server.services import quotas, snapshots
-from kaon.server.services.auth import Principal
-from kaon.server.services.ids import hash_token, new_id, new_token
-from kaon.server.services.jobs import check_fits_pool
+from kaon.core.errors import ConflictError, InvalidSpecError, NotFoundError
+from kaon.core.jobs import JobStatus
+from kaon.core.replicas import ReplicaStatus
+from kaon.core.tokens import hash_token
+from kaon.server.db.models import Deployment, DeploymentToken, Job, Replica, Worker, utcnow
+from kaon.server.security.principal import Principal
+from kaon.server.security.tokens import new_id, new_token
+from kaon.server.services import pool, quotas, snapshots
+from kaon.server.wake import Wake
 
 CheckpointDir = Callable[[str], Path]
-LIVE_REPLICA_STATES = ("starting", "ready", "unhealthy", "stopping")
 
 
 async def create(
@@ -44,6 +40,7 @@ async def create(
     workspace: str,
     spec: DeploymentSpec,
     checkpoint_dir: CheckpointDir,
+    wake: Wake,
 ) -> DeploymentView:
     workspace_id = caller.workspace_id(workspace)
     if await session.scalar(select(Deployment.id).where(Deployment.name == spec.name)):
@@ -60,7 +57,8 @@ async def create(
         message="waiting for replicas",
     )
     session.add(deployment)
-    await session.flush()
+    await session.commit()
+    wake.deployments()
     return await _view(session, deployment, workspace)
 
 
@@ -68,14 +66,9 @@ async def _validate(
     session: AsyncSession, workspace_id: str, spec: DeploymentSpec, checkpoint_dir: CheckpointDir
 ) -> str | None:
     """What can be known now: the code exists, the model exists, a replica can fit."""
-    if spec.snapshot is not None:
-        try:
-            await snapshots.require(session, workspace_id, spec.snapshot)
-        except NotFoundError as e:
-            raise InvalidSpecError(str(e), field="snapshot") from None
-    one = JobSpec(command=["serve"], resources=spec.resources)
-    await check_fits_pool(session, one)
-    await quotas.check_fits_quota(session, workspace_id, one)
+    await snapshots.require_for_spec(session, workspace_id, spec.snapshot)
+    await pool.check_fits(session, spec.resources)
+    await quotas.check_fits_quota(session, workspace_id, spec.resources)
     if spec.from_job is None:
         return None
     job = await session.get(Job, spec.from_job)
@@ -98,7 +91,7 @@ async def _with_job_code(session: AsyncSession, spec: DeploymentSpec) -> Deploym
     if spec.from_job is None or spec.snapshot is not None:
         return spec
     job = await session.get(Job, spec.from_job)
-    snapshot = JobSpec.model_validate(job.spec).snapshot if job else None
+    snapshot = pool.stored_spec(job).snapshot if job else None
     return spec.model_copy(update={"snapshot": snapshot})
 
 
@@ -133,6 +126,7 @@ async def update(
     name: str,
     spec: DeploymentSpec,
     checkpoint_dir: CheckpointDir,
+    wake: Wake,
 ) -> DeploymentView:
     """A new spec is a new generation: the reconciler rolls replicas one at a time."""
     deployment = await _load(session, caller, workspace, name)
@@ -145,26 +139,28 @@ async def update(
     deployment.spec = spec.model_dump(mode="json")
     deployment.model_dir = model_dir
     deployment.generation += 1
-    deployment.status = "updating"
+    deployment.status = DeploymentStatus.UPDATING
     deployment.message = f"rolling out generation {deployment.generation}"
     deployment.updated_at = utcnow()
     policy = spec.autoscaling
     clamped = min(max(deployment.desired_replicas, policy.min_replicas), policy.max_replicas)
     deployment.desired_replicas = clamped
-    await session.flush()
+    await session.commit()
+    wake.deployments()
     return await _view(session, deployment, workspace)
 
 
 async def delete(
-    session: AsyncSession, caller: Principal, workspace: str, name: str
+    session: AsyncSession, caller: Principal, workspace: str, name: str, wake: Wake
 ) -> DeploymentView:
     """Mark for deletion; the reconciler stops the replicas, then removes the row."""
     deployment = await _load(session, caller, workspace, name)
     deployment.deleting = True
-    deployment.status = "deleting"
+    deployment.status = DeploymentStatus.DELETING
     deployment.message = "stopping replicas"
     deployment.desired_replicas = 0
-    await session.flush()
+    await session.commit()
+    wake.deployments()
     return await _view(session, deployment, workspace)
 
 
@@ -182,7 +178,7 @@ async def create_token(
         hash=hash_token(secret),
     )
     session.add(token)
-    await session.flush()
+    await session.commit()
     return DeploymentTokenCreated(id=token.id, name=token_name, deployment=name, token=secret)
 
 
@@ -200,7 +196,7 @@ async def replica_job(
     )
     if not rows:
         raise NotFoundError(f"deployment {name!r} has no replica {replica or ''}".strip())
-    for wanted in ("ready", "failed"):
+    for wanted in (ReplicaStatus.READY, ReplicaStatus.FAILED):
         for job_id, state in rows:
             if state == wanted:
                 return str(job_id)
@@ -209,7 +205,7 @@ async def replica_job(
 
 async def _view(session: AsyncSession, d: Deployment, workspace: str) -> DeploymentView:
     rows = await session.execute(
-        select(Replica, Job.message, Job.status)
+        select(Replica, Job)
         .join(Job, Job.id == Replica.job_id)
         .where(Replica.deployment_id == d.id)
         .order_by(Replica.created_at.desc())
@@ -220,23 +216,24 @@ async def _view(session: AsyncSession, d: Deployment, workspace: str) -> Deploym
         ReplicaView(
             job_id=r.job_id,
             generation=r.generation,
-            state=r.state,
+            state=ReplicaStatus(r.state),
             url=r.url,
             pid=pids.get(r.job_id),
-            message=message,
+            message=job.message,
+            waiting_reason=job.waiting_reason if job.status == JobStatus.QUEUED else None,
             created_at=r.created_at,
         )
-        for r, message, _status in rows.tuples()
+        for r, job in rows.tuples()
     ]
     return DeploymentView(
         name=d.name,
         workspace=workspace,
-        status=d.status,
+        status=DeploymentStatus(d.status),
         message=d.message,
         spec=DeploymentSpec.model_validate(d.spec),
         generation=d.generation,
         desired_replicas=d.desired_replicas,
-        ready_replicas=sum(1 for r in replicas if r.state == "ready"),
+        ready_replicas=sum(1 for r in replicas if r.state is ReplicaStatus.READY),
         replicas=replicas,
         created_at=d.created_at,
         updated_at=d.updated_at,
@@ -250,56 +247,3 @@ async def _pids(session: AsyncSession, deployment_id: str) -> dict[str, int]:
         .where(Job.deployment_id == deployment_id, Worker.active.is_(True))
     )
     return {job_id: pid for job_id, pid in rows.tuples() if pid is not None}
-
-
-async def route_table(session: AsyncSession, version: int) -> RouteTable:
-    """Every deployment, its READY replicas, and the hashes of the tokens that may call it:
-    its own deployment tokens and the live tokens of its workspace's members."""
-    deployments = list((await session.execute(select(Deployment))).scalars())
-    ready = await session.execute(
-        select(Replica.deployment_id, Replica.url).where(
-            Replica.state == "ready", Replica.url.is_not(None)
-        )
-    )
-    urls: dict[str, list[str]] = {}
-    for dep_id, url in ready.tuples():
-        urls.setdefault(dep_id, []).append(str(url))
-    own = await session.execute(
-        select(DeploymentToken.deployment_id, DeploymentToken.hash).where(
-            DeploymentToken.revoked_at.is_(None)
-        )
-    )
-    hashes: dict[str, list[str]] = {}
-    for dep_id, digest in own.tuples():
-        hashes.setdefault(dep_id, []).append(digest)
-    members = await session.execute(
-        select(TokenWorkspace.workspace_id, Token.hash)
-        .join(Token, Token.id == TokenWorkspace.token_id)
-        .where(Token.revoked_at.is_(None))
-    )
-    by_ws: dict[str, list[str]] = {}
-    for ws_id, digest in members.tuples():
-        by_ws.setdefault(ws_id, []).append(digest)
-    routes = []
-    for d in deployments:
-        if d.deleting:
-            continue
-        spec = DeploymentSpec.model_validate(d.spec)
-        allowed = sorted(set(hashes.get(d.id, []) + by_ws.get(d.workspace_id, [])))
-        routes.append(Route.from_spec(spec, sorted(urls.get(d.id, [])), allowed))
-    return RouteTable(version=version, routes=routes)
-
-
-async def workspace_names(session: AsyncSession) -> dict[str, str]:  # pragma: no cover
-    return dict((await session.execute(select(Workspace.id, Workspace.name))).tuples().all())
-
-
-__all__ = [
-    "LIVE_REPLICA_STATES",
-    "create",
-    "delete",
-    "get",
-    "list_deployments",
-    "route_table",
-    "update",
-]

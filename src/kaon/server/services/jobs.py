@@ -1,40 +1,37 @@
 """Jobs: submit, read, cancel, and the metrics a job reports.
 
-Submitting writes the desired state (a QUEUED row) and returns; the job reconciler does
-the rest. What can be known at submit time is checked here, so a job that could never run
-fails at once with 422 instead of waiting forever.
+Submitting writes the desired state (a QUEUED row), commits, wakes the job reconciler and
+returns; the reconciler does the rest. What can be known at submit time is checked here,
+so a job that could never run fails at once with 422 instead of waiting forever.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kaon.core.errors import AuthError, ConflictError, InvalidSpecError, NotFoundError
+from kaon.core.errors import AuthError, ConflictError, NotFoundError
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricBatch, MetricView, WorkerView
-from kaon.scheduler import NodeSnapshot, Workload
-from kaon.scheduler.policy import fits_anywhere
-from kaon.server.db.models import Job, Metric, Node, Worker, Workspace, utcnow
-from kaon.server.services import quotas, snapshots
-from kaon.server.services.auth import Principal
-from kaon.server.services.ids import hash_token, new_id
+from kaon.core.tokens import hash_token
+from kaon.server.db.models import Job, Metric, Worker, utcnow
+from kaon.server.security.principal import Principal
+from kaon.server.security.tokens import new_id
+from kaon.server.services import pool, quotas, snapshots
+from kaon.server.services.job_state import request_cancel
+from kaon.server.wake import Wake
 
 MAX_LIST = 1000
 
 
 async def submit(
-    session: AsyncSession, caller: Principal, workspace: str, spec: JobSpec
+    session: AsyncSession, caller: Principal, workspace: str, spec: JobSpec, wake: Wake
 ) -> JobView:
     workspace_id = caller.workspace_id(workspace)
-    if spec.snapshot is not None:
-        try:
-            await snapshots.require(session, workspace_id, spec.snapshot)
-        except NotFoundError as e:
-            raise InvalidSpecError(str(e), field="snapshot") from None
-    await check_fits_pool(session, spec)
-    await quotas.check_fits_quota(session, workspace_id, spec)
+    await snapshots.require_for_spec(session, workspace_id, spec.snapshot)
+    await pool.check_job_fits(session, spec)
+    await quotas.check_fits_quota(session, workspace_id, spec.resources, spec.workers)
     job = Job(
         id=new_id("j"),
         workspace_id=workspace_id,
@@ -45,61 +42,9 @@ async def submit(
         submitted_at=utcnow(),
     )
     session.add(job)
-    await session.flush()
+    await session.commit()
+    wake.jobs()
     return to_view(job, workspace, [])
-
-
-async def check_fits_pool(session: AsyncSession, spec: JobSpec) -> None:
-    """422 for a job that could not run even on an empty pool."""
-    nodes = [_empty_node(n) for n in (await session.execute(select(Node))).scalars()]
-    res = spec.resources
-    if not nodes:
-        raise InvalidSpecError("the pool has no nodes yet", field="resources")
-    biggest = max(len(n.gpus) for n in nodes)
-    if res.gpus > biggest:
-        raise InvalidSpecError(
-            f"no node has {res.gpus} GPUs (the largest has {biggest})", field="resources.gpus"
-        )
-    for attr, label in (("cpu", "CPUs"), ("memory", "bytes of memory")):
-        most = max(getattr(n, attr) for n in nodes)
-        if getattr(res, attr) > most:
-            raise InvalidSpecError(
-                f"no node has {getattr(res, attr)} {label} (the largest has {most})",
-                field=f"resources.{attr}",
-            )
-    workload = Workload(
-        id="new",
-        workspace="",
-        workers=spec.workers,
-        cpu=res.cpu,
-        memory=res.memory,
-        gpus=res.gpus,
-        submitted_at=0.0,
-        gpu_type=res.gpu_type,
-        labels=tuple(sorted(spec.labels.items())),
-    )
-    if not fits_anywhere(tuple(nodes), workload):
-        raise InvalidSpecError(
-            f"{spec.workers} workers with these resources can never fit the pool "
-            f"({len(nodes)} node(s)); ask for fewer workers or smaller ones",
-            field="workers",
-        )
-
-
-def _empty_node(n: Node) -> NodeSnapshot:
-    gpus = tuple(int(g["index"]) for g in n.gpus)
-    models = {g.get("model") for g in n.gpus}
-    return NodeSnapshot(
-        id=n.id,
-        cpu=n.cpu,
-        memory=n.memory,
-        gpus=gpus,
-        cpu_free=n.cpu,
-        memory_free=n.memory,
-        gpus_free=gpus,
-        gpu_type=models.pop() if len(models) == 1 else None,
-        labels=tuple(sorted((str(k), str(v)) for k, v in n.labels.items())),
-    )
 
 
 def to_view(job: Job, workspace: str, workers: Sequence[Worker]) -> JobView:
@@ -108,7 +53,7 @@ def to_view(job: Job, workspace: str, workers: Sequence[Worker]) -> JobView:
         workspace=workspace,
         name=job.name,
         status=JobStatus(job.status),
-        spec=JobSpec.model_validate(job.spec),
+        spec=pool.stored_spec(job),
         message=job.message,
         waiting_reason=job.waiting_reason if job.status == JobStatus.QUEUED.value else None,
         restart_count=job.restart_count,
@@ -182,31 +127,20 @@ async def _workers_of(
     return out
 
 
-async def cancel(session: AsyncSession, caller: Principal, workspace: str, job_id: str) -> JobView:
+async def cancel(
+    session: AsyncSession, caller: Principal, workspace: str, job_id: str, wake: Wake
+) -> JobView:
     """A queued job is cancelled at once; a running one is asked to stop (SIGTERM, grace,
     SIGKILL) and becomes CANCELLED when its workers are gone. Cancelling twice is fine."""
     job = await _load(session, caller, workspace, job_id)
     status = JobStatus(job.status)
-    if status.is_terminal():
-        if status is JobStatus.CANCELLED:
-            return await get(session, caller, workspace, job_id)
+    if status.is_terminal() and status is not JobStatus.CANCELLED:
         raise ConflictError(f"job {job_id} already {status.value}")
-    values: dict[str, object]
-    if status is JobStatus.QUEUED:
-        values = {
-            "status": JobStatus.CANCELLED.value,
-            "finished_at": utcnow(),
-            "message": "cancelled",
-        }
-    else:
-        values = {"stop_reason": "cancel", "message": "cancelling: stopping workers"}
-    result = await session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.version == job.version)
-        .values(version=job.version + 1, **values)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    message = "cancelled" if status is JobStatus.QUEUED else "cancelling: stopping workers"
+    if not await request_cancel(session, job, message):
         raise ConflictError(f"job {job_id} changed meanwhile; try again")
+    await session.commit()
+    wake.jobs()
     await session.refresh(job)
     return to_view(job, workspace, await current_workers(session, job))
 
@@ -237,7 +171,7 @@ async def add_metrics(
         for name, value in p.values.items()
     ]
     session.add_all(rows)
-    await session.flush()
+    await session.commit()
     return len(rows)
 
 
@@ -267,17 +201,7 @@ async def worker_handle(
         .limit(1)
     )
     if row is None:
-        if worker >= JobSpec.model_validate(job.spec).workers:
+        if worker >= pool.stored_spec(job).workers:
             raise NotFoundError(f"job {job_id} has no worker {worker}")
         return job, None
     return job, row.handle
-
-
-async def count_jobs(session: AsyncSession, workspace_id: str) -> int:  # pragma: no cover
-    return int(
-        await session.scalar(select(func.count()).where(Job.workspace_id == workspace_id)) or 0
-    )
-
-
-async def workspace_name(session: AsyncSession, workspace_id: str) -> str:
-    return str(await session.scalar(select(Workspace.name).where(Workspace.id == workspace_id)))

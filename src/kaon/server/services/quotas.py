@@ -6,11 +6,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.errors import InvalidSpecError, NotFoundError
-from kaon.core.jobs import JobSpec
 from kaon.core.quotas import QuotaSpec, QuotaUsage, QuotaView
+from kaon.core.resources import Resources
 from kaon.scheduler.model import Quota as SchedulerQuota
 from kaon.server.db.models import Job, Quota, Worker, Workspace, utcnow
-from kaon.server.services.auth import Principal
+from kaon.server.security.principal import Principal
+from kaon.server.wake import Wake
 
 INF = float("inf")
 
@@ -23,7 +24,7 @@ async def _workspace_id(session: AsyncSession, name: str) -> str:
 
 
 async def set_quota(
-    session: AsyncSession, caller: Principal, workspace: str, spec: QuotaSpec
+    session: AsyncSession, caller: Principal, workspace: str, spec: QuotaSpec, wake: Wake
 ) -> QuotaView:
     caller.require_admin()
     workspace_id = await _workspace_id(session, workspace)
@@ -38,16 +39,21 @@ async def set_quota(
         spec.borrow_memory,
     )
     row.updated_at = utcnow()
-    await session.flush()
+    await session.commit()
+    wake.jobs()
     return QuotaView(workspace=workspace, quota=spec, used=await _usage(session, workspace_id))
 
 
-async def delete_quota(session: AsyncSession, caller: Principal, workspace: str) -> None:
+async def delete_quota(
+    session: AsyncSession, caller: Principal, workspace: str, wake: Wake
+) -> None:
     caller.require_admin()
     row = await session.get(Quota, await _workspace_id(session, workspace))
     if row is None:
         raise NotFoundError(f"workspace {workspace!r} has no quota")
     await session.delete(row)
+    await session.commit()
+    wake.jobs()
 
 
 def _spec(row: Quota) -> QuotaSpec:
@@ -107,14 +113,15 @@ def to_scheduler(q: Quota) -> SchedulerQuota:
     )
 
 
-async def check_fits_quota(session: AsyncSession, workspace_id: str, spec: JobSpec) -> None:
-    """422 for a job larger than its workspace's quota plus borrow limit: it would wait
-    forever."""
+async def check_fits_quota(
+    session: AsyncSession, workspace_id: str, res: Resources, n: int = 1
+) -> None:
+    """422 for work larger than its workspace's quota plus borrow limit (`n` workers of
+    `res` each): it would wait forever."""
     row = await session.get(Quota, workspace_id)
     if row is None:
         return
     q = to_scheduler(row)
-    res, n = spec.resources, spec.workers
     for label, want, limit in (
         ("GPUs", res.gpus * n, q.gpus + q.borrow_gpus),
         ("CPUs", res.cpu * n, q.cpu + q.borrow_cpu),

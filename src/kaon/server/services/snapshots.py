@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.errors import InvalidSpecError, NotFoundError, PayloadTooLargeError
 from kaon.server.db.models import Snapshot
-from kaon.server.services.auth import Principal
+from kaon.server.security.principal import Principal
 
 
 def snapshot_path(blobs_dir: Path, sha256: str) -> Path:
@@ -55,16 +55,32 @@ async def receive(chunks: AsyncIterator[bytes], blobs_dir: Path, limit: int) -> 
             os.unlink(tmp_name)
 
 
-async def record(session: AsyncSession, workspace_id: str, sha: str, size: int) -> None:
+async def upload(
+    session: AsyncSession,
+    caller: Principal,
+    workspace: str,
+    chunks: AsyncIterator[bytes],
+    blobs_dir: Path,
+    limit: int,
+) -> tuple[str, int]:
+    """Receive an upload into the blob store and record it for the workspace."""
+    workspace_id = caller.workspace_id(workspace)
+    sha, size = await receive(chunks, blobs_dir, limit)
     if await session.get(Snapshot, (workspace_id, sha)) is None:
         session.add(Snapshot(workspace_id=workspace_id, sha256=sha, size=size))
-        await session.flush()
+        await session.commit()
+    return sha, size
 
 
-async def exists(session: AsyncSession, caller: Principal, workspace: str, sha: str) -> bool:
-    return await session.get(Snapshot, (caller.workspace_id(workspace), sha)) is not None
+async def require(session: AsyncSession, caller: Principal, workspace: str, sha: str) -> None:
+    """404 unless the workspace has this snapshot (so a client uploads it only once)."""
+    if await session.get(Snapshot, (caller.workspace_id(workspace), sha)) is None:
+        raise NotFoundError(f"snapshot {sha[:12]} not found")
 
 
-async def require(session: AsyncSession, workspace_id: str, sha: str) -> None:
-    if await session.get(Snapshot, (workspace_id, sha)) is None:
-        raise NotFoundError(f"snapshot {sha[:12]} was not uploaded to this workspace")
+async def require_for_spec(session: AsyncSession, workspace_id: str, sha: str | None) -> None:
+    """422 naming ``snapshot`` when a spec names code that was not uploaded here."""
+    if sha is not None and await session.get(Snapshot, (workspace_id, sha)) is None:
+        raise InvalidSpecError(
+            f"snapshot {sha[:12]} was not uploaded to this workspace", field="snapshot"
+        )

@@ -1,0 +1,69 @@
+"""A deployment's replica: its lifecycle and the variables it is started with.
+
+One vocabulary on both sides. The control plane's deployment reconciler drives a replica
+through the whole machine; the replica process itself (`kaon.serving`) only ever is
+STARTING (its ``setup()`` runs), READY or FAILED (``setup()`` raised), and says which on
+``/ready``. This module imports nothing but the standard library and Kaon's errors, so a
+replica pays nothing for it at cold start.
+
+    STARTING -> READY <-> UNHEALTHY          (health probes pass / fail)
+    STARTING | READY | UNHEALTHY -> STOPPING -> STOPPED
+    STARTING | READY | UNHEALTHY | STOPPING -> FAILED   (its process ended on its own,
+                                                         or it never became ready)
+"""
+
+from __future__ import annotations
+
+import enum
+
+from kaon.core.errors import IllegalTransitionError
+
+ENV_REPLICA_ID = "KAON_REPLICA_ID"
+ENV_DEPLOYMENT = "KAON_DEPLOYMENT"
+ENV_MODEL_DIR = "KAON_MODEL_DIR"
+"""Set by the control plane for a replica: its id, its deployment's name, and for a
+deployment served from a job, the folder of that job's checkpoints."""
+
+ENV_PORT = "KAON_PORT"
+ENV_NODE_ADDRESS = "KAON_NODE_ADDRESS"
+"""Set by every executor for every worker: a free port kept for it on its node, and the
+address at which other nodes (the gateway among them) reach that node. A replica listens
+there."""
+
+
+class ReplicaStatus(enum.StrEnum):
+    """Lifecycle of one replica. Only READY replicas are in the gateway's route table."""
+
+    STARTING = "starting"  # launched; waiting for its first passing health check
+    READY = "ready"  # serving traffic
+    UNHEALTHY = "unhealthy"  # failed health checks; out of the route table
+    STOPPING = "stopping"  # asked to stop; draining in-flight requests
+    STOPPED = "stopped"  # gone, as asked
+    FAILED = "failed"  # exited, crashed or never ready; a new one starts with back-off
+
+    def is_live(self) -> bool:
+        """Counts towards the deployment's replicas (it may serve, now or soon)."""
+        return self in _LIVE
+
+    def is_terminal(self) -> bool:
+        return self in (ReplicaStatus.STOPPED, ReplicaStatus.FAILED)
+
+    def can_become(self, new: ReplicaStatus) -> bool:
+        return new in _NEXT[self]
+
+    def check_transition(self, new: ReplicaStatus) -> None:
+        if not self.can_become(new):
+            raise IllegalTransitionError(f"a replica cannot go from {self.value} to {new.value}")
+
+
+_LIVE = frozenset({ReplicaStatus.STARTING, ReplicaStatus.READY, ReplicaStatus.UNHEALTHY})
+_ENDS = frozenset({ReplicaStatus.STOPPING, ReplicaStatus.FAILED})
+_NEXT: dict[ReplicaStatus, frozenset[ReplicaStatus]] = {
+    ReplicaStatus.STARTING: frozenset({ReplicaStatus.READY}) | _ENDS,
+    ReplicaStatus.READY: frozenset({ReplicaStatus.UNHEALTHY}) | _ENDS,
+    ReplicaStatus.UNHEALTHY: frozenset({ReplicaStatus.READY}) | _ENDS,
+    ReplicaStatus.STOPPING: frozenset({ReplicaStatus.STOPPED, ReplicaStatus.FAILED}),
+    ReplicaStatus.STOPPED: frozenset(),
+    ReplicaStatus.FAILED: frozenset(),
+}
+LIVE_STATES = tuple(sorted(_LIVE))

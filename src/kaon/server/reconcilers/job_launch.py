@@ -1,0 +1,122 @@
+"""The launch step: jobs the scheduler placed (STARTING, no worker handles yet) are handed
+to the executor as a `GangLaunch`, and become RUNNING with each worker's handle, pid and
+port recorded.
+
+A launch may be repeated (a crash between the executor's answer and the database write):
+the executor adopts workers it already started, and the job token is derived, not stored,
+so the repeat hands out the same one. A temporary executor error leaves the job STARTING
+for the next pass; a permanent one stops it with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from kaon.core.errors import PermanentBackendError, TemporaryBackendError
+from kaon.core.jobs import JobStatus, StopReason
+from kaon.executors.base import Executor, GangLaunch, WorkerLaunch
+from kaon.server.db.models import Job, Worker
+from kaon.server.db.session import Database
+from kaon.server.security.tokens import job_token
+from kaon.server.services.job_state import guarded_update
+from kaon.server.services.pool import active_workers, stored_spec
+from kaon.server.services.snapshots import snapshot_path
+
+logger = logging.getLogger("kaon.reconciler.jobs")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    api_url: str  # how workers reach the control plane (metrics, code)
+    blobs_dir: str
+    token_key: bytes  # derives the per-attempt job tokens (`security.tokens.job_token`)
+    stop_grace_s: float = 10.0
+
+
+async def launch(
+    db: Database, executor: Executor, config: LaunchConfig, clock: Callable[[], datetime]
+) -> bool:
+    """Launch every placed job. True when one could not start (observe it at once)."""
+    async with db.session() as s:
+        query = select(Job).where(
+            Job.status == JobStatus.STARTING.value, Job.stop_reason.is_(None)
+        )
+        jobs = list((await s.execute(query)).scalars())
+        workers = await active_workers(s, [j.id for j in jobs])
+    failed = False
+    for job in jobs:
+        mine = sorted(workers.get(job.id, []), key=lambda w: w.index)
+        if mine and all(w.handle for w in mine):
+            continue
+        failed |= not await _launch_one(db, executor, config, job, mine, clock)
+    return failed
+
+
+async def _launch_one(
+    db: Database,
+    executor: Executor,
+    config: LaunchConfig,
+    job: Job,
+    workers: list[Worker],
+    clock: Callable[[], datetime],
+) -> bool:
+    """False when the job could not start and was stopped with the reason."""
+    try:
+        states = await asyncio.to_thread(executor.launch, gang(job, workers, config))
+    except TemporaryBackendError as e:
+        logger.warning("launch of %s failed, will retry: %s", job.id, e)
+        return True
+    except (PermanentBackendError, OSError) as e:
+        values = {"stop_reason": StopReason.FAILED.value, "message": f"cannot start: {e}"}
+        async with db.session() as s:
+            await guarded_update(s, job, values)
+        return False
+    now = clock()
+    async with db.session() as s:
+        for w, st in zip(workers, states, strict=True):
+            await s.execute(
+                update(Worker)
+                .where(Worker.id == w.id)
+                .values(handle=st.handle, pid=st.pid, port=st.port, started_at=now)
+            )
+        running = {"status": JobStatus.RUNNING.value, "started_at": now, "message": "running"}
+        await guarded_update(s, job, running)
+    return True
+
+
+def gang(job: Job, workers: list[Worker], config: LaunchConfig) -> GangLaunch:
+    """Everything the executor needs to start (or adopt) one attempt of a job."""
+    spec = stored_spec(job)
+    env = {
+        **spec.env,
+        **(job.system_env or {}),
+        "KAON_JOB_ID": job.id,
+        "KAON_JOB_NAME": job.name or "",
+        "KAON_API_URL": config.api_url,
+        "KAON_JOB_TOKEN": job_token(config.token_key, job.id, job.attempt),
+        "KAON_RESTART_COUNT": str(job.restart_count),
+    }
+    snapshot = None
+    if spec.snapshot:
+        snapshot = str(snapshot_path(Path(config.blobs_dir), spec.snapshot))
+    return GangLaunch(
+        job_id=job.id,
+        attempt=job.attempt,
+        command=tuple(spec.command),
+        env=env,
+        workers=tuple(
+            WorkerLaunch(
+                index=w.index, node_id=w.node_id, cpu=w.cpu, memory=w.memory, gpus=tuple(w.gpus)
+            )
+            for w in workers
+        ),
+        snapshot=snapshot,
+        stop_grace_s=config.stop_grace_s,
+    )

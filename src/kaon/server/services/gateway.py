@@ -1,0 +1,117 @@
+"""What the control plane tells its gateways (the route table), and what it hears back
+(load reports). The protocol itself: `kaon.core.gateway`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kaon.autoscaling import LoadBoard
+from kaon.core.deployments import DeploymentSpec
+from kaon.core.gateway import GatewayReport, Route, RouteTable
+from kaon.core.replicas import ReplicaStatus
+from kaon.server.db.models import Deployment, DeploymentToken, Replica, Token, TokenWorkspace
+from kaon.server.security.principal import Principal
+from kaon.server.wake import Wake
+
+
+class RouteVersions:
+    """Numbers route tables so that a gateway can skip an unchanged one.
+
+    Lives in the control plane's memory: after a restart the numbering starts again, and a
+    gateway that sees a version it does not have simply rebuilds its table once.
+    """
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._last = ""
+
+    def stamp(self, table: RouteTable) -> RouteTable:
+        content = json.dumps(table.model_dump(mode="json")["routes"], sort_keys=True)
+        if content != self._last:
+            self._last = content
+            self.version += 1
+        return table.model_copy(update={"version": self.version})
+
+
+def route_for(spec: DeploymentSpec, replicas: list[str], token_hashes: list[str]) -> Route:
+    """The route of one deployment: its READY replicas and the tokens that may call it."""
+    return Route(
+        name=spec.name,
+        replicas=replicas,
+        token_hashes=token_hashes,
+        public=spec.public,
+        request_timeout_s=spec.request_timeout_s,
+        max_queue=spec.max_queue,
+        max_concurrency=spec.max_concurrency,
+        max_body_bytes=spec.max_body_bytes,
+    )
+
+
+async def route_table(
+    session: AsyncSession, caller: Principal, versions: RouteVersions
+) -> RouteTable:
+    """Every deployment, its READY replicas, and the hashes of the tokens that may call it:
+    its own deployment tokens and the live tokens of its workspace's members."""
+    caller.require_gateway()
+    deployments = list((await session.execute(select(Deployment))).scalars())
+    urls = await _ready_urls(session)
+    own = await _deployment_token_hashes(session)
+    members = await _member_token_hashes(session)
+    routes = []
+    for d in deployments:
+        if d.deleting:
+            continue
+        allowed = sorted(set(own.get(d.id, []) + members.get(d.workspace_id, [])))
+        spec = DeploymentSpec.model_validate(d.spec)
+        routes.append(route_for(spec, sorted(urls.get(d.id, [])), allowed))
+    return versions.stamp(RouteTable(routes=routes))
+
+
+def record_report(
+    caller: Principal, report: GatewayReport, board: LoadBoard, now: float, wake: Wake
+) -> None:
+    """Load as a gateway saw it; a 'demand' report wakes the autoscaler at once."""
+    caller.require_gateway()
+    board.record(report, now)
+    if report.reason == "demand":
+        wake.deployments()
+
+
+async def _ready_urls(session: AsyncSession) -> dict[str, list[str]]:
+    rows = await session.execute(
+        select(Replica.deployment_id, Replica.url).where(
+            Replica.state == ReplicaStatus.READY.value, Replica.url.is_not(None)
+        )
+    )
+    return _grouped(rows.tuples())
+
+
+async def _deployment_token_hashes(session: AsyncSession) -> dict[str, list[str]]:
+    rows = await session.execute(
+        select(DeploymentToken.deployment_id, DeploymentToken.hash).where(
+            DeploymentToken.revoked_at.is_(None)
+        )
+    )
+    return _grouped(rows.tuples())
+
+
+async def _member_token_hashes(session: AsyncSession) -> dict[str, list[str]]:
+    """Workspace id -> hashes of the live tokens of its members."""
+    rows = await session.execute(
+        select(TokenWorkspace.workspace_id, Token.hash)
+        .join(Token, Token.id == TokenWorkspace.token_id)
+        .where(Token.revoked_at.is_(None))
+    )
+    return _grouped(rows.tuples())
+
+
+def _grouped(pairs: Iterable[tuple[Any, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in pairs:
+        out.setdefault(str(key), []).append(str(value))
+    return out

@@ -1,0 +1,263 @@
+"""The pool as the scheduler and the API see it: database rows in, typed views out.
+
+This is the one place that turns stored rows into the scheduler's inputs: a `Node` row and
+what live workers hold on it into a `NodeCapacity`, a stored job into a `Workload`, and the
+whole pool into a `PoolState` for one pass. The submit-time fit check reads the pool
+through the same functions, so "could this ever run?" and "where does it run now?" can
+never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kaon.core.errors import InvalidSpecError
+from kaon.core.jobs import JobSpec, JobStatus
+from kaon.core.nodes import GpuInfo, NodeView
+from kaon.core.resources import Resources
+from kaon.executors.base import NodeInventory
+from kaon.scheduler import NodeCapacity, PoolState, Quota, WorkerPlacement, Workload, fits_anywhere
+from kaon.server.db.models import Job, Node, Worker, utcnow
+
+HOLDING = [s.value for s in JobStatus if s.holds_resources()]
+READY = "ready"
+_SPEC_CACHE_MAX = 100_000
+_specs: dict[str, JobSpec] = {}
+
+
+def stored_spec(job: Job) -> JobSpec:
+    """A job's spec, read back typed. A job's spec never changes after submit, so it is
+    parsed once per job and kept (a pass over 10,000 queued jobs would otherwise spend
+    about 70 ms validating the same dictionaries again)."""
+    spec = _specs.get(job.id)
+    if spec is None:
+        if len(_specs) >= _SPEC_CACHE_MAX:
+            _specs.clear()
+        spec = _specs[job.id] = JobSpec.model_validate(job.spec)
+    return spec
+
+
+# --- what live workers hold ----------------------------------------------------------------
+
+
+@dataclass
+class Held:
+    """What live workers hold on one node."""
+
+    cpu: float = 0.0
+    memory: int = 0
+    gpus: set[int] = field(default_factory=set)
+
+    def add(self, w: Worker) -> None:
+        self.cpu += w.cpu
+        self.memory += w.memory
+        self.gpus.update(int(g) for g in w.gpus)
+
+
+def held_by(workers: Iterable[Worker]) -> dict[str, Held]:
+    held: dict[str, Held] = {}
+    for w in workers:
+        held.setdefault(w.node_id, Held()).add(w)
+    return held
+
+
+async def active_workers(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, list[Worker]]:
+    """The live worker rows of each job (its current attempt's allocation)."""
+    if not job_ids:
+        return {}
+    rows = await session.execute(
+        select(Worker).where(Worker.job_id.in_(job_ids), Worker.active.is_(True))
+    )
+    out: dict[str, list[Worker]] = {}
+    for w in rows.scalars():
+        out.setdefault(w.job_id, []).append(w)
+    return out
+
+
+async def all_active_workers(session: AsyncSession) -> list[Worker]:
+    return list((await session.execute(select(Worker).where(Worker.active.is_(True)))).scalars())
+
+
+# --- rows -> scheduler inputs ------------------------------------------------------------------
+
+
+def node_capacity(node: Node, held: Held | None = None) -> NodeCapacity:
+    """A node as the scheduler sees it; `held` None means empty."""
+    held = held or Held()
+    gpus = tuple(int(g["index"]) for g in node.gpus)
+    models = {g.get("model") for g in node.gpus}
+    return NodeCapacity(
+        id=node.id,
+        cpu=node.cpu,
+        memory=node.memory,
+        gpus=gpus,
+        cpu_free=node.cpu - held.cpu,
+        memory_free=node.memory - held.memory,
+        gpus_free=tuple(g for g in gpus if g not in held.gpus),
+        gpu_type=models.pop() if len(models) == 1 else None,
+        labels=tuple(sorted((str(k), str(v)) for k, v in node.labels.items())),
+    )
+
+
+def demand(
+    resources: Resources, workers: int = 1, labels: Mapping[str, str] | None = None
+) -> Workload:
+    """The shape of a workload that is not a job yet (a spec being submitted)."""
+    return Workload(
+        id="new",
+        workspace="",
+        workers=workers,
+        cpu=resources.cpu,
+        memory=resources.memory,
+        gpus=resources.gpus,
+        submitted_at=0.0,
+        gpu_type=resources.gpu_type,
+        labels=tuple(sorted((labels or {}).items())),
+    )
+
+
+def workload(job: Job, workers: Sequence[Worker] = ()) -> Workload:
+    """A stored job as the scheduler sees it; `workers` are its live ones, if it runs."""
+    spec = stored_spec(job)
+    shape = demand(spec.resources, spec.workers, spec.labels)
+    placement = tuple(
+        WorkerPlacement(w.node_id, tuple(w.gpus)) for w in sorted(workers, key=lambda w: w.index)
+    )
+    started = _ts(job.started_at)
+    return Workload(
+        id=job.id,
+        workspace=job.workspace_id,
+        workers=shape.workers,
+        cpu=shape.cpu,
+        memory=shape.memory,
+        gpus=shape.gpus,
+        submitted_at=job.submitted_at.timestamp(),
+        priority=job.priority,
+        gpu_type=shape.gpu_type,
+        labels=shape.labels,
+        attained_gpu_s=job.attained_gpu_seconds,
+        placement=placement,
+        not_before=_ts(job.not_before),
+        started_at=started,
+        attained_at=started,
+    )
+
+
+def _ts(at: datetime | None) -> float | None:
+    return at.timestamp() if at is not None else None
+
+
+@dataclass(frozen=True)
+class PassInputs:
+    """One scheduling pass's view of the pool, and the rows it was built from."""
+
+    state: PoolState
+    jobs: dict[str, Job]  # queued and holding jobs by id
+
+
+async def load_pass(
+    session: AsyncSession, now: datetime, quotas: dict[str, Quota]
+) -> PassInputs | None:
+    """Everything one scheduling pass needs, or None when nothing is queued."""
+    queued = list(
+        (await session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value))).scalars()
+    )
+    if not queued:
+        return None
+    nodes = list((await session.execute(select(Node).where(Node.state == READY))).scalars())
+    holding = list((await session.execute(select(Job).where(Job.status.in_(HOLDING)))).scalars())
+    active = await active_workers(session, [j.id for j in holding])
+    held = held_by(w for ws in active.values() for w in ws)
+    state = PoolState(
+        now=now.timestamp(),
+        nodes=tuple(node_capacity(n, held.get(n.id)) for n in nodes),
+        pending=tuple(workload(j) for j in queued),
+        running=tuple(workload(j, active.get(j.id, [])) for j in holding),
+        quotas=quotas,
+    )
+    return PassInputs(state, {j.id: j for j in [*queued, *holding]})
+
+
+# --- submit-time checks ---------------------------------------------------------------------
+
+
+async def check_fits(
+    session: AsyncSession,
+    resources: Resources,
+    workers: int = 1,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """422 for work that could not run even on an empty pool, naming what is too big."""
+    nodes = [node_capacity(n) for n in (await session.execute(select(Node))).scalars()]
+    if not nodes:
+        raise InvalidSpecError("the pool has no nodes yet", field="resources")
+    biggest = max(len(n.gpus) for n in nodes)
+    if resources.gpus > biggest:
+        raise InvalidSpecError(
+            f"no node has {resources.gpus} GPUs (the largest has {biggest})",
+            field="resources.gpus",
+        )
+    for attr, label in (("cpu", "CPUs"), ("memory", "bytes of memory")):
+        most = max(getattr(n, attr) for n in nodes)
+        if getattr(resources, attr) > most:
+            raise InvalidSpecError(
+                f"no node has {getattr(resources, attr)} {label} (the largest has {most})",
+                field=f"resources.{attr}",
+            )
+    if not fits_anywhere(tuple(nodes), demand(resources, workers, labels)):
+        raise InvalidSpecError(
+            f"{workers} workers with these resources can never fit the pool "
+            f"({len(nodes)} node(s)); ask for fewer workers or smaller ones",
+            field="workers",
+        )
+
+
+async def check_job_fits(session: AsyncSession, spec: JobSpec) -> None:
+    await check_fits(session, spec.resources, spec.workers, spec.labels)
+
+
+# --- nodes: inventory and the API's view ---------------------------------------------------
+
+
+async def register_node(session: AsyncSession, inv: NodeInventory, executor: str) -> None:
+    """Insert or refresh a node's inventory and heartbeat."""
+    node = await session.get(Node, inv.id)
+    if node is None:
+        node = Node(id=inv.id, executor=executor)
+        session.add(node)
+    node.name, node.address, node.executor = inv.name, inv.address, executor
+    node.cpu, node.memory = inv.cpu, inv.memory
+    node.gpus = [g.model_dump() for g in inv.gpus]
+    node.labels = dict(inv.labels)
+    node.state = READY
+    node.heartbeat_at = utcnow()
+    await session.flush()
+
+
+async def list_nodes(session: AsyncSession) -> list[NodeView]:
+    nodes = (await session.execute(select(Node).order_by(Node.name))).scalars().all()
+    held = held_by(await all_active_workers(session))
+    return [_node_view(n, held.get(n.id, Held())) for n in nodes]
+
+
+def _node_view(n: Node, held: Held) -> NodeView:
+    return NodeView(
+        id=n.id,
+        name=n.name,
+        executor=n.executor,
+        address=n.address,
+        state=n.state,
+        labels=n.labels,
+        cpu=n.cpu,
+        memory=n.memory,
+        gpus=[GpuInfo.model_validate(g) for g in n.gpus],
+        cpu_allocated=held.cpu,
+        memory_allocated=held.memory,
+        gpus_allocated=sorted(held.gpus),
+        heartbeat_at=n.heartbeat_at,
+    )
