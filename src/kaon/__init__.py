@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kaon._version import __version__
 from kaon.report import report
 
-__version__ = "0.1.0"
 __all__ = ["Client", "Service", "__version__", "explain", "handler", "report"]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from kaon import __version__
+from kaon._version import __version__
 from kaon.autoscaling import LoadBoard
 from kaon.executors.gpus import declared_gpus, discover_gpus
 from kaon.executors.local import LocalExecutor, local_nodes
@@ -111,7 +111,7 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(plane: ControlPlane, run_reconcilers: bool) -> AsyncIterator[None]:
-    await _start(plane)
+    await start_plane(plane)
     tasks = []
     if run_reconcilers:
         tasks = [
@@ -130,7 +130,7 @@ async def _lifespan(plane: ControlPlane, run_reconcilers: bool) -> AsyncIterator
         await plane.db.dispose()
 
 
-async def _start(plane: ControlPlane) -> None:
+async def start_plane(plane: ControlPlane) -> None:
     """Migrate, make the default workspace and the first admin token, register the nodes."""
     settings = plane.settings
     await plane.db.migrate()

@@ -7,8 +7,9 @@ calls `plan`, and carries the plan out. Rules:
   not count (it is still loading); one that is not ready `startup_timeout_s` after it was
   created is replaced. A READY replica becomes UNHEALTHY after `failure_threshold` failed
   probes in a row, and is replaced after twice that many.
-- A replica whose job ended on its own is FAILED; new ones start after a back-off that
-  doubles with each recent crash (1, 2, 4 ... 60 s), so a crash loop does not spin.
+- A replica whose job ended on its own is FAILED; a new one starts 1 s after it, and
+  the wait doubles with each crash in the last five minutes (1, 2, 4 ... 60 s, counted
+  from the newest crash), so a crash loop does not spin.
 - Scaling down or rolling out never cuts a request: a replica leaves the route table
   first (STOPPING), and only `drain_s` later is its process asked to stop (SIGTERM; the
   replica finishes what it holds).
@@ -143,7 +144,7 @@ def _scale(
     now: datetime,
 ) -> None:
     if len(new) < d.desired:
-        wait = _backoff(replicas, now)
+        wait = _backoff(replicas, current, now)
         if wait <= 0:
             p.start = d.desired - len(new)
     elif len(new) > d.desired:
@@ -151,20 +152,29 @@ def _scale(
         p.drain += [r.job_id for r in order[: len(new) - d.desired]]
 
 
-def _crashes(replicas: list[ReplicaFacts], now: datetime) -> list[ReplicaFacts]:
-    return [
-        r for r in replicas if r.state is R.FAILED and r.stop_at and now - r.stop_at < CRASH_WINDOW
-    ]
+def _ended_at(r: ReplicaFacts, now: datetime) -> datetime:
+    """When a failed replica ended: as recorded, or now for one that failed this pass."""
+    return r.stop_at if r.state is R.FAILED and r.stop_at is not None else now
 
 
-def _backoff(replicas: list[ReplicaFacts], now: datetime) -> float:
-    """Seconds to wait before starting a replica again after recent crashes."""
-    crashes = _crashes(replicas, now)
+def _crashes(
+    replicas: list[ReplicaFacts], current: dict[str, ReplicaStatus], now: datetime
+) -> list[datetime]:
+    """When each replica that failed in the last `CRASH_WINDOW` ended, this pass's too."""
+    ended = [_ended_at(r, now) for r in replicas if current[r.job_id] is R.FAILED]
+    return [at for at in ended if now - at < CRASH_WINDOW]
+
+
+def _backoff(
+    replicas: list[ReplicaFacts], current: dict[str, ReplicaStatus], now: datetime
+) -> float:
+    """Seconds to wait before starting a replica again after recent crashes: 1 s after
+    the first, doubling with each one since (to 60 s), counted from the newest."""
+    crashes = _crashes(replicas, current, now)
     if not crashes:
         return 0.0
-    last = max(r.stop_at for r in crashes if r.stop_at is not None)
     delay = min(2.0 ** (len(crashes) - 1), MAX_BACKOFF_S)
-    return delay - (now - last).total_seconds()
+    return delay - (now - max(crashes)).total_seconds()
 
 
 def _status(
@@ -178,7 +188,7 @@ def _status(
     now: datetime,
 ) -> None:
     ready = sum(1 for s in current.values() if s is R.READY)
-    crashes = _crashes(replicas, now)
+    crashes = _crashes(replicas, current, now)
     if old:
         p.status = DeploymentStatus.UPDATING
         p.message = (

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kaon.core.jobs import EXIT_CODE_RESUME, JobStatus
+from kaon.core.jobs import EXIT_CODE_RESUME, JobStatus, StopReason
 from kaon.executors.base import WorkerState
-from kaon.server.reconcilers.job_steps import JobFacts, Step, StopReason, next_step
+from kaon.server.reconcilers.job_steps import JobFacts, Step, next_step
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 S, R = JobStatus, StopReason

@@ -1,0 +1,95 @@
+"""``client.nodes``, ``client.tokens``, ``client.workspaces``, ``client.quotas``: the pool
+and who may use it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kaon.core.auth import CreatedToken, TokenView, WorkspaceView
+from kaon.core.nodes import NodeView
+from kaon.core.quotas import QuotaView
+
+if TYPE_CHECKING:
+    from kaon.sdk.client import Client
+
+
+class Nodes:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> list[NodeView]:
+        return [NodeView.model_validate(n) for n in self._c.request("GET", "/api/v1/nodes").json()]
+
+
+class Tokens:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self, name: str, workspaces: list[str] | None = None, role: str = "member"
+    ) -> CreatedToken:
+        body = {"name": name, "workspaces": workspaces or [self._c.workspace], "role": role}
+        return CreatedToken.model_validate(
+            self._c.request("POST", "/api/v1/tokens", json=body).json()
+        )
+
+    def list(self) -> list[TokenView]:
+        return [
+            TokenView.model_validate(t) for t in self._c.request("GET", "/api/v1/tokens").json()
+        ]
+
+    def revoke(self, ref: str) -> TokenView:
+        return TokenView.model_validate(self._c.request("DELETE", f"/api/v1/tokens/{ref}").json())
+
+
+class Workspaces:
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(self, name: str) -> WorkspaceView:
+        return WorkspaceView.model_validate(
+            self._c.request("POST", "/api/v1/workspaces", json={"name": name}).json()
+        )
+
+    def list(self) -> list[WorkspaceView]:
+        return [
+            WorkspaceView.model_validate(w)
+            for w in self._c.request("GET", "/api/v1/workspaces").json()
+        ]
+
+
+class Quotas:
+    """Workspace quotas: ``client.quotas.set("team-a", gpus=8, borrow_limit=8)``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def set(
+        self,
+        workspace: str,
+        gpus: float | None = None,
+        cpus: float | None = None,
+        memory: str | int | None = None,
+        borrow_limit: float | None = None,
+        borrow_cpus: float | None = None,
+        borrow_memory: str | int | None = None,
+    ) -> QuotaView:
+        """Unset values are unlimited; `borrow_limit` is in GPUs."""
+        body = {
+            "gpus": gpus,
+            "cpus": cpus,
+            "memory": memory,
+            "borrow_limit": borrow_limit,
+            "borrow_cpus": borrow_cpus,
+            "borrow_memory": borrow_memory,
+        }
+        response = self._c.request("PUT", f"/api/v1/quotas/{workspace}", json=body)
+        return QuotaView.model_validate(response.json())
+
+    def list(self) -> list[QuotaView]:
+        return [
+            QuotaView.model_validate(q) for q in self._c.request("GET", "/api/v1/quotas").json()
+        ]
+
+    def delete(self, workspace: str) -> None:
+        self._c.request("DELETE", f"/api/v1/quotas/{workspace}")
