@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from kaon.core.jobs import JobSpec
 from kaon.core.replicas import ENV_DEPLOYMENT, ENV_MODEL_DIR, ENV_REPLICA_ID, ReplicaStatus
 from kaon.core.resources import Resources
-from kaon.core.validation import NAME_PATTERN, check_env, check_name, check_snapshot
+from kaon.core.validation import NAME_PATTERN, SnapshotRef, UserEnv, check_name
 
 _SERVICE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -101,10 +101,10 @@ class DeploymentSpec(BaseModel):
     name: str
     service: str | None = Field(default=None, description="'module:Class' of a kaon.Service")
     from_job: str | None = Field(default=None, description="id of a job whose model to serve")
-    snapshot: str | None = Field(default=None, description="sha256 of an uploaded folder")
+    snapshot: SnapshotRef = Field(default=None, description="sha256 of an uploaded folder")
     resources: Resources = Field(default_factory=Resources, description="per replica")
     autoscaling: ScalingPolicy = Field(default_factory=ScalingPolicy)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: UserEnv = Field(default_factory=dict)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     public: bool = Field(default=False, description="callable without a token")
     request_timeout_s: float = Field(default=60.0, gt=0, le=3600)
@@ -122,17 +122,6 @@ class DeploymentSpec(BaseModel):
     def _service(cls, value: str | None) -> str | None:
         if value is not None and not _SERVICE.match(value):
             raise ValueError("service must look like 'module.path:ClassName'")
-        return value
-
-    @field_validator("snapshot")
-    @classmethod
-    def _snapshot(cls, value: str | None) -> str | None:
-        return check_snapshot(value)
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        check_env(value)
         return value
 
     @model_validator(mode="after")

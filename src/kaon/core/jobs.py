@@ -5,27 +5,14 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kaon.core.errors import IllegalTransitionError
 from kaon.core.resources import Resources
-from kaon.core.validation import check_env, check_snapshot
+from kaon.core.validation import SnapshotRef, UserEnv
 
 _JOB_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-RESERVED_ENV = frozenset(
-    {
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "WORLD_SIZE",
-        "RANK",
-        "LOCAL_RANK",
-        "NODE_RANK",
-        "LOCAL_WORLD_SIZE",
-        "CUDA_VISIBLE_DEVICES",
-    }
-)
 
 
 class JobStatus(enum.StrEnum):
@@ -107,8 +94,8 @@ class JobSpec(BaseModel):
 
     name: str | None = Field(default=None, description="a label; lowercase, digits, . _ -")
     command: list[str] = Field(description="argv of each worker, e.g. ['python', 'train.py']")
-    snapshot: str | None = Field(default=None, description="sha256 of an uploaded folder")
-    env: dict[str, str] = Field(default_factory=dict)
+    snapshot: SnapshotRef = Field(default=None, description="sha256 of an uploaded folder")
+    env: UserEnv = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     workers: int = Field(default=1, ge=1, le=1024)
     max_retries: int = Field(default=0, ge=0, le=100)
@@ -130,17 +117,6 @@ class JobSpec(BaseModel):
     def _name(cls, value: str | None) -> str | None:
         if value is not None and not _JOB_NAME.match(value):
             raise ValueError("name must be 1-63 characters of a-z, 0-9, '.', '_' or '-'")
-        return value
-
-    @field_validator("snapshot")
-    @classmethod
-    def _snapshot(cls, value: str | None) -> str | None:
-        return check_snapshot(value)
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        check_env(value, RESERVED_ENV)
         return value
 
     @model_validator(mode="after")
@@ -216,22 +192,6 @@ class MetricView(BaseModel):
     time: float
     name: str
     value: float
-
-
-def job_env_defaults() -> dict[str, Any]:  # pragma: no cover - documentation helper
-    """The variables every worker gets (see docs/jobs.md)."""
-    return {
-        "MASTER_ADDR": "address of worker 0's node",
-        "MASTER_PORT": "a free port on it",
-        "WORLD_SIZE": "number of workers",
-        "RANK": "this worker's index",
-        "LOCAL_RANK": "index among the job's workers on this node",
-        "NODE_RANK": "index of this node among the job's nodes",
-        "KAON_JOB_ID": "the job id",
-        "KAON_WORKER_INDEX": "same as RANK",
-        "KAON_RESTART_COUNT": "how many times the job was restarted",
-        "KAON_CHECKPOINT_DIR": "a folder that survives restarts of this job",
-    }
 
 
 EXIT_CODE_RESUME = 75

@@ -7,7 +7,10 @@ wrong; pydantic validators call them, so the API answers 422 with the field's pa
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -17,7 +20,20 @@ NAME_PATTERN = _NAME.pattern
 """A DNS label: what workspaces, tokens and deployments are called (they end up in URLs)."""
 
 KAON_ENV_PREFIX = "KAON_"
-"""Variables Kaon sets for every worker; a spec may not set or override them."""
+RESERVED_ENV = frozenset(
+    {
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "LOCAL_WORLD_SIZE",
+        "CUDA_VISIBLE_DEVICES",
+    }
+)
+"""Variables Kaon sets for every worker (``KAON_*`` and the distributed layout); a spec
+may not set or override them."""
 
 
 def check_name(value: str, what: str = "name") -> str:
@@ -38,14 +54,20 @@ def check_snapshot(value: str | None) -> str | None:
     return value
 
 
-def check_env(value: Mapping[str, str], reserved: Collection[str] = ()) -> Mapping[str, str]:
-    """Environment a user sets: valid names, no NUL, and nothing Kaon sets itself
-    (``KAON_*`` and the names in `reserved`, such as the distributed layout)."""
+def check_env(value: Mapping[str, str]) -> Mapping[str, str]:
+    """Environment a user sets: valid names, no NUL, and nothing Kaon sets itself."""
     for key, item in value.items():
         if not _ENV_NAME.match(key):
             raise ValueError(f"env name {key!r} is not a valid variable name")
-        if key in reserved or key.startswith(KAON_ENV_PREFIX):
+        if key in RESERVED_ENV or key.startswith(KAON_ENV_PREFIX):
             raise ValueError(f"env {key!r} is set by Kaon and cannot be overridden")
         if "\x00" in item:
             raise ValueError(f"env {key!r} must not contain NUL characters")
     return value
+
+
+UserEnv = Annotated[dict[str, str], AfterValidator(check_env)]
+"""A spec's ``env``: what a user may set for its workers or replicas."""
+
+SnapshotRef = Annotated[str | None, AfterValidator(check_snapshot)]
+"""A spec's ``snapshot``: the sha256 of an uploaded code folder, or none."""
