@@ -88,9 +88,15 @@ class TestBackfill:
 
         await step_until(plane, head_started, "the head to start once a node is free")
         assert (await view(plane, small.id)).status is JobStatus.RUNNING  # not delayed by it
-        for job in (a, b):
-            assert (await view(plane, job.id)).status is JobStatus.SUCCEEDED
         (tmp_path / "s").touch()
+
+        async def all_done() -> bool:
+            views = [await view(plane, j.id) for j in (a, b, head, small)]
+            return all(v.status.is_terminal() for v in views)
+
+        await step_until(plane, all_done, "every job to end")
+        for job in (a, b, head, small):
+            assert (await view(plane, job.id)).status is JobStatus.SUCCEEDED
 
 
 class TestCrashOnly:

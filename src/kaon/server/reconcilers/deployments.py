@@ -14,8 +14,6 @@ What lives in memory here, and why a restart is safe: the gateways' load reports
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from kaon.core.replicas import LIVE_STATES, ReplicaStatus
 from kaon.server.db.models import Deployment, Job, Node, Replica, Worker, utcnow
 from kaon.server.db.session import Database
 from kaon.server.reconcilers.deployment_steps import DeploymentFacts, Plan, ReplicaFacts, plan
+from kaon.server.reconcilers.loop import Loop
 from kaon.server.reconcilers.probes import ProbeTarget, probe_all
 from kaon.server.security.tokens import new_id
 from kaon.server.services.job_state import request_cancel
@@ -51,7 +50,10 @@ class _Row:
         return ReplicaStatus(self.replica.state)
 
 
-class DeploymentReconciler:
+class DeploymentReconciler(Loop):
+    name = "deployments"
+    busy_interval_s = 0.2  # while a replica is starting, probe it often
+
     def __init__(
         self,
         db: Database,
@@ -61,34 +63,22 @@ class DeploymentReconciler:
         interval_s: float = 0.5,
         drain_s: float = 1.5,
     ) -> None:
+        super().__init__()
         self.db = db
         self.loads = loads
         self.poke_jobs = poke_jobs
         self.clock = clock
         self.interval_s = interval_s
         self.drain_s = drain_s
-        self.wakeup = asyncio.Event()
         self.scaling: dict[str, ScalingState] = {}  # deployment id -> the policy's memory
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._http: httpx.AsyncClient | None = None
 
-    def poke(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.wakeup.set)
+    async def started(self) -> None:
+        self._http = httpx.AsyncClient()  # one pool of connections for every probe
 
-    async def run_forever(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        async with httpx.AsyncClient() as http:
-            self._http = http
-            while True:
-                self.wakeup.clear()
-                busy = False
-                try:
-                    busy = await self.run_once()
-                except Exception:
-                    logger.exception("deployment reconcile pass failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), 0.2 if busy else self.interval_s)
+    async def stopped(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
 
     async def run_once(self) -> bool:
         """One pass over every deployment. True while some replica is on its way up."""

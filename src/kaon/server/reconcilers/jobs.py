@@ -17,9 +17,6 @@ when poked (a submit, a cancel, a worker that ended) and otherwise every `interv
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Callable
 from datetime import datetime
 
@@ -29,13 +26,14 @@ from kaon.server.db.session import Database
 from kaon.server.reconcilers.job_launch import LaunchConfig, launch
 from kaon.server.reconcilers.job_observe import observe
 from kaon.server.reconcilers.job_schedule import schedule
+from kaon.server.reconcilers.loop import Loop
 
 __all__ = ["JobReconciler", "LaunchConfig"]
 
-logger = logging.getLogger("kaon.reconciler.jobs")
 
+class JobReconciler(Loop):
+    name = "jobs"
 
-class JobReconciler:
     def __init__(
         self,
         db: Database,
@@ -44,31 +42,15 @@ class JobReconciler:
         clock: Callable[[], datetime] = utcnow,
         interval_s: float = 1.0,
     ) -> None:
+        super().__init__()
         self.db = db
         self.executor = executor
         self.config = config
         self.clock = clock
         self.interval_s = interval_s
-        self.wakeup = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def poke(self) -> None:
-        """Wake the loop now; safe from any thread."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.wakeup.set)
-
-    async def run_forever(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.executor.set_listener(self.poke)
-        while True:
-            self.wakeup.clear()
-            try:
-                if await self.run_once():
-                    self.wakeup.set()  # a step changed something another step acts on
-            except Exception:
-                logger.exception("job reconcile pass failed")  # log it, keep looping
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), self.interval_s)
+    async def started(self) -> None:
+        self.executor.set_listener(self.poke)  # a worker that ends wakes the loop
 
     async def run_once(self) -> bool:
         """One pass. True when it left work for an immediate next pass (a job it stopped
