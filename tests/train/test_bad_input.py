@@ -97,8 +97,9 @@ class TestBadInput:
         with pytest.raises(TrainConfigError, match="early stopping watches a validation metric"):
             Trainer(mlp(), blobs(), config=config(tmp_path, early_stopping_patience=2))
 
-    def test_early_stopping_metric_must_exist(self, tmp_path: Path) -> None:
-        settings = {"early_stopping_patience": 2, "early_stopping_metric": "val_f1"}
+    @pytest.mark.parametrize("patience", [2, None])
+    def test_early_stopping_metric_must_exist(self, tmp_path: Path, patience: int | None) -> None:
+        settings = {"early_stopping_patience": patience, "early_stopping_metric": "val_f1"}
         with pytest.raises(TrainConfigError, match="valid: val_loss, val_accuracy"):
             Trainer(mlp(), blobs(), blobs(8), config(tmp_path, **settings), ["accuracy"])
 

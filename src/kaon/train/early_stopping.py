@@ -18,9 +18,8 @@ __all__ = ["check_early_stopping", "update_early_stopping"]
 
 
 def check_early_stopping(config: TrainConfig, metrics: Mapping[str, MetricFn]) -> None:
-    """Refuse a watched metric that no evaluation computes."""
-    if config.early_stopping_patience is None:
-        return
+    """Refuse a watched metric that no evaluation computes (even with no patience set: the
+    metric is still read after every validation)."""
     valid = ["val_loss", *(f"val_{name}" for name in metrics)]
     if config.early_stopping_metric not in valid:
         raise TrainConfigError(
