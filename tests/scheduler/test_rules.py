@@ -293,3 +293,29 @@ def test_quota_reason_has_no_floating_point_dust() -> None:
     busy = job("busy", 8, ws="w1", on=(("n1", tuple(range(8))),), started=0.0)
     d = schedule(snap([node("n1", free=0)], [job("j", 1, ws="w0")], [busy], quotas=quotas))
     assert "has only 0 idle GPUs to lend" in d.waiting["j"]
+
+
+class TestDomains:
+    """A gang spans nodes of one network domain only (one machine, or one Ray cluster)."""
+
+    def test_a_gang_never_spans_two_domains(self) -> None:
+        nodes = (
+            replace(node("local", free=4), domain="local"),
+            replace(node("ray-a", free=4), domain="ray"),
+            replace(node("ray-b", free=2), domain="ray"),
+        )
+        index = FreeIndex(nodes)
+        placed = place_gang(index, job("g", gpus=1, workers=6))
+        assert placed is not None
+        assert {wp.node_id for wp in placed} == {"ray-a", "ray-b"}
+
+    def test_too_big_for_any_one_domain_waits(self) -> None:
+        nodes = (
+            replace(node("local", gpus=4), domain="local"),
+            replace(node("ray-a", gpus=4), domain="ray"),
+        )
+        assert place_gang(
+            FreeIndex(tuple(replace(n, domain="") for n in nodes)), job("g", workers=6)
+        )
+        assert place_gang(FreeIndex(nodes), job("g", gpus=1, workers=6)) is None
+        assert not fits_anywhere(nodes, job("g", gpus=1, workers=6))

@@ -10,7 +10,8 @@ looking at a node at all.
 
 Gang placement is all or nothing. A gang that fits on one node goes on the fullest node
 that still fits it (best fit, which keeps big holes for big jobs). A larger gang takes
-whole nodes, largest first, so it spans the fewest nodes, and its tail goes best-fit.
+whole nodes, largest first, so it spans the fewest nodes, and its tail goes best-fit,
+all within one network domain (a pool of nodes that reach each other).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class FreeIndex:
         top = max([top, *(len(g) for g in self.gpus)])
         self.buckets: list[list[int]] = [[] for _ in range(top + 1)]
         self.listed = [False] * len(nodes)  # False: unschedulable or held for a reservation
+        self.domains = sorted({n.domain for n in nodes})
+        self.only_domain: str | None = None  # set while a gang is spread over one domain
         self.free_gpus = 0
         for i, n in enumerate(nodes):
             if n.schedulable:
@@ -77,6 +80,8 @@ class FreeIndex:
         """How many workers of `w` node `i` can host now (0 if it does not match)."""
         node = self.nodes[i]
         if w.gpu_type is not None and w.gpu_type != node.gpu_type:
+            return 0
+        if self.only_domain is not None and node.domain != self.only_domain:
             return 0
         if w.labels and not all(item in node.labels for item in w.labels):
             return 0
@@ -168,7 +173,17 @@ def place_gang(index: FreeIndex, w: Workload) -> tuple[WorkerPlacement, ...] | N
             return tuple(index.take(i, w, w.workers))
         if w.workers == 1:
             return None
-    return _spread(index, w)
+    if len(index.domains) == 1:
+        return _spread(index, w)
+    for domain in index.domains:  # a gang spans nodes of one domain only
+        index.only_domain = domain
+        try:
+            placed = _spread(index, w)
+        finally:
+            index.only_domain = None
+        if placed is not None:
+            return placed
+    return None
 
 
 def _spread(index: FreeIndex, w: Workload) -> tuple[WorkerPlacement, ...] | None:

@@ -20,6 +20,9 @@ class NodeCapacity:
     gpu_type: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     schedulable: bool = True
+    # Nodes of one domain reach each other over the network (one machine, one Ray
+    # cluster); a gang never spans two domains, since its workers talk to rank 0.
+    domain: str = ""
 
 
 @dataclass(frozen=True)
