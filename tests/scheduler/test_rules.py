@@ -319,3 +319,12 @@ class TestDomains:
         )
         assert place_gang(FreeIndex(nodes), job("g", gpus=1, workers=6)) is None
         assert not fits_anywhere(nodes, job("g", gpus=1, workers=6))
+
+
+def test_a_cpu_only_gang_spreads_over_nodes_without_gpus() -> None:
+    """Bucket 0 (no free GPU) hosts CPU-only workers too: a gang too big for one CPU node
+    spans two."""
+    nodes = (node("c1", gpus=0, cpu=2.0), node("c2", gpus=0, cpu=2.0))
+    gang = replace(job("g", gpus=0, workers=2), cpu=2.0)
+    placed = place_gang(FreeIndex(nodes), gang)
+    assert placed is not None and {wp.node_id for wp in placed} == {"c1", "c2"}

@@ -18,6 +18,7 @@ import typer
 
 from kaon.cli import deploy as deploy_cli
 from kaon.cli import jobs as jobs_cli
+from kaon.cli import pools as pools_cli
 from kaon.cli import quotas as quotas_cli
 from kaon.cli.common import ClientOpt, JsonOpt, exit_on_error, make_client
 from kaon.cli.daemon import Daemon, wait_healthy
@@ -35,6 +36,7 @@ app = typer.Typer(
 app.add_typer(jobs_cli.app, name="job")
 app.add_typer(quotas_cli.app, name="quota")
 app.add_typer(deploy_cli.app, name="deploy")
+app.add_typer(pools_cli.app, name="pool")
 app.command("serve")(deploy_cli.serve)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 workspace_app = typer.Typer(
@@ -100,6 +102,13 @@ def up(
         str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for it to be ready")] = 60.0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="attach this Ray cluster (host:port) as pool 'ray' (KAON_RAY_ADDRESS)"),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="address to listen on; other machines need a reachable one")
+    ] = "127.0.0.1",
 ) -> None:
     """Start the control plane in the background and print its URL and admin token."""
     daemon = _server_daemon()
@@ -107,8 +116,11 @@ def up(
     if daemon.pid() is None:
         bootstrap = "kaon_" + secrets.token_urlsafe(32)
         env = {"KAON_PORT": str(port), "KAON_HOME": str(home()), "KAON_BOOTSTRAP_TOKEN": bootstrap}
+        env["KAON_HOST"] = host
         if database_url:
             env["KAON_DATABASE_URL"] = database_url
+        if ray_address:
+            env["KAON_RAY_ADDRESS"] = ray_address
         daemon.start(env)
         with err.status(f"starting the control plane on {url} ..."):
             probe = Client(url, token="")

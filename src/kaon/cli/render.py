@@ -109,6 +109,8 @@ def nodes_table(nodes: Sequence[NodeView]) -> Table:
     table = Table(box=None, header_style="bold")
     for column in (
         "NODE",
+        "POOL",
+        "ADDRESS",
         "STATE",
         "CPU used/total",
         "MEMORY used/total",
@@ -119,9 +121,12 @@ def nodes_table(nodes: Sequence[NodeView]) -> Table:
         table.add_column(column)
     for n in nodes:
         models = sorted({g.model for g in n.gpus})
+        state = n.state if n.state == "ready" or not n.message else f"{n.state}: {n.message}"
         table.add_row(
             n.name,
-            n.state,
+            n.executor,
+            n.address,
+            state,
             f"{n.cpu_allocated:g}/{n.cpu:g}",
             f"{format_memory(n.memory_allocated)}/{format_memory(n.memory)}",
             f"{len(n.gpus_allocated)}/{len(n.gpus)}",

@@ -18,9 +18,10 @@ class NodeView(BaseModel):
 
     id: str
     name: str
-    executor: str
+    executor: str = Field(description="the pool the node belongs to ('local': this machine)")
     address: str
-    state: str
+    state: str = Field(description="'ready' when it takes work; otherwise `message` says why")
+    message: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     cpu: float
     memory: int

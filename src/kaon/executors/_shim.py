@@ -10,6 +10,12 @@ plane. It:
 - on SIGTERM forwards SIGTERM to the group, waits the grace period, then sends SIGKILL;
 - writes the true exit status to ``WORKER_DIR/exit.json`` (atomically) when the worker ends,
   so a control plane that restarts later still learns how the worker ended.
+
+On a Ray node (``detach`` in the launch spec) it first forks itself out of its parent's
+tree and writes its own ``pid.json``, so it outlives the node agent that started it, and
+it watches ``watch_pid`` (the node's raylet): when the node leaves the cluster, the worker
+is stopped at once and reported lost, so it cannot run on while its job is placed again
+elsewhere.
 """
 
 from __future__ import annotations
@@ -76,8 +82,36 @@ def _describe(code: int) -> tuple[int, str | None]:
     return 128 + sig, f"killed by {name}"
 
 
+def _detach(worker_dir: Path, port: int | None) -> None:
+    """Fork away from the parent (which exits at once) into a session of our own, and
+    record our pid the way the executor reads it."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    import psutil
+
+    me = psutil.Process()
+    _write_json(
+        worker_dir / "pid.json",
+        {"pid": me.pid, "create_time": me.create_time(), "port": port},
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def main(worker_dir: Path) -> int:
     spec = json.loads((worker_dir / "launch.json").read_text())
+    if spec.get("detach"):
+        _detach(worker_dir, spec.get("port"))
+    watch_pid = spec.get("watch_pid")
     grace_s = float(spec.get("grace_s", 10.0))
     memory_limit = int(spec.get("memory", 0))
     log = open(worker_dir / "log", "ab", buffering=0)
@@ -104,7 +138,7 @@ def main(worker_dir: Path) -> int:
         done.set()
 
     threading.Thread(target=wait_child, daemon=True).start()
-    state: dict[str, Any] = {"kill_at": None, "reason": None}
+    state: dict[str, Any] = {"kill_at": None, "reason": None, "lost": False}
 
     def on_term(_sig: int, _frame: Any) -> None:
         if state["kill_at"] is None:
@@ -120,6 +154,11 @@ def main(worker_dir: Path) -> int:
     while not done.wait(MEMORY_CHECK_S):
         if state["kill_at"] is not None and time.monotonic() >= state["kill_at"]:
             _killpg(child.pid, signal.SIGKILL)
+        if watch_pid and not state["lost"] and _gone(int(watch_pid)):
+            state["lost"] = True
+            state["reason"] = "lost: its node left the Ray cluster"
+            log.write(f"\nkaon: {state['reason']}\n".encode())
+            _killpg(child.pid, signal.SIGKILL)
         if memory_limit and state["reason"] is None:
             used = _tree_rss(child.pid)
             if used > memory_limit:
@@ -131,7 +170,10 @@ def main(worker_dir: Path) -> int:
                 _killpg(child.pid, signal.SIGKILL)
     _killpg(child.pid, signal.SIGKILL)  # leftovers of the group
     code, reason = _describe(child.returncode)
-    _write_json(worker_dir / "exit.json", {"exit_code": code, "reason": state["reason"] or reason})
+    ended = {"exit_code": None if state["lost"] else code, "reason": state["reason"] or reason}
+    if state["lost"]:
+        ended["lost"] = True
+    _write_json(worker_dir / "exit.json", ended)
     return 0
 
 

@@ -2,8 +2,12 @@
 
 An executor knows its nodes (inventory), launches a gang of workers with per-worker
 resources, reports each worker's state, returns its log, and stops it. The local executor
-runs child processes on this machine; a Ray executor runs the same gangs as Ray actors in
-a placement group. Reconcilers talk only to this interface.
+runs child processes on this machine; the Ray executor runs the same supervised processes
+on the nodes of a Ray cluster, through an agent on each node. `Pools` puts every executor
+of a control plane behind this one interface, so reconcilers talk only to it.
+
+Optional capabilities are protocols of their own, asked with ``isinstance``:
+`SupportsCapacityRequests` (an autoscaler can add nodes of the shapes asked for).
 
 Every call must be idempotent, because the control plane is crash-only: after a restart
 it repeats the step it was in the middle of. `launch` of a worker that already runs
@@ -32,6 +36,8 @@ class NodeInventory:
     memory: int
     gpus: tuple[GpuInfo, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    ready: bool = True  # False: it exists but cannot take work now (`message` says why)
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,10 @@ class GangLaunch:
     workers: tuple[WorkerLaunch, ...]
     snapshot: str | None = None  # path of a tar.gz to unpack as the working directory
     stop_grace_s: float = 10.0
+    snapshot_sha256: str | None = None  # the same code by its hash, for remote nodes to fetch
+    # The rendezvous of a gang that spans nodes, chosen on worker 0's node by executors
+    # that know other machines; None lets a one-machine executor pick it.
+    master: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,9 @@ class WorkerState:
     exit_code: int | None = None
     reason: str | None = None  # why it ended, in words a user can act on
     port: int | None = None  # KAON_PORT: a free port on its node kept for this worker
+    # It did not fail: its node died or left the pool, and the worker with it. The job is
+    # queued again without spending a retry, and resumes from its last checkpoint.
+    lost: bool = False
 
 
 @runtime_checkable
@@ -91,7 +104,8 @@ class Executor(Protocol):
         ...
 
     def checkpoint_dir(self, job_id: str) -> Path:
-        """Where a job's checkpoints live (KAON_CHECKPOINT_DIR), on the nodes it ran on."""
+        """The control plane's copy of a job's checkpoints: the local workers'
+        KAON_CHECKPOINT_DIR itself; remote nodes mirror theirs into it."""
         ...
 
     def logs(self, handle: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
@@ -100,4 +114,21 @@ class Executor(Protocol):
 
     def set_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from any thread) when a worker may have changed state."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the executor holds in this process (connections, helper
+        processes). Workers keep running: the next control plane adopts them."""
+        ...
+
+
+@runtime_checkable
+class SupportsCapacityRequests(Protocol):
+    """An executor whose pool can grow: an autoscaler adds nodes for the shapes asked for
+    and removes idle ones after its own idle timeout."""
+
+    def request_capacity(self, bundles: list[dict[str, float]]) -> None:
+        """Ask for enough nodes that all `bundles` (Ray resource dicts: ``CPU``, ``GPU``,
+        ``memory``) fit at once, running work included. Each call replaces the last; an
+        empty list lets idle nodes go."""
         ...

@@ -31,6 +31,7 @@ from kaon.executors.env import worker_env
 
 SHIM = Path(__file__).with_name("_shim.py")
 LOST_AFTER_S = 30.0  # a launch claimed but never started is declared lost after this
+DETACH_WAIT_S = 10.0  # for a detached supervisor to write its pid
 
 
 def local_nodes(
@@ -67,14 +68,31 @@ class LocalExecutor:
     name = "local"
 
     def __init__(
-        self, runs_dir: Path, checkpoints_dir: Path, node: NodeInventory | list[NodeInventory]
+        self,
+        runs_dir: Path,
+        checkpoints_dir: Path,
+        node: NodeInventory | list[NodeInventory],
+        *,
+        detach: bool = False,
+        watch_pid: int | None = None,
+        host_env: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         """One node, or several that share this machine (a pool to test gangs that span
-        nodes and placement across them, as Ray's ``cluster_utils.Cluster`` does)."""
+        nodes and placement across them, as Ray's ``cluster_utils.Cluster`` does).
+
+        `detach`: supervisors leave this process's tree (a double fork), so they outlive
+        it even when whoever stops it kills its children too (a Ray actor's fate).
+        `watch_pid`: supervisors stop their worker when that process is gone (the Ray
+        node's raylet: a worker must not outlive its node's membership of the cluster,
+        or it could run twice once its job is placed elsewhere).
+        """
         self.runs_dir = runs_dir
         self.checkpoints_dir = checkpoints_dir
         self.nodes = list(node) if isinstance(node, list) else [node]
         self.node = self.nodes[0]
+        self.detach = detach
+        self.watch_pid = watch_pid
+        self.host_env = host_env or _host_env
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
@@ -82,6 +100,9 @@ class LocalExecutor:
 
     def set_listener(self, callback: Callable[[], None]) -> None:
         self._listener = callback
+
+    def close(self) -> None:
+        return None  # workers are supervised by their own processes
 
     def inventory(self) -> list[NodeInventory]:
         return list(self.nodes)
@@ -95,14 +116,20 @@ class LocalExecutor:
         for w in gang.workers:
             if w.node_id not in {n.id for n in self.nodes}:
                 raise PermanentBackendError(f"node {w.node_id!r} is not this executor's")
+        return self.launch_on(gang, {n.id for n in self.nodes})
+
+    def launch_on(self, gang: GangLaunch, node_ids: set[str]) -> list[WorkerState]:
+        """Start (or adopt) the gang's workers that are placed on `node_ids`; the rest of
+        the gang runs elsewhere, but shapes every worker's layout (ranks, world size)."""
         attempt_dir = self.runs_dir / gang.job_id / str(gang.attempt)
         attempt_dir.mkdir(parents=True, exist_ok=True)
         cwd = self._working_dir(gang)
-        port = self._gang_port(attempt_dir)
-        states = []
-        for worker in sorted(gang.workers, key=lambda w: w.index):
-            states.append(self._launch_worker(gang, worker, attempt_dir, cwd, port))
-        return states
+        master = gang.master or (self.node.address, self.gang_port(gang.job_id, gang.attempt))
+        mine = [w for w in gang.workers if w.node_id in node_ids]
+        return [
+            self._launch_worker(gang, worker, attempt_dir, cwd, master)
+            for worker in sorted(mine, key=lambda w: w.index)
+        ]
 
     def _working_dir(self, gang: GangLaunch) -> Path:
         """The job's code: its snapshot unpacked once per job, or an empty folder."""
@@ -127,8 +154,11 @@ class LocalExecutor:
             shutil.rmtree(tmp, ignore_errors=True)  # another launch won the race
         return code
 
-    def _gang_port(self, attempt_dir: Path) -> int:
-        """MASTER_PORT, chosen once per attempt and remembered for re-launches."""
+    def gang_port(self, job_id: str, attempt: int) -> int:
+        """MASTER_PORT, chosen once per attempt on this node and remembered for
+        re-launches (a repeated launch must hand out the same rendezvous)."""
+        attempt_dir = self.runs_dir / job_id / str(attempt)
+        attempt_dir.mkdir(parents=True, exist_ok=True)
         path = attempt_dir / "gang.json"
         if path.exists():
             return int(json.loads(path.read_text())["master_port"])
@@ -142,7 +172,12 @@ class LocalExecutor:
             return int(s.getsockname()[1])
 
     def _launch_worker(
-        self, gang: GangLaunch, worker: WorkerLaunch, attempt_dir: Path, cwd: Path, port: int
+        self,
+        gang: GangLaunch,
+        worker: WorkerLaunch,
+        attempt_dir: Path,
+        cwd: Path,
+        master: tuple[str, int],
     ) -> WorkerState:
         wdir = attempt_dir / str(worker.index)
         handle = f"{gang.job_id}/{gang.attempt}/{worker.index}"
@@ -156,9 +191,9 @@ class LocalExecutor:
         env = worker_env(
             gang,
             worker,
-            self.node.address,
-            port,
-            _host_env(),
+            master[0],
+            master[1],
+            self.host_env(),
             node_address=self.node.address,
             port=own_port,
             checkpoint_dir=str(ckpt),
@@ -169,8 +204,13 @@ class LocalExecutor:
             "env": env,
             "memory": worker.memory,
             "grace_s": gang.stop_grace_s,
+            "port": own_port,
+            "detach": self.detach,
+            "watch_pid": self.watch_pid,
         }
         _write_json(wdir / "launch.json", spec)
+        if self.detach:
+            return self._launch_detached(handle, wdir, own_port)
         proc = subprocess.Popen(
             [sys.executable, str(SHIM), str(wdir)],
             stdin=subprocess.DEVNULL,
@@ -185,6 +225,26 @@ class LocalExecutor:
             self._children[handle] = proc
         threading.Thread(target=self._reap, args=(handle, proc), daemon=True).start()
         return WorkerState(handle=handle, alive=True, pid=proc.pid, port=own_port)
+
+    def _launch_detached(self, handle: str, wdir: Path, port: int) -> WorkerState:
+        """The supervisor forks itself away and writes its own pid.json; wait for that."""
+        with open(wdir / "supervisor.log", "ab") as log:
+            code = subprocess.call(
+                [sys.executable, str(SHIM), str(wdir)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + DETACH_WAIT_S
+        while (info := read_json(wdir / "pid.json")) is None:
+            if code != 0 or time.monotonic() > deadline:
+                raise PermanentBackendError(
+                    f"the worker's supervisor did not start (see {wdir / 'supervisor.log'})"
+                )
+            time.sleep(0.002)
+        return WorkerState(handle=handle, alive=True, pid=int(info["pid"]), port=port)
 
     def _reap(self, handle: str, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
@@ -207,14 +267,19 @@ class LocalExecutor:
     def _state(self, handle: str) -> WorkerState:
         wdir = self._dir(handle)
         exit_file = wdir / "exit.json"
-        pid_info = _read_json(wdir / "pid.json")
+        pid_info = read_json(wdir / "pid.json")
         pid = int(pid_info["pid"]) if pid_info else None
         port = int(pid_info["port"]) if pid_info and pid_info.get("port") else None
         if exit_file.exists():
-            done = _read_json(exit_file) or {}
+            done = read_json(exit_file) or {}
             code = done.get("exit_code")
             return WorkerState(
-                handle, False, pid, code if code is None else int(code), done.get("reason")
+                handle,
+                False,
+                pid,
+                code if code is None else int(code),
+                done.get("reason"),
+                lost=bool(done.get("lost")),
             )
         if pid_info is None:
             if not wdir.exists() or time.time() - wdir.stat().st_mtime > LOST_AFTER_S:
@@ -240,7 +305,7 @@ class LocalExecutor:
     def stop(self, handles: list[str], grace_s: float) -> None:
         for handle in handles:
             wdir = self._dir(handle)
-            pid_info = _read_json(wdir / "pid.json")
+            pid_info = read_json(wdir / "pid.json")
             if pid_info is None or (wdir / "exit.json").exists() or not _alive(pid_info):
                 continue
             if not (wdir / "stop.json").exists():
@@ -268,7 +333,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):

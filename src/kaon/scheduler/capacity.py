@@ -108,7 +108,7 @@ class FreeIndex:
     def roomiest(self, w: Workload) -> tuple[int, int] | None:
         """The listed node that hosts the most workers of `w`: (position, how many)."""
         best: tuple[int, int] | None = None
-        for k in range(len(self.buckets) - 1, max(w.gpus, 1) - 1, -1):
+        for k in range(len(self.buckets) - 1, w.gpus - 1, -1):
             for i in self.buckets[k]:
                 cap = self.capacity(i, w)
                 if cap and (best is None or cap > best[1]):

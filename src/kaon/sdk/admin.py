@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kaon.core.auth import CreatedToken, TokenView, WorkspaceView
+from kaon.core.errors import NotFoundError
 from kaon.core.nodes import NodeView
+from kaon.core.pools import PoolView
 from kaon.core.quotas import QuotaView
 
 if TYPE_CHECKING:
@@ -93,3 +95,29 @@ class Quotas:
 
     def delete(self, workspace: str) -> None:
         self._c.request("DELETE", f"/api/v1/quotas/{workspace}")
+
+
+class Pools:
+    """Where the compute comes from: ``client.pools.add("gpu", address="10.0.0.5:6379")``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def add(self, name: str, address: str, api_url: str | None = None) -> PoolView:
+        """Attach a Ray cluster (admin). Returns at once, while it connects."""
+        body = {"name": name, "kind": "ray", "address": address, "api_url": api_url}
+        return PoolView.model_validate(self._c.request("POST", "/api/v1/pools", json=body).json())
+
+    def list(self) -> list[PoolView]:
+        return [PoolView.model_validate(p) for p in self._c.request("GET", "/api/v1/pools").json()]
+
+    def get(self, name: str) -> PoolView:
+        for pool in self.list():
+            if pool.name == name:
+                return pool
+        raise NotFoundError(f"pool {name!r} not found")
+
+    def remove(self, name: str, force: bool = False) -> PoolView:
+        params = {"force": "true"} if force else {}
+        response = self._c.request("DELETE", f"/api/v1/pools/{name}", params=params)
+        return PoolView.model_validate(response.json())

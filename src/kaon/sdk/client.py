@@ -29,7 +29,7 @@ from kaon.core.errors import (
     PermissionDeniedError,
 )
 from kaon.core.quotas import QuotaSpec
-from kaon.sdk.admin import Nodes, Quotas, Tokens, Workspaces
+from kaon.sdk.admin import Nodes, Pools, Quotas, Tokens, Workspaces
 from kaon.sdk.config import load_config
 from kaon.sdk.deployments import Deployments
 from kaon.sdk.jobs import Jobs
@@ -88,6 +88,7 @@ class Client:
         self.workspaces = Workspaces(self)
         self.quotas = Quotas(self)
         self.deployments = Deployments(self)
+        self.pools = Pools(self)
 
     def close(self) -> None:
         self._http.close()

@@ -11,45 +11,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from kaon._version import __version__
 from kaon.autoscaling import LoadBoard
+from kaon.executors.base import Executor
 from kaon.executors.gpus import declared_gpus, discover_gpus
 from kaon.executors.local import LocalExecutor, local_nodes
+from kaon.executors.pools import Pools
 from kaon.server.config import Settings
 from kaon.server.context import ControlPlane
+from kaon.server.db.models import Pool
 from kaon.server.db.session import Database
 from kaon.server.errors import install_error_handlers
 from kaon.server.middleware import BodyLimit
 from kaon.server.reconcilers.deployments import DeploymentReconciler
 from kaon.server.reconcilers.jobs import JobReconciler, LaunchConfig
-from kaon.server.reconcilers.nodes import NodeReconciler
+from kaon.server.reconcilers.pools import PoolReconciler
 from kaon.server.routers import auth as auth_router
 from kaon.server.routers import deployments as deployments_router
 from kaon.server.routers import gateway as gateway_router
+from kaon.server.routers import job_files as job_files_router
 from kaon.server.routers import jobs as jobs_router
 from kaon.server.routers import nodes as nodes_router
+from kaon.server.routers import pools as pools_router
 from kaon.server.routers import quotas as quotas_router
 from kaon.server.routers import snapshots as snapshots_router
 from kaon.server.security.tokens import load_token_key
-from kaon.server.services import auth
+from kaon.server.services import auth, pools
 from kaon.server.services.gateway import RouteVersions
 
 JSON_BODY_LIMIT = 8 * 2**20
 ROUTERS = (
     auth_router.router,
     nodes_router.router,
+    pools_router.router,
     jobs_router.router,
     jobs_router.report_router,
     snapshots_router.router,
+    job_files_router.router,
     quotas_router.router,
     deployments_router.router,
     gateway_router.router,
 )
+
+
+def streams_its_body(path: str) -> bool:
+    """Uploads that their service streams to disk under a limit of its own (snapshots,
+    checkpoint files), exempt from the JSON body limit."""
+    return path.rstrip("/").endswith("/snapshots") or bool(
+        job_files_router.UPLOAD_PATH.fullmatch(path)
+    )
 
 
 def build_plane(settings: Settings) -> ControlPlane:
@@ -65,7 +80,8 @@ def build_plane(settings: Settings) -> ControlPlane:
         memory=settings.node_memory,
         labels=settings.labels,
     )
-    executor = LocalExecutor(settings.runs_dir, settings.home / "checkpoints", nodes)
+    local = LocalExecutor(settings.runs_dir, settings.checkpoints_dir, nodes)
+    executor = Pools(local, settings.checkpoints_dir)
     config = LaunchConfig(
         api_url=settings.api_url,
         blobs_dir=str(settings.blobs_dir),
@@ -79,11 +95,29 @@ def build_plane(settings: Settings) -> ControlPlane:
         db=db,
         executor=executor,
         jobs=jobs,
-        nodes=NodeReconciler(db, executor),
+        pools=PoolReconciler(db, executor, _executor_factory(settings), jobs.poke),
         deployments=DeploymentReconciler(db, loads, jobs.poke),
         loads=loads,
         routes=RouteVersions(),
     )
+
+
+def _executor_factory(settings: Settings) -> Callable[[Pool], Executor]:
+    """How an attached pool becomes an executor (Ray's is imported only when one is)."""
+
+    def make(row: Pool) -> Executor:
+        from kaon.executors.ray import RayExecutor, RayPool
+
+        pool = RayPool(
+            name=row.name,
+            address=row.address,
+            state_dir=settings.home / "pools" / row.name,
+            node_dir=settings.ray_node_dir,
+            api_url=row.api_url,
+        )
+        return RayExecutor(pool, settings.checkpoints_dir)
+
+    return make
 
 
 def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
@@ -98,7 +132,7 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     )
     app.state.plane = plane
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT, exempt_suffix="/snapshots")
+    app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT, exempt=streams_its_body)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -116,7 +150,7 @@ async def _lifespan(plane: ControlPlane, run_reconcilers: bool) -> AsyncIterator
     if run_reconcilers:
         tasks = [
             asyncio.create_task(plane.jobs.run_forever(), name="jobs"),
-            asyncio.create_task(plane.nodes.run_forever(), name="nodes"),
+            asyncio.create_task(plane.pools.run_forever(), name="pools"),
             asyncio.create_task(plane.deployments.run_forever(), name="deployments"),
         ]
     try:
@@ -137,6 +171,8 @@ async def start_plane(plane: ControlPlane) -> None:
     async with plane.db.session() as s:
         await auth.ensure_default_workspace(s)
         created = await auth.bootstrap_admin(s, settings.bootstrap_token)
+        if settings.ray_address:
+            await pools.ensure(s, "ray", settings.ray_address)
     if created and not settings.bootstrap_token:
         print(f"kaon: created the admin token (shown once): {created}", flush=True)
-    await plane.nodes.run_once()
+    await plane.pools.register_local()

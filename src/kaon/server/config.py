@@ -42,6 +42,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     upload_limit: int = 100 * 2**20  # bytes per working-directory snapshot
+    checkpoint_upload_limit: int = 64 * 2**30  # bytes per checkpoint file a node pushes
     reconcile_interval_s: float = 1.0
     stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this long
     node_name: str = "local"
@@ -52,6 +53,8 @@ class Settings:
     bootstrap_token: str | None = None  # the admin token to create on first start
     public_url: str | None = None  # how workers reach the API (default http://host:port)
     labels: dict[str, str] = field(default_factory=dict)
+    ray_address: str | None = None  # attach this Ray cluster as pool "ray" on start
+    ray_node_dir: str = "~/.kaon/nodes"  # on each Ray node: run folders, code, checkpoints
 
     @property
     def runs_dir(self) -> Path:
@@ -60,6 +63,11 @@ class Settings:
     @property
     def blobs_dir(self) -> Path:
         return self.home / "blobs"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Each job's KAON_CHECKPOINT_DIR (local executor) or its mirror (remote nodes)."""
+        return self.home / "checkpoints"
 
     @property
     def api_url(self) -> str:
@@ -81,6 +89,7 @@ class Settings:
             host=env.get("KAON_HOST", "127.0.0.1"),
             port=int(env.get("KAON_PORT", DEFAULT_PORT)),
             upload_limit=parse_memory(env.get("KAON_UPLOAD_LIMIT", "100Mi")),
+            checkpoint_upload_limit=parse_memory(env.get("KAON_CHECKPOINT_UPLOAD_LIMIT", "64Gi")),
             stop_grace_s=float(env.get("KAON_STOP_GRACE_S", "10")),
             node_cpus=float(cpus) if cpus else None,
             node_memory=parse_memory(memory) if memory else None,
@@ -88,6 +97,8 @@ class Settings:
             local_nodes=max(1, int(env.get("KAON_LOCAL_NODES", "1"))),
             bootstrap_token=env.get("KAON_BOOTSTRAP_TOKEN") or None,
             public_url=env.get("KAON_PUBLIC_URL") or None,
+            ray_address=env.get("KAON_RAY_ADDRESS") or None,
+            ray_node_dir=env.get("KAON_RAY_NODE_DIR") or "~/.kaon/nodes",
         )
         if "database_url" in overrides and isinstance(overrides["database_url"], str):
             overrides["database_url"] = normalize_database_url(overrides["database_url"])

@@ -5,30 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kaon.autoscaling import LoadBoard
-from kaon.executors.base import Executor
+from kaon.executors.pools import Pools
 from kaon.server.config import Settings
 from kaon.server.db.session import Database
 from kaon.server.reconcilers.deployments import DeploymentReconciler
 from kaon.server.reconcilers.jobs import JobReconciler
-from kaon.server.reconcilers.nodes import NodeReconciler
+from kaon.server.reconcilers.pools import PoolReconciler
 from kaon.server.services.gateway import RouteVersions
 from kaon.server.wake import Wake
 
 
 @dataclass(frozen=True)
 class ControlPlane:
-    """The control plane's parts: the database, the executor, the reconcilers and the
-    little state that lives in memory (the gateways' load reports, route versions)."""
+    """The control plane's parts: the database, the executors (one per pool, behind one
+    interface), the reconcilers and the little state that lives in memory (the gateways'
+    load reports, route versions)."""
 
     settings: Settings
     db: Database
-    executor: Executor
+    executor: Pools
     jobs: JobReconciler
-    nodes: NodeReconciler
+    pools: PoolReconciler
     deployments: DeploymentReconciler
     loads: LoadBoard
     routes: RouteVersions
 
     @property
     def wake(self) -> Wake:
-        return Wake(jobs=self.jobs.poke, deployments=self.deployments.poke)
+        return Wake(jobs=self.jobs.poke, deployments=self.deployments.poke, pools=self.pools.poke)

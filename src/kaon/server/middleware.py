@@ -9,15 +9,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413 (uploads have their own limit)."""
+    """Refuse request bodies over `limit` bytes with 413. Paths for which `exempt` is true
+    are uploads that their service streams to disk under a limit of its own."""
 
-    def __init__(self, app: ASGIApp, limit: int, exempt_suffix: str) -> None:
+    def __init__(self, app: ASGIApp, limit: int, exempt: Callable[[str], bool]) -> None:
         self.app = app
         self.limit = limit
-        self.exempt_suffix = exempt_suffix
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/").endswith(self.exempt_suffix):
+        if scope["type"] != "http" or self.exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers", [])).get(b"content-length")

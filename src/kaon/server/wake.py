@@ -18,3 +18,4 @@ class Wake:
 
     jobs: Callable[[], None] = _nothing
     deployments: Callable[[], None] = _nothing
+    pools: Callable[[], None] = _nothing

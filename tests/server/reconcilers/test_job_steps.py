@@ -160,3 +160,20 @@ class TestNextStep:
         assert next_step(facts, [alive(0)], NOW).stop_reason is R.TIMEOUT
         facts = replace(facts, started_at=NOW - timedelta(seconds=4.999))
         assert next_step(facts, [alive(0)], NOW) == Step()
+
+
+class TestLostWorkers:
+    def test_a_worker_lost_with_its_node_requeues_without_a_retry(self) -> None:
+        lost = WorkerState("j-1/1/1", alive=False, reason="lost: its node died", lost=True)
+        step = next_step(job(max_retries=0), [alive(0), lost], NOW)
+        assert step == Step(
+            status=S.PREEMPTED,
+            stop_reason=R.LOST,
+            stop_workers=True,
+            message="worker 1 lost: its node died; queued again to resume on other nodes",
+        )
+
+    def test_once_the_rest_are_gone_it_is_queued(self) -> None:
+        lost = WorkerState("j-1/1/1", alive=False, reason="lost", lost=True)
+        step = next_step(job(S.PREEMPTED, stop_reason=R.LOST), [exited(0, 137), lost], NOW)
+        assert step.status is S.QUEUED and step.stop_reason is R.LOST

@@ -237,6 +237,7 @@ PATH_VALUES = {
     "ref": "nobody",
     "sha256": "ab" * 32,
     "name": "nothing-here",
+    "path": "step-1/model.pt",
 }
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/tokens"): {"json": {"name": "sneaky"}},

@@ -86,14 +86,33 @@ class TokenWorkspace(Base):
     )
 
 
+class Pool(Base):
+    """A Ray cluster attached to the pool (the local machine is implicit, not a row)."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(255))
+    api_url: Mapped[str | None] = mapped_column(String(255), default=None)
+    state: Mapped[str] = mapped_column(String(16), default="connecting")
+    message: Mapped[str] = mapped_column(Text, default="")
+    elastic: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Node(Base):
+    """A node of a pool. `executor` is the name of its pool ("local" for this machine)."""
+
     __tablename__ = "nodes"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
-    executor: Mapped[str] = mapped_column(String(32))
+    executor: Mapped[str] = mapped_column(String(63))
     address: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(16), default="ready")
+    message: Mapped[str] = mapped_column(Text, default="", server_default="")
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cpu: Mapped[float] = mapped_column(Float)
     memory: Mapped[int] = mapped_column(BigInteger)

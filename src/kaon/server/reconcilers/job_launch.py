@@ -71,7 +71,11 @@ async def _launch_one(
     try:
         states = await asyncio.to_thread(executor.launch, gang(job, workers, config))
     except TemporaryBackendError as e:
-        logger.warning("launch of %s failed, will retry: %s", job.id, e)
+        message = f"waiting to start: {e}"
+        if job.message != message:  # say it once, not every pass
+            logger.warning("launch of %s failed, will retry: %s", job.id, e)
+            async with db.session() as s:
+                await guarded_update(s, job, {"message": message})
         return True
     except (PermanentBackendError, OSError) as e:
         values = {"stop_reason": StopReason.FAILED.value, "message": f"cannot start: {e}"}

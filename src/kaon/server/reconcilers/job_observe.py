@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kaon.core.errors import TemporaryBackendError
 from kaon.core.jobs import JobStatus, StopReason
 from kaon.executors.base import Executor, WorkerState
 from kaon.server.db.models import Job, Worker
@@ -40,13 +41,25 @@ async def observe(
         handles = [w.handle for w in mine if w.handle]
         if not handles and job.status == JobStatus.STARTING.value and job.stop_reason is None:
             continue  # not launched yet: the launch step does that
-        states = await asyncio.to_thread(executor.status, handles) if handles else []
-        step = next_step(facts(job), states, clock())
-        if step.stop_workers:
-            alive = [st.handle for st in states if st.alive]
-            await asyncio.to_thread(executor.stop, alive, grace_s)
+        try:
+            states = await asyncio.to_thread(executor.status, handles) if handles else []
+            step = next_step(facts(job), states, clock())
+            if step.stop_workers:
+                alive = [st.handle for st in states if st.alive]
+                await asyncio.to_thread(executor.stop, alive, grace_s)
+        except TemporaryBackendError as e:
+            # Its pool cannot be reached now: nothing is known, so nothing is decided.
+            await _note(db, job, f"cannot see its workers now: {e}")
+            continue
         await _apply(db, job, mine, states, step, clock())
     return False
+
+
+async def _note(db: Database, job: Job, message: str) -> None:
+    """Say why a job is stuck, once (only when the message changes)."""
+    if job.message != message:
+        async with db.session() as s:
+            await guarded_update(s, job, {"message": message})
 
 
 def facts(job: Job) -> JobFacts:

@@ -73,6 +73,12 @@ def next_step(job: JobFacts, states: list[WorkerState], now: datetime) -> Step:
         and (now - job.started_at).total_seconds() > job.timeout_s
     ):
         return _stopping(StopReason.TIMEOUT, alive, f"timed out after {job.timeout_s:g} s", job)
+    lost = [s for s in states if not s.alive and s.lost]
+    if lost:
+        index = lost[0].handle.rsplit("/", 1)[-1]
+        why = lost[0].reason or "was lost with its node"
+        message = f"worker {index} {why}; queued again to resume on other nodes"
+        return _stopping(StopReason.LOST, alive, message, job)
     failed = [s for s in states if not s.alive and s.exit_code != 0]
     if failed:
         return _on_failure(job, failed, alive)

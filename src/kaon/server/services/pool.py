@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,7 +25,8 @@ from kaon.scheduler import NodeCapacity, PoolState, Quota, WorkerPlacement, Work
 from kaon.server.db.models import Job, Node, Worker, utcnow
 
 HOLDING = [s.value for s in JobStatus if s.holds_resources()]
-READY = "ready"
+READY = "ready"  # a node's state when it takes work; anything else says why not
+NOT_READY = "not-ready"
 _SPEC_CACHE_MAX = 100_000
 _specs: dict[str, JobSpec] = {}
 
@@ -101,6 +102,7 @@ def node_capacity(node: Node, held: Held | None = None) -> NodeCapacity:
         gpus_free=tuple(g for g in gpus if g not in held.gpus),
         gpu_type=models.pop() if len(models) == 1 else None,
         labels=tuple(sorted((str(k), str(v)) for k, v in node.labels.items())),
+        domain=node.executor,
     )
 
 
@@ -224,18 +226,48 @@ async def check_job_fits(session: AsyncSession, spec: JobSpec) -> None:
 # --- nodes: inventory and the API's view ---------------------------------------------------
 
 
-async def register_node(session: AsyncSession, inv: NodeInventory, executor: str) -> None:
-    """Insert or refresh a node's inventory and heartbeat."""
+HEARTBEAT_EVERY = timedelta(seconds=15)
+
+
+async def register_node(session: AsyncSession, inv: NodeInventory, pool: str) -> None:
+    """Insert or refresh a node's inventory. Unchanged nodes are written only for a
+    heartbeat every `HEARTBEAT_EVERY`, so a pool of many nodes polled every few seconds
+    does not rewrite every row each time."""
     node = await session.get(Node, inv.id)
     if node is None:
-        node = Node(id=inv.id, executor=executor)
+        node = Node(id=inv.id, executor=pool)
         session.add(node)
-    node.name, node.address, node.executor = inv.name, inv.address, executor
-    node.cpu, node.memory = inv.cpu, inv.memory
-    node.gpus = [g.model_dump() for g in inv.gpus]
-    node.labels = dict(inv.labels)
-    node.state = READY
-    node.heartbeat_at = utcnow()
+    values: dict[str, object] = {
+        "name": inv.name,
+        "address": inv.address,
+        "executor": pool,
+        "cpu": inv.cpu,
+        "memory": inv.memory,
+        "gpus": [g.model_dump() for g in inv.gpus],
+        "labels": dict(inv.labels),
+        "state": READY if inv.ready else NOT_READY,
+        "message": inv.message,
+    }
+    now = utcnow()
+    changed = any(getattr(node, k, None) != v for k, v in values.items())
+    stale = node.heartbeat_at is None or now - node.heartbeat_at > HEARTBEAT_EVERY
+    if changed or stale:
+        for key, value in values.items():
+            setattr(node, key, value)
+        node.heartbeat_at = now
+        await session.flush()
+
+
+async def mark_nodes(
+    session: AsyncSession, pool: str, state: str, message: str, keep: Iterable[str] = ()
+) -> None:
+    """Every node of `pool` but those in `keep` to `state` (a pool that cannot be reached,
+    nodes that left it)."""
+    kept = set(keep)
+    rows = await session.execute(select(Node).where(Node.executor == pool))
+    for node in rows.scalars():
+        if node.id not in kept and (node.state, node.message) != (state, message):
+            node.state, node.message = state, message
     await session.flush()
 
 
@@ -252,6 +284,7 @@ def _node_view(n: Node, held: Held) -> NodeView:
         executor=n.executor,
         address=n.address,
         state=n.state,
+        message=n.message,
         labels=n.labels,
         cpu=n.cpu,
         memory=n.memory,
