@@ -11,11 +11,10 @@ plane. It:
 - writes the true exit status to ``WORKER_DIR/exit.json`` (atomically) when the worker ends,
   so a control plane that restarts later still learns how the worker ended.
 
-On a Ray node (``detach`` in the launch spec) it first forks itself out of its parent's
-tree and writes its own ``pid.json``, so it outlives the node agent that started it, and
-it watches ``watch_pid`` (the node's raylet): when the node leaves the cluster, the worker
-is stopped at once and reported lost, so it cannot run on while its job is placed again
-elsewhere.
+On a Ray node it is started out of the node agent's process tree (so it outlives the
+agent), and it watches ``watch_pid`` (the node's raylet): when the node leaves the
+cluster, the worker is stopped at once and reported lost, so it cannot run on while its
+job is placed again elsewhere.
 """
 
 from __future__ import annotations
@@ -82,21 +81,6 @@ def _describe(code: int) -> tuple[int, str | None]:
     return 128 + sig, f"killed by {name}"
 
 
-def _detach(worker_dir: Path, port: int | None) -> None:
-    """Fork away from the parent (which exits at once) into a session of our own, and
-    record our pid the way the executor reads it."""
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    import psutil
-
-    me = psutil.Process()
-    _write_json(
-        worker_dir / "pid.json",
-        {"pid": me.pid, "create_time": me.create_time(), "port": port},
-    )
-
-
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,8 +93,6 @@ def _gone(pid: int) -> bool:
 
 def main(worker_dir: Path) -> int:
     spec = json.loads((worker_dir / "launch.json").read_text())
-    if spec.get("detach"):
-        _detach(worker_dir, spec.get("port"))
     watch_pid = spec.get("watch_pid")
     grace_s = float(spec.get("grace_s", 10.0))
     memory_limit = int(spec.get("memory", 0))

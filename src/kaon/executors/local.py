@@ -205,7 +205,6 @@ class LocalExecutor:
             "memory": worker.memory,
             "grace_s": gang.stop_grace_s,
             "port": own_port,
-            "detach": self.detach,
             "watch_pid": self.watch_pid,
         }
         _write_json(wdir / "launch.json", spec)
@@ -227,24 +226,28 @@ class LocalExecutor:
         return WorkerState(handle=handle, alive=True, pid=proc.pid, port=own_port)
 
     def _launch_detached(self, handle: str, wdir: Path, port: int) -> WorkerState:
-        """The supervisor forks itself away and writes its own pid.json; wait for that."""
-        with open(wdir / "supervisor.log", "ab") as log:
-            code = subprocess.call(
-                [sys.executable, str(SHIM), str(wdir)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
-        deadline = time.monotonic() + DETACH_WAIT_S
-        while (info := read_json(wdir / "pid.json")) is None:
-            if code != 0 or time.monotonic() > deadline:
-                raise PermanentBackendError(
-                    f"the worker's supervisor did not start (see {wdir / 'supervisor.log'})"
-                )
-            time.sleep(0.002)
-        return WorkerState(handle=handle, alive=True, pid=int(info["pid"]), port=port)
+        """Start the supervisor as an orphan: a shell starts it in the background, prints
+        its pid and exits, so it is nobody's child (a Ray actor's children die with it).
+        The shell costs a millisecond where a Python parent would cost tens."""
+        script = 'exec 0</dev/null; "$0" "$1" "$2" >/dev/null 2>>"$3" & echo $!'
+        argv = ["/bin/sh", "-c", script, sys.executable, str(SHIM), str(wdir)]
+        done = subprocess.run(
+            [*argv, str(wdir / "supervisor.log")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            timeout=DETACH_WAIT_S,
+        )
+        try:
+            pid = int(done.stdout.decode().strip())
+        except ValueError:
+            raise PermanentBackendError(
+                f"the worker's supervisor did not start (see {wdir / 'supervisor.log'})"
+            ) from None
+        info = {"pid": pid, "create_time": _create_time(pid), "port": port}
+        _write_json(wdir / "pid.json", info)
+        return WorkerState(handle=handle, alive=True, pid=pid, port=port)
 
     def _reap(self, handle: str, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()

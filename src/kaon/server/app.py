@@ -113,7 +113,8 @@ def _executor_factory(settings: Settings) -> Callable[[Pool], Executor]:
             address=row.address,
             state_dir=settings.home / "pools" / row.name,
             node_dir=settings.ray_node_dir,
-            api_url=row.api_url,
+            api_url=row.api_url or settings.public_url,
+            listens_everywhere=settings.host in ("0.0.0.0", "::", ""),
         )
         return RayExecutor(pool, settings.checkpoints_dir)
 

@@ -57,6 +57,8 @@ class RayPool:
     state_dir: Path  # this machine: the bridge's log and the node it may join
     node_dir: str = "~/.kaon/nodes"  # each node: run folders, code cache, checkpoints
     api_url: str | None = None  # how its nodes reach the control plane, if not as workers do
+    # The control plane listens on every address: tell nodes the one on their route.
+    listens_everywhere: bool = False
 
 
 class RayExecutor:
@@ -80,7 +82,9 @@ class RayExecutor:
         return [wire.node_from_wire(n) for n in self._call("inventory")]
 
     def launch(self, gang: GangLaunch) -> list[WorkerState]:
-        api_url = self.pool.api_url or _reachable(gang.env.get("KAON_API_URL", ""), self._local_ip)
+        api_url = self.pool.api_url or gang.env.get("KAON_API_URL", "")
+        if not self.pool.api_url and self.pool.listens_everywhere:
+            api_url = _reachable(api_url, self._local_ip)
         gang = replace(gang, env={**gang.env, "KAON_API_URL": api_url})
         states = self._call("launch", gang=wire.gang_to_wire(gang))
         return [wire.state_from_wire(s) for s in states]
@@ -161,9 +165,9 @@ _LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]", "::")
 
 
 def _reachable(api_url: str, local_ip: str) -> str:
-    """The control plane's URL as another machine can use it: a loopback or wildcard host
-    becomes this machine's address on the route to the cluster (the control plane must
-    listen there: ``kaon up --host 0.0.0.0``)."""
+    """The control plane's URL as another machine can use it, when the control plane
+    listens on every address: a loopback or wildcard host becomes this machine's address
+    on the route to the cluster."""
     parts = urlsplit(api_url)
     if not local_ip or parts.hostname not in _LOOPBACK or local_ip.startswith("127."):
         return api_url

@@ -22,6 +22,7 @@ safe.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -49,6 +50,22 @@ FINAL_PUSH_TRIES = 3
 FINALIZED = "finalized"  # marker file in a worker's folder: its last push is done
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """A digest of the code this process loaded, so a bridge replaces an agent started
+    from other code (an upgrade; a control plane and a node on different installs) even
+    when the version string did not change. Taken once, when first asked (the agent asks
+    as it starts), so it describes the code in memory, not files changed since."""
+    import hashlib
+
+    from kaon.executors import _shim, local, node_sync
+
+    digest = hashlib.sha256(__version__.encode())
+    for module in (_shim, local, node_sync, wire, sys.modules[__name__]):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def placement_group_name(job_id: str, attempt: int, node_id: str) -> str:
     """The Ray placement group that reserves one attempt's workers on one node."""
     return f"kaon-{job_id}-{attempt}-{node_id}"
@@ -64,6 +81,7 @@ class NodeAgent:
         self.dir = Path(os.path.expanduser(node_dir)) / pool / node_id
         self.cache = self.dir / "cache"
         self.raylet_pid = os.getppid()  # a Ray worker's parent is its node's raylet
+        code_fingerprint()  # of the code loaded now
         node = NodeInventory(id=node_id, name=node_id, address=address, cpu=0.0, memory=0)
         self.local = LocalExecutor(
             self.dir / "runs",
@@ -89,6 +107,7 @@ class NodeAgent:
         return {
             "node_id": self.node_id,
             "version": __version__,
+            "code": code_fingerprint(),
             "python": sys.version.split()[0],
             "hostname": socket.gethostname(),
             "gpus": [g.model_dump() for g in discover_gpus()],

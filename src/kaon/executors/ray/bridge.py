@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kaon._version import __version__
 from kaon.core.errors import BackendError, PermanentBackendError, TemporaryBackendError
 from kaon.core.nodes import GpuInfo
 from kaon.executors.base import NodeInventory, WorkerState
 from kaon.executors.ray import wire
-from kaon.executors.ray.agent import NodeAgent, placement_group_name
+from kaon.executors.ray.agent import NodeAgent, code_fingerprint, placement_group_name
 
 NAMESPACE = "kaon"
 ROLE_LABEL = "kaon.io/role"
@@ -125,7 +124,10 @@ def has_local_node(address: str) -> bool:
             continue
         if not any("raylet" in part for part in cmd[:1]) and proc.info["name"] != "raylet":
             continue
-        args = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+        args = {
+            k.replace("_", "-"): v
+            for k, v in (a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+        }  # raylets spell some flags with '_' (--node_ip_address), others with '-'
         if args.get("--gcs-address") in gcs and args.get("--node-ip-address") in mine:
             return True
     return False
@@ -220,13 +222,18 @@ class Bridge:
         self.gpus: dict[str, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._agent_class: Any = ray.remote(NodeAgent)
+        self.fingerprint = code_fingerprint()
 
     # -- requests ----------------------------------------------------------------------
 
     def handle(self, request: dict[str, Any]) -> None:
         rid = request.get("id")
         try:
+            t0 = time.perf_counter()
             result = getattr(self, f"op_{request['op']}")(**request.get("args", {}))
+            if os.environ.get("KAON_BRIDGE_TIMING"):
+                took = 1000 * (time.perf_counter() - t0)
+                print(f"{request['op']} {took:.1f} ms", file=sys.stderr, flush=True)
             self.out.send({"id": rid, "ok": result})
         except Exception as e:
             self.out.send({"id": rid, "error": wire.error_to_wire(_backend_error(e))})
@@ -349,11 +356,13 @@ class Bridge:
         except Exception as e:
             self.problems[node.kaon_id] = _agent_problem(e)
             return
-        if info.get("version") != __version__:
-            self.ray.kill(handle)  # an agent of another Kaon: the next pass starts ours
+        if info.get("code") != self.fingerprint:
+            # An agent of another Kaon: the next pass starts ours. Its workers carry on
+            # (their supervisors left its process tree) and the new agent adopts them.
+            self.ray.kill(handle)
             self.problems[node.kaon_id] = (
-                f"its agent runs Kaon {info.get('version')}, the control plane "
-                f"{__version__}; starting a new one"
+                f"its agent runs other Kaon code ({info.get('version')}, "
+                f"{info.get('code')}); starting a new one"
             )
             return
         self.problems.pop(node.kaon_id, None)
