@@ -127,6 +127,8 @@ class SupportsCapacityRequests(Protocol):
     """An executor whose pool can grow: an autoscaler adds nodes for the shapes asked for
     and removes idle ones after its own idle timeout."""
 
+    elastic: bool  # an autoscaler is there now (a Ray cluster may have none)
+
     def request_capacity(self, bundles: list[dict[str, float]]) -> None:
         """Ask for enough nodes that all `bundles` (Ray resource dicts: ``CPU``, ``GPU``,
         ``memory``) fit at once, running work included. Each call replaces the last; an

@@ -78,7 +78,7 @@ class Pools:
         """The pools whose autoscaler can add nodes."""
         with self._lock:
             items = list(self._executors.items())
-        return {p: e for p, e in items if isinstance(e, SupportsCapacityRequests)}
+        return {p: e for p, e in items if isinstance(e, SupportsCapacityRequests) and e.elastic}
 
     # -- the Executor interface --------------------------------------------------------
 

@@ -6,6 +6,7 @@ simulator call the very same code. `schedule(pool)` runs Kaon's policy; the base
 """
 
 from kaon.scheduler.capacity import fits_anywhere, place_gang
+from kaon.scheduler.demand import capacity_demand
 from kaon.scheduler.engine import schedule
 from kaon.scheduler.model import (
     Decisions,
@@ -44,6 +45,7 @@ __all__ = [
     "SrtfPolicy",
     "WorkerPlacement",
     "Workload",
+    "capacity_demand",
     "fits_anywhere",
     "get_policy",
     "place_gang",

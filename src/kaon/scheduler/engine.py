@@ -74,6 +74,7 @@ class Pass:
         self.held: list[int] = []
         self.shadow: float | None = None
         self.blocker: Workload | None = None
+        self.short: list[str] = []
 
     def run(self) -> Decisions:
         key = self.policy.key
@@ -88,6 +89,7 @@ class Pass:
             preemptions=tuple(self.preemptions),
             waiting=self.waiting,
             reserved=self.reserved,
+            short_of_capacity=tuple(self.short),
         )
 
     def _consider(self, k: Key, w: Workload) -> str | None:
@@ -95,6 +97,7 @@ class Pass:
         if w.not_before is not None and w.not_before > self.now:
             return "backing off before a retry"
         if self.blocker is not None:
+            self.short.append(w.id)
             return _behind(self.blocker, w)
         refusal = self._refusal(w) if self.ledger is not None else None
         swappable = self.policy.preempts and self.policy.borrow_by_rank
@@ -105,7 +108,10 @@ class Pass:
         if placed is None and self.policy.preempts:
             placed = self._preempt(k, w, swap)
         if placed is None:
-            return refusal[0] if refusal is not None else self._block(w)
+            if refusal is not None:
+                return refusal[0]
+            self.short.append(w.id)
+            return self._block(w)
         self.placements.append(Placement(w.id, placed))
         if self.ledger is not None:
             self.ledger.add(w, +1)

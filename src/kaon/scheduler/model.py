@@ -121,3 +121,6 @@ class Decisions:
     waiting: dict[str, str] = field(default_factory=dict)  # workload id -> why it waits
     # Nodes held back for a waiting gang so that backfilled jobs cannot take them.
     reserved: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Waiting workloads that only lack capacity (their quota admits them, no back-off):
+    # more nodes would let them start. What an elastic pool's autoscaler is asked for.
+    short_of_capacity: tuple[str, ...] = ()

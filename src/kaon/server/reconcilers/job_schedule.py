@@ -8,14 +8,18 @@ waiting one its reason in plain words.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import update
 
+from kaon.core.errors import BackendError
 from kaon.core.jobs import JobStatus, StopReason
 from kaon.core.tokens import hash_token
-from kaon.scheduler import WorkerPlacement
+from kaon.executors.pools import Pools
+from kaon.scheduler import Decisions, PoolState, WorkerPlacement, capacity_demand
 from kaon.scheduler import schedule as decide
 from kaon.server.db.models import Job, Worker
 from kaon.server.db.session import Database
@@ -24,20 +28,60 @@ from kaon.server.services.job_state import guarded_update
 from kaon.server.services.pool import load_pass, stored_spec
 from kaon.server.services.quotas import scheduler_quotas
 
+logger = logging.getLogger("kaon.reconciler.jobs")
 
-async def schedule(db: Database, clock: Callable[[], datetime], token_key: bytes) -> bool:
+
+class CapacityRequests:
+    """Asks each elastic pool's autoscaler for what waiting work needs (`capacity_demand`),
+    again only when that changes, and for nothing once nothing waits."""
+
+    def __init__(self, pools: Pools) -> None:
+        self.pools = pools
+        self.sent: dict[str, list[dict[str, float]]] = {}
+
+    async def update(self, state: PoolState | None, decisions: Decisions | None) -> None:
+        for name, executor in self.pools.elastic().items():
+            bundles = []
+            if state is not None and decisions is not None:
+                bundles = capacity_demand(state, decisions, name)
+            if self.sent.get(name) == bundles:
+                continue
+            try:
+                await asyncio.to_thread(executor.request_capacity, bundles)
+            except BackendError as e:
+                logger.warning("cannot ask pool %s for capacity: %s", name, e)
+                continue
+            self.sent[name] = bundles
+
+
+async def schedule(
+    db: Database,
+    clock: Callable[[], datetime],
+    token_key: bytes,
+    capacity: CapacityRequests | None = None,
+) -> bool:
     """One scheduling pass. True when it preempted a job (observe it at once)."""
     async with db.session() as s:
         inputs = await load_pass(s, clock(), await scheduler_quotas(s))
     if inputs is None:
+        if capacity is not None:
+            await capacity.update(None, None)
         return False
     decisions = decide(inputs.state)
+    if capacity is not None:
+        await capacity.update(inputs.state, decisions)
     for placement in decisions.placements:
         await _place(db, inputs.jobs[placement.workload_id], placement.workers, token_key)
     for preemption in decisions.preemptions:
         await _preempt(db, inputs.jobs[preemption.workload_id], preemption.reason)
     queued = [j for j in inputs.jobs.values() if j.status == JobStatus.QUEUED.value]
-    await _note_waiting(db, queued, decisions.waiting)
+    waiting = dict(decisions.waiting)
+    growing = sorted(capacity.pools.elastic()) if capacity is not None else []
+    if growing:
+        asked = f"; asked the autoscaler of pool {', '.join(growing)} for nodes"
+        for job_id in decisions.short_of_capacity:
+            waiting[job_id] = waiting.get(job_id, "waiting for capacity") + asked
+    await _note_waiting(db, queued, waiting)
     return bool(decisions.preemptions)
 
 

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from kaon.executors.base import Executor
+from kaon.executors.pools import Pools
 from kaon.server.db.models import utcnow
 from kaon.server.db.session import Database
 from kaon.server.reconcilers.job_launch import LaunchConfig, launch
 from kaon.server.reconcilers.job_observe import observe
-from kaon.server.reconcilers.job_schedule import schedule
+from kaon.server.reconcilers.job_schedule import CapacityRequests, schedule
 from kaon.server.reconcilers.loop import Loop
 
 __all__ = ["JobReconciler", "LaunchConfig"]
@@ -48,6 +49,7 @@ class JobReconciler(Loop):
         self.config = config
         self.clock = clock
         self.interval_s = interval_s
+        self.capacity = CapacityRequests(executor) if isinstance(executor, Pools) else None
 
     async def started(self) -> None:
         self.executor.set_listener(self.poke)  # a worker that ends wakes the loop
@@ -56,6 +58,6 @@ class JobReconciler(Loop):
         """One pass. True when it left work for an immediate next pass (a job it stopped
         or preempted, whose workers must be observed gone before it moves on)."""
         again = await observe(self.db, self.executor, self.config.stop_grace_s, self.clock)
-        again |= await schedule(self.db, self.clock, self.config.token_key)
+        again |= await schedule(self.db, self.clock, self.config.token_key, self.capacity)
         again |= await launch(self.db, self.executor, self.config, self.clock)
         return again

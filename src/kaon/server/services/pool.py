@@ -22,7 +22,7 @@ from kaon.core.nodes import GpuInfo, NodeView
 from kaon.core.resources import Resources
 from kaon.executors.base import NodeInventory
 from kaon.scheduler import NodeCapacity, PoolState, Quota, WorkerPlacement, Workload, fits_anywhere
-from kaon.server.db.models import Job, Node, Worker, utcnow
+from kaon.server.db.models import Job, Node, Pool, Worker, utcnow
 
 HOLDING = [s.value for s in JobStatus if s.holds_resources()]
 READY = "ready"  # a node's state when it takes work; anything else says why not
@@ -194,7 +194,11 @@ async def check_fits(
     workers: int = 1,
     labels: Mapping[str, str] | None = None,
 ) -> None:
-    """422 for work that could not run even on an empty pool, naming what is too big."""
+    """422 for work that could not run even on an empty pool, naming what is too big.
+    A pool with an autoscaler may add nodes of shapes not seen yet, so while one is
+    attached nothing is refused here: such work waits, saying it asked for nodes."""
+    if await session.scalar(select(Pool.name).where(Pool.elastic.is_(True)).limit(1)):
+        return
     nodes = [node_capacity(n) for n in (await session.execute(select(Node))).scalars()]
     if not nodes:
         raise InvalidSpecError("the pool has no nodes yet", field="resources")
