@@ -20,7 +20,7 @@ from tests.conftest import ADMIN_TOKEN, RunningServer, free_port, kill_workers
 class ServerProcess:
     """`python -m kaon.server` with its own home, port and database."""
 
-    def __init__(self, home: Path, db_url: str) -> None:
+    def __init__(self, home: Path, db_url: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -33,6 +33,7 @@ class ServerProcess:
             "KAON_NODE_CPUS": "8",
             "KAON_NODE_MEMORY": "16Gi",
             "KAON_STOP_GRACE_S": "3",
+            **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -60,6 +61,12 @@ class ServerProcess:
 
     def client(self) -> Client:
         return Client(self.url, token=ADMIN_TOKEN)
+
+    def running(self) -> RunningServer:
+        """As the in-process fixtures describe a server (for the gateway fixture)."""
+        from kaon.server.config import Settings
+
+        return RunningServer(self.url, Settings(home=self.home, database_url=""))
 
 
 @pytest.fixture

@@ -116,13 +116,10 @@ class Pools:
             by_pool.setdefault(pool, []).append((i, inner))
         out: list[WorkerState | None] = [None] * len(handles)
         for pool, items in by_pool.items():
-            executor = self.get(pool)
-            if executor is None:
-                states = [_gone(handles[i], pool) for i, _ in items]
-            else:
-                states = [
-                    _prefixed(pool, st) for st in executor.status([inner for _, inner in items])
-                ]
+            # A pool not attached (yet: a control plane that just started attaches its
+            # pools on its first pass) knows nothing of its workers: nothing is decided.
+            executor = self._executor(pool)
+            states = [_prefixed(pool, st) for st in executor.status([inner for _, inner in items])]
             for (i, _), st in zip(items, states, strict=True):
                 out[i] = st
         return [st for st in out if st is not None]
@@ -163,7 +160,7 @@ class Pools:
     def _executor(self, pool: str) -> Executor:
         executor = self.get(pool)
         if executor is None:
-            raise TemporaryBackendError(f"pool {pool!r} is not attached")
+            raise TemporaryBackendError(f"pool {pool!r} is not attached (yet)")
         return executor
 
     def _pool_of_gang(self, gang: GangLaunch) -> str:
@@ -182,10 +179,3 @@ def _prefixed(pool: str, state: WorkerState) -> WorkerState:
     if pool == LOCAL_POOL:
         return state
     return replace(state, handle=f"{pool}{SEPARATOR}{state.handle}")
-
-
-def _gone(handle: str, pool: str) -> WorkerState:
-    """A worker of a pool that was removed while it ran: lost with its pool."""
-    return WorkerState(
-        handle, alive=False, reason=f"lost: its pool {pool!r} was removed", lost=True
-    )

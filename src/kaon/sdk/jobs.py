@@ -53,8 +53,10 @@ class Jobs:
         max_retries: int | None = None,
         timeout_s: float | None = None,
         priority: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> JobView:
-        """Submit a job from a spec, keyword arguments, or both (keywords win)."""
+        """Submit a job from a spec, keyword arguments, or both (keywords win). `labels`
+        are node labels the job's nodes must carry (``{"kaon.io/pool": "ray"}``)."""
         data: dict[str, Any] = {}
         if spec is not None:
             data = spec.model_dump(exclude_unset=True) if isinstance(spec, JobSpec) else dict(spec)
@@ -73,6 +75,7 @@ class Jobs:
             ("max_retries", max_retries),
             ("timeout_s", timeout_s),
             ("priority", priority),
+            ("labels", labels),
         )
         for key, value in fields:
             if value is not None:

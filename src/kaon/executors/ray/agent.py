@@ -45,9 +45,10 @@ from kaon.executors.ray import wire
 logger = logging.getLogger("kaon.ray.agent")
 
 WATCH_S = 0.05  # how often ended workers are looked for
-PUSH_EVERY_S = 5.0  # how often running jobs' checkpoints are pushed
+PUSH_EVERY_S = 2.0  # how often running jobs' checkpoints are pushed
 FINAL_PUSH_TRIES = 3
 FINALIZED = "finalized"  # marker file in a worker's folder: its last push is done
+PULLED = "checkpoints-pulled"  # marker in an attempt's folder: its checkpoints are here
 
 
 @functools.cache
@@ -122,14 +123,17 @@ class NodeAgent:
         """Start this node's workers of the gang (or adopt those already started)."""
         gang = wire.gang_from_wire(gang_data)
         api_url, token = gang.env.get("KAON_API_URL", ""), gang.env.get("KAON_JOB_TOKEN", "")
-        first = not (self.local.runs_dir / gang.job_id / str(gang.attempt)).exists()
         if gang.snapshot_sha256:
             path = fetch_code(
                 self.http, api_url, gang.job_id, token, gang.snapshot_sha256, self.cache
             )
             gang = replace(gang, snapshot=str(path))
-        if first and api_url:
+        attempt_dir = self.local.runs_dir / gang.job_id / str(gang.attempt)
+        pulled = attempt_dir / PULLED
+        if api_url and not pulled.exists():  # once per attempt: resume where it stopped
             self.mirror.pull(gang.job_id, token, api_url, self.local.checkpoint_dir(gang.job_id))
+            attempt_dir.mkdir(parents=True, exist_ok=True)
+            pulled.touch()
         with self._lock:
             self._jobs[gang.job_id] = (api_url, token)
         states = self.local.launch_on(gang, {self.node_id})
