@@ -29,6 +29,12 @@ from kaon.server.config import Settings, normalize_database_url
 ADMIN_TOKEN = "kaon_test-admin-" + "x" * 24
 PG_ENV = "KAON_TEST_DATABASE_URL"
 
+# Test Ray clusters run without token authentication, whatever this machine's
+# ~/.ray/auth_token says (Ray 2.60 turns it on for clusters started where that file
+# exists, and a local ray.init() writes it): every head, node and driver the tests start
+# inherits this, so they agree.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 
 def _pg_admin_url() -> str | None:
     return os.environ.get(PG_ENV) or None

@@ -14,54 +14,23 @@ import os
 import signal
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from kaon.core.errors import InvalidSpecError
-from kaon.core.jobs import JobStatus, JobView
+from kaon.core.jobs import JobStatus
 from kaon.core.pools import PoolState
 from kaon.sdk.client import Client
-from tests.conftest import normalize_database_url
 from tests.e2e.conftest import Gateway, ServerProcess
+from tests.e2e.kaon_on_ray import RAY, ray_server, until, wait_done
 from tests.ray_clusters import LocalCluster, NodeSpec, local_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
-RAY = {"kaon.io/pool": "ray"}
 GIB = 2**30
-
-
-def until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def ray_server(home: Path, cluster: LocalCluster, pool: str = "ray") -> ServerProcess:
-    """A control plane attached to `cluster`; its own node is tiny, so unpinned replicas
-    and jobs that need a whole CPU go to the Ray nodes."""
-    env = {
-        "KAON_RAY_ADDRESS": cluster.address,
-        "KAON_RAY_NODE_DIR": str(cluster.temp_dir / f"kaon-{pool}"),
-        "KAON_NODE_CPUS": "0.5",
-        "KAON_NODE_MEMORY": "1Gi",
-    }
-    server = ServerProcess(home, normalize_database_url(str(home / "kaon.db")), env)
-    server.start()
-    client = server.client()
-
-    def connected() -> bool:
-        view = client.pools.get("ray")
-        assert view.state is not PoolState.ERROR, view.message
-        return view.state is PoolState.READY and view.nodes >= 2
-
-    until(connected, "the Ray pool to connect", timeout=120)
-    return server
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +47,8 @@ def cluster() -> Iterator[LocalCluster]:
 def server(
     cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    process = ray_server(tmp_path_factory.mktemp("ray-server") / "home", cluster)
+    home = tmp_path_factory.mktemp("ray-server") / "home"
+    process = ray_server(home, cluster.address, cluster.temp_dir / "kaon-nodes", nodes=2)
     yield process
     if process.proc is not None:
         process.kill(signal.SIGTERM)  # before the cluster goes: a driver must not outlive it
@@ -88,12 +58,6 @@ def server(
 def client(server: ServerProcess) -> Iterator[Client]:
     with server.client() as c:
         yield c
-
-
-def wait_done(client: Client, job: JobView, timeout: float = 90) -> JobView:
-    done = client.jobs.wait(job.id, timeout=timeout)
-    assert done.status is JobStatus.SUCCEEDED, (done.message, client.jobs.logs(job.id))
-    return done
 
 
 class TestPool:

@@ -32,9 +32,9 @@ class TestCapacityDemand:
         assert decisions.short_of_capacity == ("big",)
         asked = capacity_demand(state, decisions, "ray")
         assert asked == [
-            {"CPU": 1.0, "memory": float(G), "GPU": 1.0},
-            {"CPU": 2.0, "memory": float(2 * G), "GPU": 4.0},
-            {"CPU": 2.0, "memory": float(2 * G), "GPU": 4.0},
+            {"CPU": 1.0, "GPU": 1.0},
+            {"CPU": 2.0, "GPU": 4.0},
+            {"CPU": 2.0, "GPU": 4.0},
         ]
         assert capacity_demand(state, decisions, "local") == asked[1:]  # nothing runs there
 
@@ -56,6 +56,14 @@ class TestCapacityDemand:
         assert "over" in decisions.waiting and decisions.short_of_capacity == ()
         assert capacity_demand(state, decisions, "ray") == []
 
-    def test_nothing_waits_nothing_asked(self) -> None:
-        state = pool(replace(node("r1"), domain="ray"), pending=(job("fits", gpus=1),))
+    def test_an_idle_pool_asks_for_nothing(self) -> None:
+        state = pool(replace(node("r1"), domain="ray"))
         assert capacity_demand(state, schedule(state), "ray") == []
+
+    def test_work_placed_in_this_pass_keeps_asking_for_its_node(self) -> None:
+        """The node that came up for a job must not look idle before the job starts."""
+        ray = replace(node("r1", gpus=0, cpu=2.0), domain="ray")
+        state = pool(ray, pending=(replace(job("j", gpus=0), cpu=2.0),))
+        decisions = schedule(state)
+        assert [p.workload_id for p in decisions.placements] == ["j"]
+        assert capacity_demand(state, decisions, "ray") == [{"CPU": 2.0}]

@@ -9,9 +9,12 @@ out, so no workspace can make the pool grow past its quota and borrow limit; and
 that fits no node shape the autoscaler has is simply never satisfied, which its own
 status reports.
 
-A bundle is one worker: ``{"CPU": cpu, "memory": bytes, "GPU": n}``, plus the
-``accelerator_type:<model>`` resource Ray gives nodes of that GPU model, when the job asks
-for one.
+A bundle is one worker: ``{"CPU": cpu, "GPU": n}``, plus the ``accelerator_type:<model>``
+resource Ray gives nodes of that GPU model, when the job asks for one. Memory is left
+out of the request on purpose: node types often do not declare it (Ray fills it in only
+for some clouds' instance types), and a demand for a resource no node type declares is
+never met; a node with the CPUs and GPUs a worker needs has had the memory so far, and
+Kaon still checks memory when it places the worker.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ ACCELERATOR = "accelerator_type:"
 
 def bundle(w: Workload) -> Bundle:
     """One worker of `w` as a Ray resource bundle."""
-    out: Bundle = {"CPU": w.cpu, "memory": float(w.memory)}
+    out: Bundle = {"CPU": w.cpu}
     if w.gpus:
         out["GPU"] = float(w.gpus)
         if w.gpu_type:
@@ -33,15 +36,19 @@ def bundle(w: Workload) -> Bundle:
 
 
 def capacity_demand(pool: PoolState, decisions: Decisions, domain: str) -> list[Bundle]:
-    """The bundles to ask `domain`'s autoscaler for: what runs there and what waits for
-    capacity (waiting work may start in any pool, so each elastic pool is asked for it;
+    """The bundles to ask `domain`'s autoscaler for: what runs there (placed in this
+    pass included, or a node that has just come up for it would look idle until its job
+    starts there) and what waits for capacity (waiting work may start in any pool, so each elastic pool is asked for it;
     with one elastic pool, as is usual, that is exactly right)."""
     nodes = {n.id for n in pool.nodes if n.domain == domain}
     out: list[Bundle] = []
     for w in pool.running:
         out += [bundle(w) for wp in w.placement if wp.node_id in nodes]
     short = set(decisions.short_of_capacity)
+    placed = {p.workload_id: p.workers for p in decisions.placements}
     for w in pool.pending:
-        if w.id in short:
+        if w.id in placed:  # placed in this very pass: it holds its node from now on
+            out += [bundle(w) for wp in placed[w.id] if wp.node_id in nodes]
+        elif w.id in short:
             out += [bundle(w)] * w.workers
     return out

@@ -98,6 +98,7 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[str, str]] = {}  # running job -> (api_url, token)
         self._watched: set[str] = set(self._adopt())
+        self._idle_since = time.monotonic()
         threading.Thread(target=self._watch, name="kaon-watch", daemon=True).start()
         threading.Thread(target=self._push_loop, name="kaon-push", daemon=True).start()
 
@@ -139,6 +140,7 @@ class NodeAgent:
         states = self.local.launch_on(gang, {self.node_id})
         with self._lock:
             self._watched.update(st.handle for st in states)
+            self._idle_since = time.monotonic()
         return [wire.state_to_wire(st) for st in states]
 
     def status(self, handles: list[str]) -> list[dict[str, Any]]:
@@ -153,12 +155,19 @@ class NodeAgent:
     def logs(self, handle: str, offset: int, limit: int) -> str:
         return wire.encode_bytes(self.local.logs(handle, offset, limit))
 
-    def wait_changed(self, timeout_s: float) -> bool:
-        """Return when a worker on this node ended (True) or after `timeout_s` (False):
-        the bridge keeps one such call open per node, so ends are seen at once."""
+    def wait_changed(self, timeout_s: float) -> dict[str, Any]:
+        """Return when a worker on this node ended (``changed``) or after `timeout_s`: the
+        bridge keeps one such call open per node, so ends are seen at once. ``idle_s``:
+        how long this node has had no Kaon worker (0 while it has one); an elastic pool's
+        bridge lets an agent go after a while, since Ray counts a node with any actor on
+        it as busy and its autoscaler would never remove it."""
         fired = self.changed.wait(timeout_s)
         self.changed.clear()
-        return fired
+        with self._lock:
+            busy = bool(self._watched)
+        if busy:
+            self._idle_since = time.monotonic()
+        return {"changed": fired, "idle_s": 0.0 if busy else time.monotonic() - self._idle_since}
 
     # -- ends and checkpoints --------------------------------------------------------------
 

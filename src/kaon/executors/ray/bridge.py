@@ -44,6 +44,7 @@ RESERVE_S = 5.0  # a reservation Ray has not made by then is reported, and tried
 AGENT_S = 15.0
 CALL_S = 30.0
 WAIT_CHANGED_S = 5.0
+AGENT_LINGER_S = 10.0  # an elastic pool's agent with no worker goes after this long
 _INTERNAL_LABELS = ("ray.io/node-id",)
 
 
@@ -223,6 +224,9 @@ class Bridge:
         self._lock = threading.Lock()
         self._agent_class: Any = ray.remote(NodeAgent)
         self.fingerprint = code_fingerprint()
+        # With an autoscaler, agents start with a node's first worker and go when it has
+        # none (a node with an actor is never idle to Ray); without, they stay.
+        self.elastic = self.op_elastic()
 
     # -- requests ----------------------------------------------------------------------
 
@@ -243,7 +247,7 @@ class Bridge:
         with self._lock:
             nodes = list(self.nodes.values())
         for node in nodes:
-            if node.alive:
+            if node.alive and not self.elastic:
                 self._ensure_agent(node)
         return [wire.node_to_wire(self._inventory(n)) for n in nodes]
 
@@ -321,7 +325,7 @@ class Bridge:
             if resources.get("CPU", 0) <= 0 and resources.get("GPU", 0) <= 0 and n["Alive"]:
                 continue  # a head kept free of work
             ray_id = str(n["NodeID"])
-            kaon_id = f"{self.config.pool}-{ray_id[:12]}"
+            kaon_id = node_name(self.config.pool, ray_id)
             if not n["Alive"] and kaon_id in found:
                 continue  # a dead entry never hides the live one of the same id
             found[kaon_id] = RayNode(
@@ -354,6 +358,8 @@ class Bridge:
             ).remote(self.config.pool, node.kaon_id, node.address, self.config.node_dir)
             info = self.ray.get(handle.info.remote(), timeout=AGENT_S)
         except Exception as e:
+            if _just_joined(e):
+                return  # a node that has just joined may not take pinned work yet: retry
             self.problems[node.kaon_id] = _agent_problem(e)
             return
         if info.get("code") != self.fingerprint:
@@ -383,7 +389,8 @@ class Bridge:
             else GpuInfo(index=i, model=model, memory=0)
             for i in range(count)
         )
-        ready = node.alive and node.kaon_id in self.agents
+        problem = self.problems.get(node.kaon_id)
+        ready = node.alive and (node.kaon_id in self.agents or (self.elastic and not problem))
         if not node.alive:
             message = f"dead: {node.death}"
         else:
@@ -413,7 +420,11 @@ class Bridge:
     def _agent(self, node: RayNode) -> Any:
         agent = self.agents.get(node.kaon_id)
         if agent is None:
-            raise TemporaryBackendError(f"the agent on node {node.kaon_id} is not up yet")
+            self._ensure_agent(node)  # an elastic pool's node gets its agent on first use
+            agent = self.agents.get(node.kaon_id)
+        if agent is None:
+            why = self.problems.get(node.kaon_id, "it is not up yet")
+            raise TemporaryBackendError(f"the agent on node {node.kaon_id}: {why}")
         return agent
 
     def _reserve(self, gang: Any, node: RayNode) -> None:
@@ -467,13 +478,28 @@ class Bridge:
                 continue
             ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
-                pending.pop(ref, None)
+                node_id = pending.pop(ref, "")
                 try:
-                    fired = self.ray.get(ref)
+                    answer = self.ray.get(ref)
                 except Exception:
-                    fired = True  # the agent restarted: look again
-                if fired:
+                    answer = {"changed": True, "idle_s": 0.0}  # it restarted: look again
+                if answer["changed"]:
                     self.out.send({"event": "changed"})
+                if self.elastic and answer["idle_s"] > AGENT_LINGER_S:
+                    self._let_go(node_id)
+
+    def _let_go(self, node_id: str) -> None:
+        """Stop an idle node's agent, so the autoscaler may remove the node."""
+        with self._lock:
+            agent = self.agents.pop(node_id, None)
+        if agent is not None:
+            self.ray.kill(agent)
+
+
+def node_name(pool: str, ray_id: str) -> str:
+    """A Ray node's id in Kaon: short, and unique even for ids that share a long prefix
+    (an autoscaler's fake nodes are ``fff...f00001``, ``fff...f00002``)."""
+    return f"{pool}-{ray_id[:6]}{ray_id[-6:]}"
 
 
 def _bundle(w: Any) -> dict[str, float]:
@@ -497,6 +523,11 @@ def _prefix(node_id: str, state: dict[str, Any]) -> dict[str, Any]:
 
 def _lost(handle: str, why: str) -> WorkerState:
     return WorkerState(handle, alive=False, reason=f"lost: its node died ({why})", lost=True)
+
+
+def _just_joined(error: Exception) -> bool:
+    """Ray refuses work pinned to a node it does not schedule on yet, as if it were gone."""
+    return "NodeAffinitySchedulingStrategy doesn't exist any more or is infeasible" in str(error)
 
 
 def _agent_problem(error: Exception) -> str:

@@ -32,20 +32,21 @@ logger = logging.getLogger("kaon.reconciler.jobs")
 
 
 class CapacityRequests:
-    """Asks each elastic pool's autoscaler for what waiting work needs (`capacity_demand`),
-    again only when that changes, and for nothing once nothing waits."""
+    """Asks each elastic pool's autoscaler for what its work needs (`capacity_demand`:
+    what runs there and what waits for capacity), again only when that changes. Work that
+    was placed but is not started yet counts as running, so the node it was placed on is
+    not taken away before the job gets there."""
 
     def __init__(self, pools: Pools) -> None:
         self.pools = pools
         self.sent: dict[str, list[dict[str, float]]] = {}
 
-    async def update(self, state: PoolState | None, decisions: Decisions | None) -> None:
+    async def update(self, state: PoolState, decisions: Decisions) -> None:
         for name, executor in self.pools.elastic().items():
-            bundles = []
-            if state is not None and decisions is not None:
-                bundles = capacity_demand(state, decisions, name)
+            bundles = capacity_demand(state, decisions, name)
             if self.sent.get(name) == bundles:
                 continue
+            logger.info("asking pool %s's autoscaler for %d worker(s)", name, len(bundles))
             try:
                 await asyncio.to_thread(executor.request_capacity, bundles)
             except BackendError as e:
@@ -61,15 +62,16 @@ async def schedule(
     capacity: CapacityRequests | None = None,
 ) -> bool:
     """One scheduling pass. True when it preempted a job (observe it at once)."""
+    elastic = capacity is not None and bool(capacity.pools.elastic())
     async with db.session() as s:
-        inputs = await load_pass(s, clock(), await scheduler_quotas(s))
+        inputs = await load_pass(s, clock(), await scheduler_quotas(s), always=elastic)
     if inputs is None:
-        if capacity is not None:
-            await capacity.update(None, None)
         return False
     decisions = decide(inputs.state)
     if capacity is not None:
         await capacity.update(inputs.state, decisions)
+    if not inputs.state.pending:
+        return False
     for placement in decisions.placements:
         await _place(db, inputs.jobs[placement.workload_id], placement.workers, token_key)
     for preemption in decisions.preemptions:

@@ -10,7 +10,7 @@ never disagree.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -88,7 +88,8 @@ async def all_active_workers(session: AsyncSession) -> list[Worker]:
 
 
 def node_capacity(node: Node, held: Held | None = None) -> NodeCapacity:
-    """A node as the scheduler sees it; `held` None means empty."""
+    """A node as the scheduler sees it; `held` None means empty. A node that is not
+    ready takes no new work but still counts what runs on it."""
     held = held or Held()
     gpus = tuple(int(g["index"]) for g in node.gpus)
     models = {g.get("model") for g in node.gpus}
@@ -102,6 +103,7 @@ def node_capacity(node: Node, held: Held | None = None) -> NodeCapacity:
         gpus_free=tuple(g for g in gpus if g not in held.gpus),
         gpu_type=models.pop() if len(models) == 1 else None,
         labels=tuple(sorted((str(k), str(v)) for k, v in node.labels.items())),
+        schedulable=node.state == READY,
         domain=node.executor,
     )
 
@@ -163,15 +165,17 @@ class PassInputs:
 
 
 async def load_pass(
-    session: AsyncSession, now: datetime, quotas: dict[str, Quota]
+    session: AsyncSession, now: datetime, quotas: dict[str, Quota], always: bool = False
 ) -> PassInputs | None:
-    """Everything one scheduling pass needs, or None when nothing is queued."""
+    """Everything one scheduling pass needs, or None when nothing is queued (unless
+    `always`: an elastic pool's request must go on counting the work that runs)."""
     queued = list(
         (await session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value))).scalars()
     )
-    if not queued:
+    if not queued and not always:
         return None
-    nodes = list((await session.execute(select(Node).where(Node.state == READY))).scalars())
+    live = Node.state.not_in(["gone", "removed"])  # left the pool for good
+    nodes = list((await session.execute(select(Node).where(live))).scalars())
     holding = list((await session.execute(select(Job).where(Job.status.in_(HOLDING)))).scalars())
     active = await active_workers(session, [j.id for j in holding])
     held = held_by(w for ws in active.values() for w in ws)
@@ -199,7 +203,8 @@ async def check_fits(
     attached nothing is refused here: such work waits, saying it asked for nodes."""
     if await session.scalar(select(Pool.name).where(Pool.elastic.is_(True)).limit(1)):
         return
-    nodes = [node_capacity(n) for n in (await session.execute(select(Node))).scalars()]
+    rows = (await session.execute(select(Node).where(Node.state != "removed"))).scalars()
+    nodes = [replace(node_capacity(n), schedulable=True) for n in rows]
     if not nodes:
         raise InvalidSpecError("the pool has no nodes yet", field="resources")
     biggest = max(len(n.gpus) for n in nodes)
