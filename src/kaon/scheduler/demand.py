@@ -38,8 +38,8 @@ def bundle(w: Workload) -> Bundle:
 def capacity_demand(pool: PoolState, decisions: Decisions, domain: str) -> list[Bundle]:
     """The bundles to ask `domain`'s autoscaler for: what runs there (placed in this
     pass included, or a node that has just come up for it would look idle until its job
-    starts there) and what waits for capacity (waiting work may start in any pool, so each elastic pool is asked for it;
-    with one elastic pool, as is usual, that is exactly right)."""
+    starts there) and what waits for capacity (waiting work may start in any pool, so
+    each elastic pool is asked for it; with one elastic pool, as usual, that is exact)."""
     nodes = {n.id for n in pool.nodes if n.domain == domain}
     out: list[Bundle] = []
     for w in pool.running:
