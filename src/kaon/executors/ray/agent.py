@@ -123,6 +123,7 @@ class NodeAgent:
     def launch(self, gang_data: dict[str, Any]) -> list[dict[str, Any]]:
         """Start this node's workers of the gang (or adopt those already started)."""
         gang = wire.gang_from_wire(gang_data)
+        gang = replace(gang, env={**self._network_env(), **gang.env})
         api_url, token = gang.env.get("KAON_API_URL", ""), gang.env.get("KAON_JOB_TOKEN", "")
         if gang.snapshot_sha256:
             path = fetch_code(
@@ -168,6 +169,18 @@ class NodeAgent:
         if busy:
             self._idle_since = time.monotonic()
         return {"changed": fired, "idle_s": 0.0 if busy else time.monotonic() - self._idle_since}
+
+    def _network_env(self) -> dict[str, str]:
+        """Which interface collective libraries use: the one that holds this node's
+        address. Left to themselves, gloo and NCCL pick the interface of the hostname,
+        which on a machine with several networks may not reach the other nodes. A job's
+        own setting wins."""
+        import psutil
+
+        for name, addresses in psutil.net_if_addrs().items():
+            if any(a.address == self.address for a in addresses):
+                return {"GLOO_SOCKET_IFNAME": name, "NCCL_SOCKET_IFNAME": name}
+        return {}
 
     # -- ends and checkpoints --------------------------------------------------------------
 
