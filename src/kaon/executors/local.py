@@ -28,6 +28,7 @@ from kaon.core.errors import PermanentBackendError
 from kaon.core.nodes import GpuInfo
 from kaon.executors.base import GangLaunch, NodeInventory, WorkerLaunch, WorkerState
 from kaon.executors.env import worker_env
+from kaon.executors.spawner import SpawnerClient
 
 SHIM = Path(__file__).with_name("_shim.py")
 LOST_AFTER_S = 30.0  # a launch claimed but never started is declared lost after this
@@ -93,6 +94,7 @@ class LocalExecutor:
         self.detach = detach
         self.watch_pid = watch_pid
         self.host_env = host_env or _host_env
+        self._spawner: SpawnerClient | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
@@ -102,7 +104,8 @@ class LocalExecutor:
         self._listener = callback
 
     def close(self) -> None:
-        return None  # workers are supervised by their own processes
+        if self._spawner is not None:
+            self._spawner.close()  # workers are supervised by their own processes
 
     def inventory(self) -> list[NodeInventory]:
         return list(self.nodes)
@@ -208,6 +211,14 @@ class LocalExecutor:
             "watch_pid": self.watch_pid,
         }
         _write_json(wdir / "launch.json", spec)
+        try:
+            pid = self._spawn(wdir)
+        except OSError:  # no spawner: start the supervisor as its own Python
+            pid = None
+        if pid is not None:
+            info = {"pid": pid, "create_time": _create_time(pid), "port": own_port}
+            _write_json(wdir / "pid.json", info)
+            return WorkerState(handle=handle, alive=True, pid=pid, port=own_port)
         if self.detach:
             return self._launch_detached(handle, wdir, own_port)
         proc = subprocess.Popen(
@@ -224,6 +235,17 @@ class LocalExecutor:
             self._children[handle] = proc
         threading.Thread(target=self._reap, args=(handle, proc), daemon=True).start()
         return WorkerState(handle=handle, alive=True, pid=proc.pid, port=own_port)
+
+    def _spawn(self, wdir: Path) -> int:
+        """A supervisor forked by this run folder's spawner (see `kaon.executors.spawner`):
+        a millisecond instead of a Python start."""
+        if self._spawner is None:
+            self._spawner = SpawnerClient(self.runs_dir, on_ended=self._ended)
+        return self._spawner.spawn(wdir)
+
+    def _ended(self, pid: int) -> None:
+        if self._listener is not None:
+            self._listener()
 
     def _launch_detached(self, handle: str, wdir: Path, port: int) -> WorkerState:
         """Start the supervisor as an orphan: a shell starts it in the background, prints

@@ -95,6 +95,8 @@ class NodeAgent:
         self.http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.mirror = CheckpointMirror(self.http)
         self.changed = threading.Event()
+        self._wake = threading.Event()  # a supervisor ended: look now, not at the next tick
+        self.local.set_listener(self._wake.set)
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[str, str]] = {}  # running job -> (api_url, token)
         self._watched: set[str] = set(self._adopt())
@@ -206,7 +208,8 @@ class NodeAgent:
 
     def _watch(self) -> None:
         while True:
-            time.sleep(WATCH_S)
+            self._wake.wait(WATCH_S)
+            self._wake.clear()
             with self._lock:
                 watched = list(self._watched)
             for handle in watched:
@@ -220,10 +223,10 @@ class NodeAgent:
         spec = read_json(wdir / "launch.json") or {}
         env = spec.get("env", {})
         api_url, token = env.get("KAON_API_URL"), env.get("KAON_JOB_TOKEN")
-        if api_url and token:
+        folder = self.local.checkpoint_dir(job_id)
+        if api_url and token and _has_files(folder):
             for _ in range(FINAL_PUSH_TRIES):
                 try:
-                    folder = self.local.checkpoint_dir(job_id)
                     self.mirror.push(job_id, token, api_url, folder, final=True)
                     break
                 except Exception as e:  # the control plane may be restarting: try again
@@ -262,6 +265,11 @@ class NodeAgent:
                     self.mirror.push(job_id, token, api_url, self.local.checkpoint_dir(job_id))
                 except Exception as e:  # the next push tries again
                     logger.warning("checkpoint push of %s failed: %s", job_id, e)
+
+
+def _has_files(folder: Path) -> bool:
+    """Whether a checkpoint folder holds anything to push (most short jobs write none)."""
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
 
 
 def _worker_base_env() -> dict[str, str]:
