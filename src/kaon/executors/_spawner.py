@@ -33,7 +33,7 @@ import time
 from kaon.executors import _shim  # loaded once, used by every fork
 
 IDLE_EXIT_S = 2.0  # no connection and no living supervisor for this long: leave
-TICK_S = 0.02
+TICK_S = 1.0  # a supervisor's end wakes the loop at once (SIGCHLD); this is for idling
 
 
 class Spawner:
@@ -45,6 +45,10 @@ class Spawner:
         self.children: set[int] = set()
         self.idle_since = time.monotonic()
         self.inode = 0
+        # SIGCHLD writes a byte here (set_wakeup_fd), so select returns when one ends.
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
 
     def bind(self) -> None:
         tmp = f"{self.path}.{os.getpid()}"
@@ -57,8 +61,15 @@ class Spawner:
     def serve(self) -> None:
         while True:
             sockets = [self.listener, *self.clients.values()]
-            readable, _, _ = select.select(sockets, [], [], TICK_S)
-            for sock in readable:
+            readable, _, _ = select.select(
+                [self.wake_r, *(s.fileno() for s in sockets)], [], [], TICK_S
+            )
+            by_fd = {s.fileno(): s for s in sockets}
+            for fd in readable:
+                if fd == self.wake_r:
+                    self._drain_wakeups()
+                    continue
+                sock = by_fd[fd]
                 if sock is self.listener:
                     conn, _ = self.listener.accept()
                     self.clients[conn.fileno()] = conn
@@ -72,6 +83,13 @@ class Spawner:
                 return
             if not self._still_mine():
                 return  # replaced or removed: another spawner serves this folder now
+
+    def _drain_wakeups(self) -> None:
+        while True:
+            try:
+                os.read(self.wake_r, 512)
+            except BlockingIOError:
+                return
 
     def _still_mine(self) -> bool:
         try:
@@ -107,6 +125,9 @@ class Spawner:
         code = 1
         try:
             os.setsid()
+            signal.set_wakeup_fd(-1)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
             self.listener.close()
             for client in self.clients.values():
                 client.close()
