@@ -34,6 +34,7 @@ from kaon.executors.ray import wire
 
 logger = logging.getLogger("kaon.executors.ray")
 
+ENDED_KEPT = 10_000  # final worker states kept in memory
 CONNECT_S = 150.0  # joining a cluster as a node takes a few seconds, ray start up to two minutes
 RESTART_AFTER_S = 5.0  # a bridge that failed is not started again sooner than this
 TIMEOUTS_S = {"inventory": 60.0, "launch": 330.0, "logs": 30.0}
@@ -75,6 +76,7 @@ class RayExecutor:
         self._last_error: BackendError | None = None
         self._lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
+        self._ended: dict[str, WorkerState] = {}  # final states the bridge sent, newest last
 
     # -- the Executor interface --------------------------------------------------------
 
@@ -90,7 +92,15 @@ class RayExecutor:
         return [wire.state_from_wire(s) for s in states]
 
     def status(self, handles: list[str]) -> list[WorkerState]:
-        return [wire.state_from_wire(s) for s in self._call("status", handles=handles)]
+        """Workers whose end the bridge has told of come from memory (an end is final);
+        the others are asked for."""
+        with self._lock:
+            known = {h: self._ended[h] for h in handles if h in self._ended}
+        ask = [h for h in handles if h not in known]
+        if ask:
+            for st in self._call("status", handles=ask):
+                known[st["handle"]] = wire.state_from_wire(st)
+        return [known[h] for h in handles]
 
     def stop(self, handles: list[str], grace_s: float) -> None:
         self._call("stop", handles=handles, grace_s=grace_s)
@@ -156,7 +166,14 @@ class RayExecutor:
                 )
         bridge.close()
 
-    def _changed(self) -> None:
+    def _changed(self, ended: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for data in ended:
+                st = wire.state_from_wire(data)
+                if not st.alive:
+                    self._ended[st.handle] = st
+            while len(self._ended) > ENDED_KEPT:
+                del self._ended[next(iter(self._ended))]
         if self._listener is not None:
             self._listener()
 
@@ -178,7 +195,7 @@ def _reachable(api_url: str, local_ip: str) -> str:
 class _Bridge:
     """One bridge process and the calls in flight to it."""
 
-    def __init__(self, pool: RayPool, on_changed: Callable[[], None]) -> None:
+    def __init__(self, pool: RayPool, on_changed: Callable[[list[dict[str, Any]]], None]) -> None:
         pool.state_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "pool": pool.name,
@@ -272,7 +289,7 @@ class _Bridge:
             self.error = wire.error_from_wire(message.get("error", {}))
             self._ready.set_exception(self.error)
         elif event == "changed":
-            self._on_changed()
+            self._on_changed(list(message.get("ended", [])))
         else:
             with self._lock:
                 future = self._calls.get(int(message.get("id", 0)))

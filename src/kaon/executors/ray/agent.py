@@ -101,6 +101,7 @@ class NodeAgent:
         self._jobs: dict[str, tuple[str, str]] = {}  # running job -> (api_url, token)
         self._watched: set[str] = set(self._adopt())
         self._idle_since = time.monotonic()
+        self._ended: list[str] = []  # finalized since the bridge last asked
         threading.Thread(target=self._watch, name="kaon-watch", daemon=True).start()
         threading.Thread(target=self._push_loop, name="kaon-push", daemon=True).start()
 
@@ -125,7 +126,7 @@ class NodeAgent:
     def launch(self, gang_data: dict[str, Any]) -> list[dict[str, Any]]:
         """Start this node's workers of the gang (or adopt those already started)."""
         gang = wire.gang_from_wire(gang_data)
-        gang = replace(gang, env={**self._network_env(), **gang.env})
+        gang = replace(gang, env={**self._interface_env, **gang.env})
         api_url, token = gang.env.get("KAON_API_URL", ""), gang.env.get("KAON_JOB_TOKEN", "")
         if gang.snapshot_sha256:
             path = fetch_code(
@@ -134,7 +135,8 @@ class NodeAgent:
             gang = replace(gang, snapshot=str(path))
         attempt_dir = self.local.runs_dir / gang.job_id / str(gang.attempt)
         pulled = attempt_dir / PULLED
-        if api_url and not pulled.exists():  # once per attempt: resume where it stopped
+        resumed = gang.env.get("KAON_RESTART_COUNT", "0") != "0"  # a first run has none
+        if api_url and resumed and not pulled.exists():  # once per attempt: resume there
             self.mirror.pull(gang.job_id, token, api_url, self.local.checkpoint_dir(gang.job_id))
             attempt_dir.mkdir(parents=True, exist_ok=True)
             pulled.touch()
@@ -168,9 +170,18 @@ class NodeAgent:
         self.changed.clear()
         with self._lock:
             busy = bool(self._watched)
+            ended, self._ended = self._ended, []
         if busy:
             self._idle_since = time.monotonic()
-        return {"changed": fired, "idle_s": 0.0 if busy else time.monotonic() - self._idle_since}
+        return {
+            "changed": fired,
+            "ended": [wire.state_to_wire(st) for st in self.local.status(ended)],
+            "idle_s": 0.0 if busy else time.monotonic() - self._idle_since,
+        }
+
+    @functools.cached_property
+    def _interface_env(self) -> dict[str, str]:
+        return self._network_env()
 
     def _network_env(self) -> dict[str, str]:
         """Which interface collective libraries use: the one that holds this node's
@@ -235,6 +246,7 @@ class NodeAgent:
         (wdir / FINALIZED).touch()
         with self._lock:
             self._watched.discard(handle)
+            self._ended.append(handle)
             done = not any(h.startswith(f"{job_id}/{attempt}/") for h in self._watched)
             if done and not any(h.startswith(f"{job_id}/") for h in self._watched):
                 self._jobs.pop(job_id, None)

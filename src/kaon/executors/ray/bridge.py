@@ -271,15 +271,17 @@ class Bridge:
             dict.fromkeys(w.node_id for w in sorted(launch.workers, key=lambda w: w.index))
         )
         nodes = [self._node(n) for n in order]
-        first = nodes[0]
-        port = self._call(self._agent(first).gang_port.remote(launch.job_id, launch.attempt))
-        data = {**gang, "master": [first.address, int(port)]}
-        for node in nodes:
-            self._reserve(launch, node)
-        states: list[dict[str, Any]] = []
-        for node in nodes:
-            answer = self._call(self._agent(node).launch.remote(data), timeout=300)
-            states += [_prefix(node.kaon_id, s) for s in answer]
+        agents = [self._agent(n) for n in nodes]
+        groups = [self._reservation(launch, n) for n in nodes]  # asked for all at once
+        data = dict(gang)
+        if len(nodes) > 1:  # the rendezvous on worker 0's node; one node picks its own
+            port = agents[0].gang_port.remote(launch.job_id, launch.attempt)
+            data["master"] = [nodes[0].address, int(self._call(port))]
+        self._reserved(launch, groups, nodes)
+        answers = self._call([a.launch.remote(data) for a in agents], timeout=300)
+        states = [
+            _prefix(n.kaon_id, s) for n, answer in zip(nodes, answers, strict=True) for s in answer
+        ]
         return sorted(states, key=lambda s: int(s["handle"].rsplit("/", 1)[1]))
 
     def op_status(self, handles: list[str]) -> list[dict[str, Any]]:
@@ -427,28 +429,33 @@ class Bridge:
             raise TemporaryBackendError(f"the agent on node {node.kaon_id}: {why}")
         return agent
 
-    def _reserve(self, gang: Any, node: RayNode) -> None:
-        """Hold the workers' resources in Ray, so Ray's accounting (and its autoscaler,
-        which would otherwise see the node idle and remove it) agrees with Kaon's."""
+    def _reservation(self, gang: Any, node: RayNode) -> Any:
+        """The placement group that holds the gang's workers' resources on `node` in Ray,
+        made if it is not there yet. Ray's accounting (and its autoscaler, which would
+        otherwise see the node idle and remove it) then agrees with Kaon's."""
         from ray.util import get_placement_group, placement_group
 
         name = placement_group_name(gang.job_id, gang.attempt, node.kaon_id)
         try:
-            group = get_placement_group(name)
+            return get_placement_group(name)
         except ValueError:
             bundles = [_bundle(w) for w in gang.workers if w.node_id == node.kaon_id]
-            group = placement_group(
+            return placement_group(
                 bundles,
                 strategy="PACK",
                 name=name,
                 lifetime="detached",
                 bundle_label_selector=[{"ray.io/node-id": node.ray_id}] * len(bundles),
             )
+
+    def _reserved(self, gang: Any, groups: list[Any], nodes: list[RayNode]) -> None:
+        """Wait until Ray has made every reservation of the gang (milliseconds)."""
         try:
-            self.ray.get(group.ready(), timeout=RESERVE_S)
+            self.ray.get([g.ready() for g in groups], timeout=RESERVE_S)
         except self.ray.exceptions.GetTimeoutError:
+            names = ", ".join(n.kaon_id for n in nodes)
             raise TemporaryBackendError(
-                f"Ray has not reserved the job's resources on node {node.kaon_id} within "
+                f"Ray has not reserved the job's resources on {names} within "
                 f"{RESERVE_S:g} s (other Ray work may hold them); trying again"
             ) from None
 
@@ -484,7 +491,8 @@ class Bridge:
                 except Exception:
                     answer = {"changed": True, "idle_s": 0.0}  # it restarted: look again
                 if answer["changed"]:
-                    self.out.send({"event": "changed"})
+                    ended = [_prefix(node_id, st) for st in answer.get("ended", [])]
+                    self.out.send({"event": "changed", "ended": ended})
                 if self.elastic and answer["idle_s"] > AGENT_LINGER_S:
                     self._let_go(node_id)
 
