@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint check bench down clean
+RAY_STAMP := $(VENV)/.installed-ray
+
+.PHONY: install install-ray demo test test-fast lint check bench down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,13 +15,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[train,dev]"
 	touch $(STAMP)
 
+# Ray is an extra: the demo needs only Python; the tests run Kaon on real Ray clusters.
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[train,dev,ray]"
+	touch $(RAY_STAMP)
+
 install: $(STAMP)
+
+install-ray: $(RAY_STAMP)
 
 demo: install
 	$(PY) scripts/demo.py
 
-test: install
+test: install-ray
 	$(PY) -m pytest -n 2 -q
+
+# The quick loop: no multi-process end-to-end tests and no Ray clusters.
+test-fast: install
+	$(PY) -m pytest -n 2 -q -m "not e2e and not ray"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -328,3 +328,15 @@ def test_a_cpu_only_gang_spreads_over_nodes_without_gpus() -> None:
     gang = replace(job("g", gpus=0, workers=2), cpu=2.0)
     placed = place_gang(FreeIndex(nodes), gang)
     assert placed is not None and {wp.node_id for wp in placed} == {"c1", "c2"}
+
+
+def test_a_waiting_reason_speaks_of_the_nodes_the_job_may_use() -> None:
+    """A job pinned by labels is told about the nodes that carry them, not the others."""
+    plain = node("plain", gpus=0, cpu=8.0)
+    tagged = replace(node("ray-1", gpus=0, cpu=1.0), labels=(("kaon.io/pool", "ray"),))
+    pinned = replace(job("j", gpus=0), cpu=2.0, labels=(("kaon.io/pool", "ray"),))
+    reason = schedule(snap([plain, tagged], [pinned])).waiting["j"]
+    assert "at most 1 CPU" in reason and "kaon.io/pool=ray" in reason
+    nowhere = replace(pinned, labels=(("zone", "mars"),))
+    reason = schedule(snap([plain, tagged], [nowhere])).waiting["j"]
+    assert "no node with zone=mars" in reason

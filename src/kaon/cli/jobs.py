@@ -26,14 +26,18 @@ from kaon.sdk.client import Client
 app = typer.Typer(help="Run and manage jobs.", no_args_is_help=True)
 
 
-def _parse_env(pairs: list[str]) -> dict[str, str]:
-    env = {}
+def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
+    out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise typer.BadParameter(f"--env expects KEY=VALUE, got {pair!r}")
-        env[key] = value
-    return env
+            raise typer.BadParameter(f"{option} expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    return _parse_pairs(pairs, "--env")
 
 
 def _load_spec_file(path: Path) -> tuple[dict[str, Any], Path | None]:
@@ -73,6 +77,10 @@ def run(
         float | None, typer.Option(help="seconds before the job is stopped")
     ] = None,
     priority: Annotated[int | None, typer.Option(help="higher runs first")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", help="node label KEY=VALUE the nodes must carry"),
+    ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="submit and return")] = False,
     client: ClientOpt = None,
     json_: JsonOpt = False,
@@ -80,6 +88,7 @@ def run(
     """Submit a job, then follow its log until it ends (exit code 0 only if it succeeded).
 
     kaon job run --gpus 1 --workers 2 -- python train.py
+    kaon job run --workers 2 --label kaon.io/pool=ray -- python train.py   # on a Ray pool
     """
     spec: dict[str, Any] = {}
     folder = None
@@ -108,6 +117,7 @@ def run(
                 gpus=gpus,
                 workers=workers,
                 max_retries=max_retries,
+                labels=_parse_pairs(label or [], "--label") or None,
                 timeout_s=timeout,
                 priority=priority,
             )

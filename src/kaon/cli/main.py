@@ -138,6 +138,9 @@ def up(
         gateway = _start_gateway(url, config.token, gateway_port)
     if gateway != config.gateway_url:
         save_gateway_url(gateway)  # `kaon deploy` prints this address
+    if ray_address and config.token:
+        with exit_on_error():
+            pools_cli.wait_connected(Client(url, token=config.token).pools.get, "ray", 180)
     console.print(f"Kaon control plane: [bold]{url}[/] (logs: {daemon.log_file})")
     console.print(f"Kaon gateway:       [bold]{gateway}[/]")
     if config.token:

@@ -62,7 +62,7 @@ def add_ray(
     with exit_on_error():
         view = kaon.pools.add(name, address, api_url)
         if wait:
-            view = _wait_connected(kaon.pools.get, name, timeout)
+            view = wait_connected(kaon.pools.get, name, timeout)
     _show([view], json_)
     if view.state is PoolState.ERROR:
         raise typer.Exit(2)
@@ -70,7 +70,7 @@ def add_ray(
         raise typer.Exit(6)
 
 
-def _wait_connected(fetch: Callable[[str], PoolView], name: str, timeout: float) -> PoolView:
+def wait_connected(fetch: Callable[[str], PoolView], name: str, timeout: float) -> PoolView:
     """Poll until the pool connects (and has a node) or fails, showing what it does."""
     deadline = time.monotonic() + timeout
     view = fetch(name)

@@ -45,6 +45,8 @@ def local_nodes(
 ) -> list[NodeInventory]:
     """This machine as one node, or as `count` nodes that split its CPUs and memory
     (``KAON_LOCAL_NODES``; declared capacity, `cpus` and `memory`, is then per node).
+    Labelled ``kaon.io/pool: local``, as a Ray pool's nodes are with their pool's name,
+    so work can be pinned to either.
     Every node gets every GPU index, as declared GPUs are a test's fiction anyway."""
     host = socket.gethostname() if name == "local" else name
     cpu = cpus or float(os.cpu_count() or 1) / count
@@ -57,7 +59,7 @@ def local_nodes(
             cpu=cpu,
             memory=mem,
             gpus=tuple(gpus),
-            labels=dict(labels or {}),
+            labels={"kaon.io/pool": "local", **(labels or {})},
         )
         for i in range(count)
     ]

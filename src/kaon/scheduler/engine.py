@@ -295,7 +295,7 @@ class Pass:
         return why
 
     def _no_room(self, w: Workload) -> str:
-        if not w.gpus:  # CPU-only work: name CPUs and memory, uncached (rare, cheap)
+        if not w.gpus or w.labels or w.gpu_type:  # uncached: rare, and per shape
             return self._describe_no_room(w)
         key = (w.workers, w.gpus, self.index.free_gpus, len(self.reserved))
         if key not in self.no_room:
@@ -305,6 +305,8 @@ class Pass:
     def _describe_no_room(self, w: Workload) -> str:
         each = f"{w.gpus} GPU" if w.gpus else _cpu_memory(w.cpu, w.memory)
         shape = f"{w.workers} x {each}" if w.workers > 1 else each
+        if w.labels or w.gpu_type:  # only the nodes it may use tell why it waits
+            return f"no fitting node for {shape}: {self._among_matching(w)}"
         if w.gpus:
             most = self.index.largest_free()
             free = f"{self.index.free_gpus} GPUs free, at most {most} on one node"
@@ -317,6 +319,25 @@ class Pass:
         if self.reserved:
             room += f" outside the nodes held for {', '.join(self.reserved)}"
         return room
+
+    def _among_matching(self, w: Workload) -> str:
+        wanted = [f"{k}={v}" for k, v in w.labels] + ([w.gpu_type] if w.gpu_type else [])
+        idx = self.index
+        mine = [
+            i
+            for i, n in enumerate(idx.nodes)
+            if idx.listed[i]
+            and all(item in n.labels for item in w.labels)
+            and (w.gpu_type is None or n.gpu_type == w.gpu_type)
+        ]
+        if not mine:
+            return f"no node with {', '.join(wanted)} (none in the pool now)"
+        if w.gpus:
+            most = max(len(idx.gpus[i]) for i in mine)
+            return f"at most {most} GPUs free on a node with {', '.join(wanted)}"
+        cpu = max(idx.cpu[i] for i in mine)
+        memory = max(idx.memory[i] for i in mine)
+        return f"at most {_cpu_memory(cpu, memory)} free on a node with {', '.join(wanted)}"
 
 
 def _cpu_memory(cpu: float, memory: int) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -157,12 +159,24 @@ async def _lifespan(plane: ControlPlane, run_reconcilers: bool) -> AsyncIterator
     try:
         yield
     finally:
+        _exit_by_deadline(plane.settings.shutdown_deadline_s)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await plane.db.dispose()
+
+
+def _exit_by_deadline(deadline_s: float | None) -> None:
+    """Shutting down waits for calls in flight (a Ray cluster that stopped answering can
+    hold one for minutes); past the deadline the process just exits. Nothing is lost:
+    the database and the workers' own folders are the truth, and the next start resumes."""
+    if deadline_s is None:
+        return
+    timer = threading.Timer(deadline_s, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
 
 
 async def start_plane(plane: ControlPlane) -> None:

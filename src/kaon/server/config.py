@@ -54,6 +54,9 @@ class Settings:
     public_url: str | None = None  # how workers reach the API (default http://host:port)
     labels: dict[str, str] = field(default_factory=dict)
     ray_address: str | None = None  # attach this Ray cluster as pool "ray" on start
+    # A control plane process exits at most this long after it was asked to (crash-only:
+    # whatever it was doing is picked up on the next start). None in-process (tests).
+    shutdown_deadline_s: float | None = None
     ray_node_dir: str = "~/.kaon/nodes"  # on each Ray node: run folders, code, checkpoints
 
     @property

@@ -16,7 +16,7 @@ def serve(settings: Settings) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    app = create_app(settings)
+    app = create_app(settings.with_(shutdown_deadline_s=settings.shutdown_deadline_s or 30.0))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
