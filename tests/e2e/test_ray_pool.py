@@ -335,3 +335,27 @@ class NoKaon:
 
 sys.meta_path.insert(0, NoKaon())
 '''
+
+
+class TestRemove:
+    def test_removing_a_pool_with_work_is_refused_then_drained_with_force(
+        self, cluster: LocalCluster, client: Client
+    ) -> None:
+        from kaon.core.errors import ConflictError
+
+        client.pools.add("spare", cluster.address)  # the same machines, as a second pool
+        until(lambda: client.pools.get("spare").nodes == 2, "the second pool", timeout=120)
+        job = client.jobs.submit(
+            [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)"],
+            cpu=0.5,
+            labels={"kaon.io/pool": "spare"},
+        )
+        until(lambda: "up" in client.jobs.logs(job.id), "the worker on the pool")
+        with pytest.raises(ConflictError, match="worker\\(s\\) run on pool 'spare'"):
+            client.pools.remove("spare")
+        client.pools.remove("spare", force=True)
+        until(lambda: "spare" not in [p.name for p in client.pools.list()], "the pool to go")
+        view = client.jobs.get(job.id)
+        assert view.status is JobStatus.QUEUED and view.preemptions == 1  # nowhere to go
+        assert all(n.state == "removed" for n in client.nodes.list() if n.executor == "spare")
+        client.jobs.cancel(job.id)
