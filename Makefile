@@ -8,10 +8,17 @@ RAY_STAMP := $(VENV)/.installed-ray
 
 .PHONY: install install-ray demo test test-fast lint check bench down clean
 
+# What each step installs is said before it runs: the first run takes minutes. PyTorch,
+# the big download, shows pip's progress bar, and is skipped when already installed.
 $(STAMP): pyproject.toml
+	@echo "==> setting up $(VENV) (minutes the first time; again only when pyproject.toml changes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> [1/3] upgrading pip"
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0"
+	@echo "==> [2/3] PyTorch 2.13.0, unless installed (a large download: pip shows its progress)"
+	$(PY) -c "from importlib.metadata import version as v; raise SystemExit(v('torch').split('+')[0] != '2.13.0')" \
+		2>/dev/null || $(PY) -m pip install --progress-bar on "torch==2.13.0"
+	@echo "==> [3/3] Kaon and its dependencies (FastAPI, SQLAlchemy, Uvicorn, test tools)"
 	$(PY) -m pip install -q -e ".[train,dev]"
 	touch $(STAMP)
 
@@ -24,8 +31,14 @@ install: $(STAMP)
 
 install-ray: $(RAY_STAMP)
 
+# `make demo PORT=8570 GATEWAY_PORT=8571` runs it on other ports (scripts/demo.py also reads
+# KAON_PORT and KAON_GATEWAY_PORT). Only values given to make on its command line count: a
+# PORT exported for something else must not move Kaon.
+DEMO_PORTS = $(if $(filter command line,$(origin PORT)),--port $(PORT)) \
+	$(if $(filter command line,$(origin GATEWAY_PORT)),--gateway-port $(GATEWAY_PORT))
+
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_PORTS)
 
 test: install-ray
 	$(PY) -m pytest -n 2 -q

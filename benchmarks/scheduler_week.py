@@ -1,4 +1,4 @@
-"""Every policy on the Philly week, on three pool sizes and on each half of the week.
+r"""Every policy on the Philly week, on three pool sizes and on each half of the week.
 
 Each scenario runs twice: with per-tenant quotas (each tenant's share of the GPU-hours)
 and as one shared queue without them. Runs each replay in its own process (two at a time
@@ -6,9 +6,15 @@ by default), prints a Markdown table per scenario, writes every summary as JSON
 (``--out``) and the queue/utilization plots of the 48 x 8 week (``--plot``; the run
 without quotas gets a ``-no-quotas`` suffix).
 
-    .venv/bin/python benchmarks/scheduler_week.py \
-        --trace ../shared/data/traces/philly_week_2017-10-09.csv \
+The week is not in the repository (540 kB); examples/traces/README.md says where the
+public trace is and how to cut the week out of it:
+
+    curl -LO https://raw.githubusercontent.com/petuum/adaptdl/osdi21-artifact/simulator/traces/philly.csv
+    python examples/traces/philly_week.py philly.csv 2017-10-09 > philly_week_2017-10-09.csv
+    .venv/bin/python benchmarks/scheduler_week.py --trace philly_week_2017-10-09.csv \
         --out scheduler_week.json --plot docs/img/scheduler_week.png
+
+A trace shorter than half a week has no second half: those scenarios are left out.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from kaon.scheduler import get_policy
 from kaon.scheduler.sim.metrics import summarize
 from kaon.scheduler.sim.plot import plot
 from kaon.scheduler.sim.simulator import SimConfig, Simulator
-from kaon.scheduler.sim.trace import TraceJob, read_trace
+from kaon.scheduler.sim.trace import TraceError, TraceJob, read_trace
 
 POLICIES = ("kaon", "fifo", "easy", "las", "srtf")
 HALF_S = 3.5 * 86_400.0
@@ -51,6 +57,7 @@ def scenarios(full: list[TraceJob]) -> dict[str, tuple[int, list[TraceJob], bool
         f"{name}, {'quotas' if quotas else 'no quotas'}": (nodes, jobs, quotas)
         for quotas in (True, False)
         for name, (nodes, jobs) in cases.items()
+        if jobs  # a trace shorter than half a week has no second half
     }
 
 
@@ -80,15 +87,22 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", type=Path, required=True)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--trace", type=Path, required=True, help="a week of the Philly trace (see above)"
+    )
     parser.add_argument("--restart-penalty", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", help="run only the scenarios whose name contains this")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    runs = scenarios(read_trace(args.trace))
+    try:
+        runs = scenarios(read_trace(args.trace))
+    except TraceError as e:
+        parser.error(str(e))
     if args.only:
         runs = {k: v for k, v in runs.items() if args.only in k}
     plotted = {name for name in runs if name.startswith("week, 48")} if args.plot else set()
@@ -111,6 +125,7 @@ def main() -> None:
         loaded = {p: pickle.loads((d / f"{p}.pickle").read_bytes()) for p in POLICIES}
         out = args.plot if name.endswith(", quotas") else _suffixed(args.plot, "-no-quotas")
         plot(loaded, out, title=f"Philly {name}")
+        print(f"plot: {out.resolve()}")
         for p in POLICIES:
             (d / f"{p}.pickle").unlink()
         d.rmdir()

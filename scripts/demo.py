@@ -1,8 +1,14 @@
 """`make demo`: start Kaon, train the seed classifier as a Kaon job, show its progress,
-log and accuracy, and leave the control plane running."""
+log and accuracy, and leave the control plane running.
+
+Ports: ``make demo PORT=8570 GATEWAY_PORT=8571``, or ``KAON_PORT`` / ``KAON_GATEWAY_PORT``
+in the environment, or ``scripts/demo.py --port 8570 --gateway-port 8571``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 import threading
@@ -13,6 +19,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kaon.cli.common import EXIT_INPUT  # `kaon up`'s exit code for a port that is taken
 from kaon.core.jobs import JobStatus
 from kaon.sdk.client import Client
 from kaon.sdk.config import load_config
@@ -23,9 +30,32 @@ EPOCHS = 10
 console = Console()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get("KAON_PORT") or "8470",
+        help="control-plane port (KAON_PORT; default 8470)",
+    )
+    parser.add_argument(
+        "--gateway-port",
+        type=int,
+        default=os.environ.get("KAON_GATEWAY_PORT") or "8471",
+        help="gateway port (KAON_GATEWAY_PORT; default 8471)",
+    )
+    return parser.parse_args(argv)
+
+
 def main() -> int:
+    args = parse_args()
     kaon_cli = str(Path(sys.executable).with_name("kaon"))
-    subprocess.run([kaon_cli, "up"], check=True)
+    ports = ["--port", str(args.port), "--gateway-port", str(args.gateway_port)]
+    code = subprocess.run([kaon_cli, "up", *ports]).returncode
+    if code == EXIT_INPUT:
+        console.print("choose the demo's ports: make demo PORT=N GATEWAY_PORT=M", highlight=False)
+    if code:
+        return code
     config = load_config()
     client = Client(config.url, token=config.token)
     spec = yaml.safe_load((EXAMPLE / "job.yaml").read_text())
@@ -60,8 +90,8 @@ def main() -> int:
         return 1
     accuracy = client.jobs.metrics(job.id, name="test_accuracy")
     console.rule()
-    console.print(
-        f"final test accuracy: [bold green]{accuracy[-1].value:.2%}[/]"
+    console.print(  # as the job's log prints it (examples/binary_classifier/train.py)
+        f"final test accuracy: [bold green]{accuracy[-1].value:.2f}[/]"
         if accuracy
         else "no accuracy reported"
     )
@@ -75,7 +105,7 @@ def main() -> int:
     body = '{"x": [[0.5, -1.0]]}'
     console.print(
         f"  curl -s -H 'Authorization: Bearer {config.token}' -d '{body}' "
-        "http://127.0.0.1:8471/classifier/predict",
+        f"{config.gateway_url}/classifier/predict",
         highlight=False,
         soft_wrap=True,
     )

@@ -1,4 +1,5 @@
-"""The simulator on small generated traces, and on the head of the real Philly week."""
+"""The simulator on small generated traces, and on the sample of the Philly trace that ships
+in examples/traces/ (400 jobs of 2017-11-06: nine tenants, gangs of up to 32 GPUs)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from kaon.scheduler.sim.metrics import jain, percentile, summarize
 from kaon.scheduler.sim.simulator import SimConfig, Simulator, gang_shape, tenant_quotas
 from kaon.scheduler.sim.trace import TraceError, TraceJob, read_trace
 
-PHILLY = Path(__file__).parents[2].parent / "shared/data/traces/philly_week_2017-10-09.csv"
+SAMPLE = Path(__file__).parents[2] / "examples/traces/philly_sample.csv"
 POLICIES = ("kaon", "fifo", "easy", "las", "srtf")
 
 
@@ -87,12 +88,16 @@ class TestSimulator:
         jobs = [TraceJob("1", 0, 1, 1, 300.0, "a"), TraceJob("2", 0, 1, 1, 100.0, "b")]
         assert tenant_quotas(jobs, 8) == {"a": 6.0, "b": 2.0}
 
-    @pytest.mark.skipif(not PHILLY.exists(), reason="the Philly trace is not checked out")
-    def test_head_of_the_philly_week(self) -> None:
-        jobs = read_trace(PHILLY, limit=300)
-        for policy in ("kaon", "las"):
-            m = replay(jobs, policy, nodes=6)
-            assert m["jobs"] == 300 and m["quota_guarantee"] >= 0  # type: ignore[operator]
+    def test_the_philly_sample(self) -> None:
+        """The docs' first replay (12 x 8 GPUs), under a second a policy: every job runs,
+        and Kaon's order beats strict FIFO by far (about 33,000 s against 75,000 s)."""
+        jobs = read_trace(SAMPLE)
+        assert len(jobs) == 400 and len({j.tenant for j in jobs}) == 9
+        kaon, fifo = replay(jobs, "kaon", nodes=12), replay(jobs, "fifo", nodes=12)
+        for m in (kaon, fifo):
+            assert (m["jobs"], m["rejected"]) == (400, 0)
+            assert 0 <= m["quota_guarantee"] <= 1  # type: ignore[operator]
+        assert kaon["avg_jct_s"] < fifo["avg_jct_s"]  # type: ignore[operator]
 
 
 class TestMetrics:

@@ -76,13 +76,25 @@ def test_unknown_policy_lists_the_valid_ones(tmp_path: Path) -> None:
     assert "kaon" in result.output and "fifo" in result.output
 
 
-def test_plot_is_written(tmp_path: Path) -> None:
-    out = tmp_path / "plot.png"
-    result = CliRunner().invoke(
-        app, ["sim", "--trace", str(_trace(tmp_path, ROWS)), "--nodes", "2", "--plot", str(out)]
-    )
+def test_plot_is_written_and_its_path_printed(tmp_path: Path) -> None:
+    """The folder is made if need be; the path goes to stderr, so --json stays JSON."""
+    out = tmp_path / "plots" / "plot.png"
+    args = ["sim", "--trace", str(_trace(tmp_path, ROWS)), "--nodes", "2", "--plot", str(out)]
+    result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+    assert result.stderr.strip() == f"plot: {out.resolve()}"
+    assert json.loads(result.stdout)["jobs"] == 4
+
+
+def test_plot_folder_that_cannot_be_made_fails_before_the_replay(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "plot.png"
+    result = CliRunner().invoke(
+        app, ["sim", "--trace", str(_trace(tmp_path, ROWS)), "--plot", str(out)]
+    )
+    assert result.exit_code == 2
+    assert "--plot: cannot make the folder" in result.output and "Traceback" not in result.output
 
 
 def test_sim_runs_inside_any_typer_app(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 import kaon
 
@@ -19,6 +19,13 @@ class Point(BaseModel):
 
 class Sum(BaseModel):
     total: float
+
+
+class Tagged(BaseModel):
+    """A body model that opts in to unknown fields: they reach the handler."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
 
 
 class Classifier(kaon.Service):
@@ -34,6 +41,14 @@ class Classifier(kaon.Service):
     @kaon.handler(path="/add")
     async def add(self, point: Point) -> Sum:
         return Sum(total=point.x + point.y)
+
+    @kaon.handler
+    def point_type(self, point: Point) -> dict[str, bool]:
+        return {"is_point": type(point) is Point, "equal": point == Point(x=point.x, y=point.y)}
+
+    @kaon.handler
+    def tag(self, item: Tagged) -> dict[str, object]:
+        return {"name": item.name, "extra": item.model_extra, "is_tagged": type(item) is Tagged}
 
     @kaon.handler(method="GET")
     def scale(self, value: float, factor: float = 2.0) -> float:
@@ -72,6 +87,10 @@ class Batched(kaon.Service):
     def double(self, x: list[float]) -> list[float]:
         self.batches.append(len(x))
         return [v * 2 for v in x]
+
+    @kaon.handler(max_batch_size=8, max_wait_ms=1)
+    def sums(self, points: list[Point]) -> list[float]:
+        return [p.x + p.y for p in points]
 
 
 class SlowSetup(kaon.Service):

@@ -50,9 +50,14 @@ class TestPredictor:
     def test_wrong_shape_is_422_naming_x(self, url: str) -> None:
         r = httpx.post(f"{url}/predict", json={"x": [[1.0, 2.0, 3.0]]})
         assert r.status_code == 422
-        assert r.json()["detail"].startswith("x: shape [1, 3]")
+        assert r.json()["detail"] == "x: shape [1, 3], expected [N, 2]"
         ragged = httpx.post(f"{url}/predict", json={"x": [[1.0], [1.0, 2.0]]})
         assert ragged.status_code == 422
+
+    def test_unknown_field_is_422(self, url: str) -> None:
+        r = httpx.post(f"{url}/predict", json={"x": [[0.5, -1.0]], "y": [1.0]})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "y"]
 
     def test_explain(self, url: str) -> None:
         pytest.importorskip("captum")

@@ -74,6 +74,45 @@ class TestHandlers:
         assert httpx.get(f"{url}/predict").status_code == 405
 
 
+class TestRequestValidation:
+    """What a 422 says: unknown fields are refused, and ``loc`` says where the field was."""
+
+    def test_unknown_field_of_a_model_body_is_422(self, url: str) -> None:
+        r = httpx.post(f"{url}/add", json={"x": 1, "y": 2, "z": 3})
+        assert r.status_code == 422
+        assert r.json()["detail"] == [
+            {
+                "loc": ["body", "z"],
+                "msg": "Extra inputs are not permitted",
+                "type": "extra_forbidden",
+            }
+        ]
+
+    def test_model_body_reaches_the_handler_as_its_own_class(self, url: str) -> None:
+        r = httpx.post(f"{url}/point_type", json={"x": 1, "y": 2})
+        assert r.json() == {"is_point": True, "equal": True}
+
+    def test_model_that_allows_extra_keeps_unknown_fields(self, url: str) -> None:
+        r = httpx.post(f"{url}/tag", json={"name": "a", "colour": "red"})
+        assert r.status_code == 200
+        assert r.json() == {"name": "a", "extra": {"colour": "red"}, "is_tagged": True}
+
+    @pytest.mark.parametrize(
+        ("params", "loc", "type_"),
+        [
+            ({"value": "much"}, ["query", "value"], "float_parsing"),
+            ({}, ["query", "value"], "missing"),
+            ({"value": "3", "factr": "2"}, ["query", "factr"], "extra_forbidden"),
+        ],
+    )
+    def test_query_parameter_errors_are_located_in_query(
+        self, url: str, params: dict[str, str], loc: list[str], type_: str
+    ) -> None:
+        r = httpx.get(f"{url}/scale", params=params)
+        assert r.status_code == 422
+        assert [(e["loc"], e["type"]) for e in r.json()["detail"]] == [(loc, type_)]
+
+
 class TestBuiltins:
     def test_health_and_ready(self, url: str) -> None:
         assert httpx.get(f"{url}/healthz").status_code == 200
@@ -91,7 +130,8 @@ class TestBuiltins:
         body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
         schema = doc["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[1]]
         assert schema["properties"]["x"]["type"] == "array"
-        assert "Point" in doc["components"]["schemas"]
+        assert doc["components"]["schemas"]["Point"]["additionalProperties"] is False
+        assert doc["components"]["schemas"]["Tagged"]["additionalProperties"] is True
         assert "swagger" in httpx.get(f"{url}/docs").text.lower()
 
 
@@ -123,3 +163,11 @@ class TestBatching:
         assert [r.json() for r in replies] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
         assert service.batches == [6]
         assert 'kaon_replica_batch_size_count{handler="double"} 1.0' in metrics
+
+    def test_batched_model_body_refuses_unknown_fields(self) -> None:
+        with running(ReplicaApp(Batched())) as base:
+            wait_ready(base)
+            assert httpx.post(f"{base}/sums", json={"x": 1, "y": 2}).json() == 3.0
+            r = httpx.post(f"{base}/sums", json={"x": 1, "y": 2, "z": 3})
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["body", "z"]

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
+from rich.status import Status
 
-from kaon.cli.common import EXIT_INPUT, ClientOpt, JsonOpt, exit_on_error, make_client
+from kaon.cli.common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_TIMEOUT,
+    ClientOpt,
+    JsonOpt,
+    exit_on_error,
+    make_client,
+)
 from kaon.cli.render import console, err, print_json, rows_table
-from kaon.core.deployments import DeploymentView
+from kaon.core.deployments import DeploymentView, ReplicaView
+from kaon.core.errors import KaonError
+from kaon.core.jobs import JobStatus
+from kaon.core.replicas import ReplicaStatus
+from kaon.sdk.client import Client
 from kaon.sdk.config import load_config
+from kaon.sdk.deployments import DeploymentFailedError
 
 app = typer.Typer(help="Serve models: deployments behind the gateway.", no_args_is_help=True)
 
@@ -82,6 +96,28 @@ PublicOpt = Annotated[
     bool | None, typer.Option("--public/--private", help="callable without a token")
 ]
 EnvOpt = Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")]
+TimeoutOpt = Annotated[
+    float, typer.Option(help="seconds to wait before giving up (exit code 6)", min=0)
+]
+LOG_TAIL = 20  # lines of a crashed replica's log shown when a wait fails: its traceback
+
+
+def _check_source(data: dict[str, Any]) -> None:
+    """Exactly one of service and from_job, checked before anything is uploaded: the
+    server checks too, but only after the upload, and in the words of its model."""
+    has_service, has_job = bool(data.get("service")), bool(data.get("from_job"))
+    if has_service and has_job:
+        _input_error("give either --service or --from-job, not both")
+    if not has_service and not has_job:
+        _input_error(
+            "give --service module:Class to serve a kaon.Service from --path, "
+            "or --from-job JOB to serve a job's model"
+        )
+
+
+def _input_error(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(EXIT_INPUT)
 
 
 @app.command()
@@ -99,6 +135,7 @@ def create(
     public: PublicOpt = None,
     env: EnvOpt = None,
     wait: Annotated[bool, typer.Option(help="wait until a replica is ready")] = True,
+    timeout: TimeoutOpt = 300.0,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -110,6 +147,7 @@ def create(
     data, file_path = _spec(
         file, service, from_job, min_replicas, max_replicas, cpu, memory, gpus, public, env
     )
+    _check_source(data)
     folder = path or file_path
     if folder is None and "from_job" not in data:
         folder = Path(".")
@@ -117,9 +155,9 @@ def create(
     with exit_on_error():
         with err.status("uploading and creating ..."):
             view = kaon.deployments.create(name, path=folder, spec=data)
+        _warn(view)
         if wait:
-            with err.status(f"waiting for {name} to be ready ..."):
-                view = kaon.deployments.wait_ready(name, timeout=300)
+            view = _wait(kaon, view, timeout, json_)
     _show(view, json_)
 
 
@@ -137,25 +175,139 @@ def update(
     gpus: GpuOpt = None,
     public: PublicOpt = None,
     env: EnvOpt = None,
+    wait: Annotated[
+        bool, typer.Option(help="wait until the new generation is rolled out and ready")
+    ] = False,
+    timeout: TimeoutOpt = 300.0,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Change a deployment; replicas roll one at a time with no failed request."""
     kaon = make_client(client)
     with exit_on_error():
-        current = kaon.deployments.get(name).spec.model_dump(exclude_none=True)
-        if path is not None:
-            current.pop("snapshot", None)
         changes, file_path = _spec(
             file, service, from_job, min_replicas, max_replicas, cpu, memory, gpus, public, env
         )
+        if changes.get("service") and changes.get("from_job"):
+            _input_error("give either --service or --from-job, not both")
+        current = kaon.deployments.get(name).spec.model_dump(exclude_none=True)
+        if path is not None:
+            current.pop("snapshot", None)
         if "service" in changes:
             current.pop("from_job", None)
         if "from_job" in changes:
             current.pop("service", None)
         current.update(changes)
         view = kaon.deployments.update(name, current, path=path or file_path)
+        _warn(view)
+        if wait:
+            view = _wait(kaon, view, timeout, json_)
     _show(view, json_)
+
+
+# --- waiting ----------------------------------------------------------------------------
+
+
+def _wait(kaon: Client, created: DeploymentView, timeout: float, json_: bool) -> DeploymentView:
+    """Wait for the new generation, saying what it waits for; stop at the first crash
+    with the crashed replica's traceback and exit 1. The create or update response's
+    warnings stay on the view returned, so --json still carries them."""
+    name = created.name
+    try:
+        with err.status(f"waiting for {name} ...") as spinner:
+            view = kaon.deployments.wait_ready(name, timeout, _Progress(spinner))
+    except DeploymentFailedError as e:
+        _failed(kaon, e, json_)
+    except TimeoutError as e:  # an OSError, which exit_on_error would call bad input
+        err.print(f"[red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(EXIT_TIMEOUT) from None
+    return view.model_copy(update={"warnings": created.warnings})
+
+
+class _Progress:
+    """Prints to stderr, a line each time it changes, the deployment's status and each
+    replica's state and why it is there (its job's waiting reason while it queues).
+    Lines, not only the spinner, so a log or a pipe shows a start that is stuck."""
+
+    def __init__(self, spinner: Status) -> None:
+        self.spinner = spinner
+        self.said: dict[str, str] = {}
+
+    def __call__(self, view: DeploymentView) -> None:
+        self.spinner.update(f"waiting for {view.name}: {view.status} ...")
+        lines = [(view.name, f"{view.name}: {view.status}, {_deployment_info(view)}")]
+        lines += [(r.job_id, _replica_line(r)) for r in _waited_for(view)]
+        for key, line in lines:
+            if self.said.get(key) != line:
+                self.said[key] = line
+                err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _waited_for(view: DeploymentView) -> list[ReplicaView]:
+    """The replicas a wait is about: the current generation's, and old ones still up."""
+    return [
+        r for r in view.replicas if r.generation == view.generation or not r.state.is_terminal()
+    ]
+
+
+def _replica_line(r: ReplicaView) -> str:
+    return f"  replica {r.job_id} (generation {r.generation}): {r.state}, {_replica_info(r)}"
+
+
+def _failed(kaon: Client, error: DeploymentFailedError, json_: bool) -> NoReturn:
+    """The crash, the last lines of the crashed replica's log (its traceback), and where
+    the whole log is; exit 1."""
+    name, replica = error.view.name, error.replica.job_id
+    err.print(f"[red]error:[/] {error}", soft_wrap=True)
+    err.print(f"last {LOG_TAIL} lines of replica {replica}'s log:")
+    err.print(_log_tail(kaon, name, replica), markup=False, highlight=False, soft_wrap=True)
+    err.print(f"[dim]the whole log: kaon deploy logs {name} --replica {replica}[/]")
+    if json_:
+        print_json(error.view)
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _log_tail(kaon: Client, name: str, replica: str) -> str:
+    try:
+        text = kaon.deployments.logs(name, replica)
+    except KaonError as e:
+        return f"(its log could not be read: {e})"
+    return "\n".join(text.rstrip("\n").splitlines()[-LOG_TAIL:]) or "(its log is empty)"
+
+
+# --- showing ----------------------------------------------------------------------------
+
+
+_STARTING_WHY = {
+    JobStatus.QUEUED: "queued for the scheduler",
+    JobStatus.STARTING: "its process is being launched",
+    JobStatus.RUNNING: "setup() runs; waiting for its first passing health check",
+}
+
+
+def _replica_info(r: ReplicaView) -> str:
+    """Why a replica is where it is: the scheduler's reason while its job waits for
+    resources, what a starting one is doing, else its job's message."""
+    if r.waiting_reason:
+        return f"waiting for resources: {r.waiting_reason}"
+    if r.state is ReplicaStatus.STARTING and r.job_status in _STARTING_WHY:
+        return _STARTING_WHY[r.job_status]
+    return r.message
+
+
+def _deployment_info(view: DeploymentView) -> str:
+    """The deployment's message, and why its replicas wait when some do: otherwise a
+    deployment on a full pool reads 'starting' with no reason anywhere but its jobs."""
+    waiting = [r for r in view.replicas if r.waiting_reason]
+    if not waiting:
+        return view.message
+    count = "1 replica waits" if len(waiting) == 1 else f"{len(waiting)} replicas wait"
+    return f"{view.message}; {count} for resources: {waiting[0].waiting_reason}"
+
+
+def _warn(view: DeploymentView) -> None:
+    for warning in view.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 @app.command("list")
@@ -174,7 +326,7 @@ def list_(client: ClientOpt = None, json_: JsonOpt = False) -> None:
             f"{v.ready_replicas}/{v.desired_replicas}",
             str(v.generation),
             f"{gateway}/{v.name}/",
-            v.message,
+            _deployment_info(v),
         )
         for v in views
     ]
@@ -228,15 +380,17 @@ def _show(view: DeploymentView, json_: bool) -> None:
     if json_:
         print_json(view)
         return
-    console.print(f"[bold]{view.name}[/] {view.status}: {view.message}")
+    console.print(f"[bold]{view.name}[/] {view.status}: {_deployment_info(view)}")
     gateway = load_config().gateway_url
     console.print(f"  call: POST {gateway}/{view.name}/<handler>  (Authorization: Bearer <token>)")
     rows = [
-        (r.job_id, str(r.generation), r.state, r.url or "-", str(r.pid or "-"), r.message)
+        (r.job_id, str(r.generation), r.state, r.url or "-", str(r.pid or "-"), _replica_info(r))
         for r in view.replicas
     ]
     if rows:
         console.print(rows_table(("REPLICA", "GEN", "STATE", "URL", "PID", "INFO"), rows))
+    if view.hidden_replicas:
+        console.print(f"  ({view.hidden_replicas} older ended replica(s) not shown)")
 
 
 def serve(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,15 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from kaon.cli.common import EXIT_FAILED, EXIT_INPUT, ClientOpt, JsonOpt, exit_on_error, make_client
+from kaon.cli.common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_NOT_FOUND,
+    ClientOpt,
+    JsonOpt,
+    exit_on_error,
+    make_client,
+)
 from kaon.cli.render import (
     console,
     err,
@@ -50,8 +59,17 @@ def _load_spec_file(path: Path) -> tuple[dict[str, Any], Path | None]:
         raise typer.BadParameter(f"{path} must hold a mapping of job fields")
     workdir = data.pop("workdir", None)
     if isinstance(data.get("command"), str):
-        data["command"] = data["command"].split()
+        data["command"] = _split_command(data["command"], path)
     return data, (path.parent / workdir) if workdir else None
+
+
+def _split_command(text: str, path: Path) -> list[str]:
+    """A YAML `command:` written as one line, split as a shell would: people copy it from
+    a terminal, where ``python -c "print(3)"`` is three arguments with no quotes left."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise typer.BadParameter(f"{path}: command {text!r}: {e}") from None
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -60,7 +78,7 @@ def run(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="job spec YAML")] = None,
     name: Annotated[str | None, typer.Option(help="a label for the job")] = None,
     workers: Annotated[int | None, typer.Option(help="gang size: all start or none")] = None,
-    cpu: Annotated[float | None, typer.Option(help="CPUs per worker")] = None,
+    cpu: Annotated[float | None, typer.Option("--cpu", "--cpus", help="CPUs per worker")] = None,
     memory: Annotated[str | None, typer.Option(help="memory per worker, e.g. 4Gi")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per worker")] = None,
     env: Annotated[
@@ -191,11 +209,34 @@ def logs(
 
 
 @app.command()
-def cancel(job_id: str, client: ClientOpt = None, json_: JsonOpt = False) -> None:
-    """Cancel a job: SIGTERM to every worker, SIGKILL after the grace period."""
+def cancel(
+    job_id: str,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="ask, and return while workers stop")
+    ] = False,
+    timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
+    client: ClientOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Cancel a job: SIGTERM to every worker, SIGKILL after the grace period. Waits until
+    the job is cancelled (its workers gone) unless -d, so what it prints is the end state.
+    """
+    kaon = make_client(client)
     with exit_on_error():
-        job = make_client(client).jobs.cancel(job_id)
-    print_json(job) if json_ else err.print(f"job {job.id}: {job.message or job.status.value}")
+        job = kaon.jobs.cancel(job_id)
+        if not detach and not job.is_done():
+            with err.status(f"{job.id}: stopping workers (SIGTERM, then SIGKILL) ..."):
+                job = kaon.jobs.wait(job.id, timeout=timeout)
+    print_json(job) if json_ else err.print(_cancel_outcome(job))
+
+
+def _cancel_outcome(job: JobView) -> str:
+    """One line that matches the job's state now: never "stopping" for a cancelled job."""
+    if job.status is JobStatus.CANCELLED:
+        return f"job {job.id} {status_text(job.status)}"
+    if job.is_done():
+        return f"job {job.id} {status_text(job.status)}: {job.message}"
+    return f"job {job.id} {status_text(job.status)}: stopping its workers, then cancelled"
 
 
 @app.command()
@@ -221,7 +262,19 @@ def metrics(
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Show the metrics a job reported with kaon.report()."""
+    """Show the metrics a job reported with kaon.report(). A --name the job never
+    reported is an error (exit 3) that lists the names it did report: an empty table
+    would look like a job that reported nothing."""
+    kaon = make_client(client)
     with exit_on_error():
-        points = make_client(client).jobs.metrics(job_id, name)
+        points = kaon.jobs.metrics(job_id, name)
+        if name and not points:
+            err.print(f"[red]error:[/] {_no_such_metric(kaon, job_id, name)}")
+            raise typer.Exit(EXIT_NOT_FOUND)
     print_json(points) if json_ else console.print(metrics_table(points))
+
+
+def _no_such_metric(kaon: Client, job_id: str, name: str) -> str:
+    reported = sorted({p.name for p in kaon.jobs.metrics(job_id)})
+    names = ", ".join(reported) if reported else "none yet"
+    return f"job {job_id} reported no metric named {name!r}; it reported: {names}"

@@ -7,24 +7,53 @@ Exit codes scripts can rely on: 0 success; 1 the job (or command) failed; 2 bad 
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import typer.main
+from rich.markup import escape
+from typer.core import TyperOption
 
 from kaon.cli import deploy as deploy_cli
 from kaon.cli import jobs as jobs_cli
 from kaon.cli import pools as pools_cli
 from kaon.cli import quotas as quotas_cli
-from kaon.cli.common import ClientOpt, JsonOpt, exit_on_error, make_client
-from kaon.cli.daemon import Daemon, wait_healthy
+from kaon.cli.common import (
+    EXIT_INPUT,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    ClientOpt,
+    JsonOpt,
+    exit_on_error,
+    make_client,
+)
+from kaon.cli.daemon import (
+    Daemon,
+    Started,
+    describe,
+    free_ports_near,
+    port_free,
+    port_holder,
+    says_address_in_use,
+)
 from kaon.cli.render import console, err, nodes_table, print_json, rows_table
+from kaon.core.errors import KaonError
 from kaon.sdk.client import Client
-from kaon.sdk.config import ClientConfig, home, load_config, save_config, save_gateway_url
+from kaon.sdk.config import (
+    ClientConfig,
+    home,
+    load_config,
+    own_instance_id,
+    save_config,
+    save_gateway_url,
+    save_instance_id,
+)
 
 app = typer.Typer(
     name="kaon",
@@ -48,6 +77,8 @@ app.add_typer(workspace_app, name="workspace")
 F = TypeVar("F", bound=Callable[..., Any])
 SERVER = "kaon.server"
 GATEWAY = "kaon.gateway"
+DEFAULT_PORT, DEFAULT_GATEWAY_PORT = 8470, 8471
+OTHER_PORTS = "to use other ports: kaon up --port N --gateway-port M"
 
 
 def _server_daemon() -> Daemon:
@@ -58,31 +89,10 @@ def _gateway_daemon() -> Daemon:
     return Daemon(home(), "gateway", GATEWAY)
 
 
-def _start_gateway(url: str, token: str | None, port: int) -> str:
-    """Start the gateway with a token of its own (role 'gateway'), unless it runs."""
-    daemon = _gateway_daemon()
-    gateway_url = f"http://127.0.0.1:{port}"
-    if daemon.pid() is not None:
-        return gateway_url
-    if not token:
-        return "not started (no admin token; run 'kaon login' and 'kaon up' again)"
-    name = f"gateway-{secrets.token_hex(3)}"
-    secret = Client(url, token=token).tokens.create(name, role="gateway").token
-    daemon.start(
-        {"KAON_GATEWAY_TOKEN": secret},
-        ["--port", str(port), "--control-plane", url, "--poll", "0.25"],
-    )
-    with err.status(f"starting the gateway on {gateway_url} ..."):
-        probe = Client(gateway_url, token="")
-        if not wait_healthy(probe.healthy, 30):
-            return f"did not start; see {daemon.log_file}"
-    return gateway_url
-
-
 @app.command()
 def server(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8470,
+    port: Annotated[int, typer.Option(help="port to listen on")] = DEFAULT_PORT,
     database_url: Annotated[
         str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")
     ] = None,
@@ -96,8 +106,8 @@ def server(
 
 @app.command()
 def up(
-    port: Annotated[int, typer.Option(help="control-plane port")] = 8470,
-    gateway_port: Annotated[int, typer.Option(help="gateway port")] = 8471,
+    port: Annotated[int, typer.Option(help="control-plane port")] = DEFAULT_PORT,
+    gateway_port: Annotated[int, typer.Option(help="gateway port")] = DEFAULT_GATEWAY_PORT,
     database_url: Annotated[
         str | None, typer.Option("--db", help="SQLite path or postgresql:// URL")
     ] = None,
@@ -110,49 +120,242 @@ def up(
         str, typer.Option(help="address to listen on; other machines need a reachable one")
     ] = "127.0.0.1",
 ) -> None:
-    """Start the control plane in the background and print its URL and admin token."""
-    daemon = _server_daemon()
+    """Start the control plane and its gateway in the background; print the URL and token.
+
+    This home's control plane, if it runs, is reused; a port held by anything else is not."""
     url = f"http://127.0.0.1:{port}"
-    if daemon.pid() is None:
-        bootstrap = "kaon_" + secrets.token_urlsafe(32)
-        env = {"KAON_PORT": str(port), "KAON_HOME": str(home()), "KAON_BOOTSTRAP_TOKEN": bootstrap}
-        env["KAON_HOST"] = host
-        if database_url:
-            env["KAON_DATABASE_URL"] = database_url
-        if ray_address:
-            env["KAON_RAY_ADDRESS"] = ray_address
-        daemon.start(env)
-        with err.status(f"starting the control plane on {url} ..."):
-            probe = Client(url, token="")
-            ready = wait_healthy(probe.healthy, timeout)
-        if not ready:
-            err.print(f"[red]the control plane did not start; see {daemon.log_file}[/]")
-            raise typer.Exit(5)
-        try:
-            Client(url, token=bootstrap).whoami()
-            save_config(ClientConfig(url=url, token=bootstrap))
-        except Exception:
-            pass  # an admin token existed already; keep the saved one
+    probe = Client(url, token="", timeout=1.0)  # a local server answers in ms
+    if _check_ports(probe, port, gateway_port, host):
+        daemon = _server_daemon()  # ours, maybe still starting
+        _await(daemon, "control plane", port, lambda: _health(probe) is not None, timeout)
+    else:
+        env = _server_env(port, host, database_url, ray_address)
+        _start_server(probe, env, timeout)
+    _record_instance(probe)
     config = load_config()
-    with exit_on_error():
-        gateway = _start_gateway(url, config.token, gateway_port)
-    if gateway != config.gateway_url:
+    gateway = _start_gateway(url, config.token, port, gateway_port)
+    if gateway is not None and gateway != config.gateway_url:
         save_gateway_url(gateway)  # `kaon deploy` prints this address
     if ray_address and config.token:
         with exit_on_error():
             pools_cli.wait_connected(Client(url, token=config.token).pools.get, "ray", 180)
-    console.print(f"Kaon control plane: [bold]{url}[/] (logs: {daemon.log_file})")
-    console.print(f"Kaon gateway:       [bold]{gateway}[/]")
-    if config.token:
-        console.print(f"admin token: [bold]{config.token}[/]  (saved in {home() / 'config.json'})")
-    else:
-        console.print("the server already had an admin token; use [bold]kaon login[/]")
+    _print_up(url, gateway, config.token, (port, gateway_port))
+
+
+def _check_ports(probe: Client, port: int, gateway_port: int, host: str) -> bool:
+    """Before anything starts: whether this home's control plane already runs on `port`.
+    Exits with the reason (and other ports to use) if either port is someone else's, so a
+    taken gateway port does not leave a control plane half set up."""
+    if port == gateway_port:
+        _fail(f"the control plane and the gateway need two ports, not {port} twice", EXIT_INPUT)
+    running = _check_server_port(probe, port, host)
+    _check_gateway_port(port, gateway_port)
+    return running
+
+
+def _check_server_port(probe: Client, port: int, host: str) -> bool:
+    """A control plane that answers on `port` is this home's if it serves this home's
+    instance id (or is this home's process); any other is refused, however healthy."""
+    daemon = _server_daemon()
+    health = _health(probe)
+    if health is not None:
+        if _is_own(health) or port in daemon.listening_ports():
+            return True
+        _taken(port, _foreign_server(port, health), _other_ports(port))
+    if daemon.pid() is not None:
+        _check_own_port(daemon, "control plane", port, "--port")
+        return True
+    if not port_free(host, port):
+        _taken(port, _holder(port), _other_ports(port))
+    return False
+
+
+def _check_gateway_port(port: int, gateway_port: int) -> None:
+    """The gateway answers no instance id; this home's is the one its pid file names."""
+    daemon = _gateway_daemon()
+    if daemon.pid() is not None:
+        _check_own_port(daemon, "gateway", gateway_port, "--gateway-port")
+    elif not port_free("127.0.0.1", gateway_port):
+        _taken(gateway_port, _holder(gateway_port), _other_gateway_port(port, gateway_port))
+
+
+def _check_own_port(daemon: Daemon, what: str, port: int, flag: str) -> None:
+    """This home's daemon runs: refuse to start a second one elsewhere for the same home."""
+    ports = daemon.listening_ports()
+    if ports and port not in ports:
+        other = min(ports)
+        _fail(
+            f"this home's {what} already runs on port {other} ({home()})",
+            EXIT_INPUT,
+            hint=f"use it (kaon up {flag} {other}), or stop it first (kaon down)",
+        )
+
+
+def _server_env(
+    port: int, host: str, database_url: str | None, ray_address: str | None
+) -> dict[str, str]:
+    env = {"KAON_PORT": str(port), "KAON_HOME": str(home()), "KAON_HOST": host}
+    env["KAON_BOOTSTRAP_TOKEN"] = "kaon_" + secrets.token_urlsafe(32)
+    if database_url:
+        env["KAON_DATABASE_URL"] = database_url
+    if ray_address:
+        env["KAON_RAY_ADDRESS"] = ray_address
+    return env
+
+
+def _start_server(probe: Client, env: dict[str, str], timeout: float) -> None:
+    """Start this home's control plane; ready once it serves this home's instance id (so
+    another server that answers meanwhile is never taken for it)."""
+    daemon = _server_daemon()
+    offset = daemon.log_size()
+    daemon.start(env)
+    port = int(env["KAON_PORT"])
+    _await(daemon, "control plane", port, lambda: _is_own(_health(probe)), timeout, offset)
+    bootstrap = env["KAON_BOOTSTRAP_TOKEN"]
+    try:
+        Client(probe.url, token=bootstrap).whoami()
+        save_config(ClientConfig(url=probe.url, token=bootstrap))
+    except Exception:
+        pass  # an admin token existed already; keep the saved one
+
+
+def _start_gateway(url: str, token: str | None, port: int, gateway_port: int) -> str | None:
+    """Start the gateway with a token of its own (role 'gateway'), unless it runs. None
+    if it cannot: making its token takes an admin token."""
+    daemon = _gateway_daemon()
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    if daemon.pid() is not None:
+        return gateway_url
+    if not token:
+        return None
+    name = f"gateway-{secrets.token_hex(3)}"
+    with exit_on_error():
+        secret = Client(url, token=token).tokens.create(name, role="gateway").token
+    offset = daemon.log_size()
+    daemon.start(
+        {"KAON_GATEWAY_TOKEN": secret, "KAON_HOME": str(home())},  # its home, for `describe`
+        ["--port", str(gateway_port), "--control-plane", url, "--poll", "0.25"],
+    )
+    ready = Client(gateway_url, token="").healthy
+    hint = functools.partial(_other_gateway_port, port, gateway_port)
+    _await(daemon, "gateway", gateway_port, ready, 30, offset, hint)
+    return gateway_url
+
+
+def _await(
+    daemon: Daemon,
+    what: str,
+    port: int,
+    ready: Callable[[], bool],
+    timeout: float,
+    offset: int | None = None,
+    hint: Callable[[], str] | None = None,
+) -> None:
+    """Wait for a daemon of this home; if it exits first, say why at once (its log since
+    `offset`), and if it never answers, say where to look."""
+    offset = daemon.log_size() if offset is None else offset
+    with err.status(f"starting the {what} on port {port} ..."):
+        outcome = daemon.wait_ready(ready, timeout)
+    if outcome is Started.READY:
+        return
+    if outcome is Started.TIMED_OUT:
+        _fail(f"the {what} did not answer in {timeout:g} s; see {daemon.log_file}", EXIT_TIMEOUT)
+    log = daemon.log_since(offset)
+    if says_address_in_use(log):
+        _taken(port, _holder(port), hint() if hint else _other_ports(port))
+    tail = "\n".join(log.strip().splitlines()[-8:])
+    _fail(
+        f"the {what} exited as it started; the end of {daemon.log_file}:\n{tail}", EXIT_UNREACHABLE
+    )
+
+
+def _health(probe: Client) -> dict[str, Any] | None:
+    """What answers ``/healthz`` there, or None when nothing does (or not with JSON)."""
+    try:
+        body = probe.request("GET", "/healthz").json()
+    except (KaonError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _is_own(health: dict[str, Any] | None) -> bool:
+    instance = health.get("instance_id") if health else None
+    return instance is not None and instance == own_instance_id()
+
+
+def _record_instance(probe: Client) -> None:
+    """Write this home's instance id into its config: a record of the server `kaon up`
+    started, also where the home's own file cannot be read."""
+    health = _health(probe)
+    if health and health.get("instance_id"):
+        save_instance_id(str(health["instance_id"]))
+
+
+def _foreign_server(port: int, health: dict[str, Any]) -> str:
+    """Name the control plane of another home: by its process where this user may see it,
+    else by the instance id it serves."""
+    proc = port_holder(port)
+    if proc is not None:
+        return describe(proc)
+    instance = health.get("instance_id")
+    return f"another Kaon control plane (instance {instance})" if instance else "another server"
+
+
+def _holder(port: int) -> str:
+    proc = port_holder(port)
+    return describe(proc) if proc is not None else "another program"
+
+
+def _other_ports(port: int) -> str:
+    """Free ports to suggest for both: +100, +200, ... keeps them recognisable."""
+    base = free_ports_near(port, 2)
+    return (
+        f"to use other ports: kaon up --port {base} --gateway-port {base + 1}"
+        if base
+        else OTHER_PORTS
+    )
+
+
+def _other_gateway_port(port: int, gateway_port: int) -> str:
+    free = free_ports_near(gateway_port, 1)
+    return f"to use another gateway port: kaon up --port {port} --gateway-port {free or 'M'}"
+
+
+def _taken(port: int, holder: str, hint: str) -> NoReturn:
+    _fail(f"port {port} is taken by {holder}", EXIT_INPUT, hint=hint)
+
+
+def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
+    """One red line (log text is printed as it is, never read as markup), a hint, exit."""
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        err.print(escape(hint), highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _print_up(url: str, gateway: str | None, token: str | None, ports: tuple[int, int]) -> None:
+    """What `kaon up` did, unwrapped: tokens and paths are copied from it."""
+    daemon = _server_daemon()
+    if gateway is None:
+        gateway = "not started (no admin token; run 'kaon login' and 'kaon up' again)"
+    lines = [
+        f"Kaon control plane: [bold]{url}[/] (logs: {daemon.log_file})",
+        f"Kaon gateway:       [bold]{gateway}[/]",
+        f"admin token: [bold]{token}[/]  (saved in {home() / 'config.json'})"
+        if token
+        else "the server already had an admin token; use [bold]kaon login[/]",
+    ]
+    if ports == (DEFAULT_PORT, DEFAULT_GATEWAY_PORT):
+        lines.append(f"[dim]{OTHER_PORTS}[/]")
+    for line in lines:
+        console.print(line, soft_wrap=True)
 
 
 @app.command()
 def down() -> None:
-    """Stop the background control plane. Running jobs keep running and are re-adopted
-    on the next `kaon up`."""
+    """Stop the background control plane and gateway.
+
+    Running jobs keep running and are re-adopted on the next `kaon up`."""
     _gateway_daemon().stop()
     stopped = _server_daemon().stop()
     console.print("stopped the control plane" if stopped else "the control plane was not running")
@@ -279,7 +482,29 @@ _register_optional()
 
 
 def main() -> None:
-    app()
+    command = typer.main.get_command(app)
+    _tidy_help_types(command, typer.Context(command))
+    command()
+
+
+def _tidy_help_types(command: Any, ctx: typer.Context) -> None:
+    """Typer renders every option's type in help, flags too (``--help <bool>``), and a
+    repeatable option's as a list (``--env <list[str]>``). A flag takes no value and a
+    repeatable option one value a time, so show none and the item's type."""
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = _metavar(param, ctx)
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help_types(sub, ctx)
+
+
+def _metavar(param: TyperOption, ctx: typer.Context) -> str | None:
+    if param.is_flag:
+        return ""
+    shown = param.display_type_rich(ctx) if param.multiple else None
+    if shown and shown.startswith("<list[") and shown.endswith("]>"):
+        return f"<{shown[len('<list[') : -len(']>')]}>"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

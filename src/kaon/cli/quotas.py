@@ -35,15 +35,27 @@ def _row(q: QuotaView) -> tuple[str, ...]:
 def set_(
     workspace: str,
     gpus: Annotated[float | None, typer.Option(help="nominal GPUs")] = None,
-    cpus: Annotated[float | None, typer.Option(help="nominal CPUs")] = None,
+    cpus: Annotated[float | None, typer.Option("--cpus", "--cpu", help="nominal CPUs")] = None,
     memory: Annotated[str | None, typer.Option(help="nominal memory, e.g. 256Gi")] = None,
-    borrow_limit: Annotated[float | None, typer.Option(help="idle GPUs it may borrow")] = None,
-    borrow_cpus: Annotated[float | None, typer.Option(help="idle CPUs it may borrow")] = None,
+    borrow_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="idle GPUs it may borrow beyond --gpus (GPUs only: CPUs and memory "
+            "have --borrow-cpus and --borrow-memory)"
+        ),
+    ] = None,
+    borrow_cpus: Annotated[
+        float | None,
+        typer.Option("--borrow-cpus", "--borrow-cpu", help="idle CPUs it may borrow"),
+    ] = None,
     borrow_memory: Annotated[str | None, typer.Option(help="idle memory it may borrow")] = None,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Set a workspace's quota (admin). Unset values are unlimited.
+
+    --borrow-limit covers GPUs only; --borrow-cpus and --borrow-memory set what it may
+    borrow of the others. --cpu is accepted for --cpus, as kaon job run spells it.
 
     kaon quota set team-a --gpus 8 --cpus 64 --memory 256Gi --borrow-limit 8
     """

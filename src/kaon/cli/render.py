@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import shlex
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,10 +55,23 @@ def ago(when: datetime | None) -> str:
     return f"{max(seconds, 0):.0f}s ago"
 
 
+def id_column(table: Table, header: str, ids: Iterable[str]) -> None:
+    """A column of ids (or names) people copy into their next command: never cut, however
+    narrow the terminal; the other columns wrap or shorten instead. Rich shrinks even
+    no-wrap columns as a last resort, but never below `min_width`."""
+    width = max((len(i) for i in ids), default=0)
+    table.add_column(header, no_wrap=True, min_width=max(width, len(header)))
+
+
 def jobs_table(jobs: Sequence[JobView]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "STATUS", "WORKERS", "RESOURCES/WORKER", "SUBMITTED", "INFO"):
-        table.add_column(column)
+    id_column(table, "ID", (j.id for j in jobs))
+    table.add_column("NAME")
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("WORKERS", no_wrap=True)
+    table.add_column("RESOURCES/WORKER")
+    table.add_column("SUBMITTED", no_wrap=True)
+    table.add_column("INFO")
     for job in jobs:
         res = job.spec.resources
         gpus = f", {res.gpus} GPU" if res.gpus else ""
@@ -76,15 +90,15 @@ def jobs_table(jobs: Sequence[JobView]) -> Table:
 
 def job_detail(job: JobView) -> Table:
     table = Table(box=None, show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # ids and commands wrap, never end in "..."
     rows = [
         ("id", job.id),
         ("name", job.name or "-"),
         ("workspace", job.workspace),
         ("status", status_text(job.status)),
         ("message", job.message or "-"),
-        ("command", " ".join(job.spec.command)),
+        ("command", shlex.join(job.spec.command)),  # as a shell would take it back
         ("workers", str(job.spec.workers)),
         ("restarts", str(job.restart_count)),
         ("preemptions", str(job.preemptions)),
@@ -107,8 +121,8 @@ def job_detail(job: JobView) -> Table:
 
 def nodes_table(nodes: Sequence[NodeView]) -> Table:
     table = Table(box=None, header_style="bold")
+    id_column(table, "NODE", (n.name for n in nodes))
     for column in (
-        "NODE",
         "POOL",
         "ADDRESS",
         "STATE",
@@ -154,8 +168,11 @@ def metrics_table(points: Sequence[MetricView]) -> Table:
 
 
 def rows_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    """A plain table whose first column (an id or name in every table Kaon prints) is
+    never cut."""
     table = Table(box=None, header_style="bold")
-    for column in columns:
+    id_column(table, columns[0], (row[0] for row in rows))
+    for column in columns[1:]:
         table.add_column(column)
     for row in rows:
         table.add_row(*row)

@@ -23,14 +23,17 @@ def sim(
         bool, typer.Option(help="per-tenant quotas (GPU-hour shares); off: one shared queue")
     ] = True,
     json_: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    plot: Annotated[Path | None, typer.Option(help="PNG of queue length and utilisation")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="write a PNG of queue length and utilisation here")
+    ] = None,
 ) -> None:
     """Replay a trace with a discrete-event clock through `kaon.scheduler`'s very code.
 
-    kaon sim --trace philly.csv --nodes 48 --gpus-per-node 8 --policy kaon --json
+    kaon sim --trace examples/traces/philly_sample.csv --nodes 12 --policy kaon
 
-    A bad trace row or an unknown policy exits with code 2 and a one-line message
-    (file:line: column ...), never a traceback. See docs/scheduler.md for the model.
+    A bad trace row (file:line: column ...), an unknown policy or a --plot folder that
+    cannot be made exits with code 2 and a one-line message before the replay, never a
+    traceback. See docs/scheduler.md for the model and where the full traces come from.
     """
     from kaon.scheduler.policies import get_policy
     from kaon.scheduler.sim.metrics import summarize
@@ -40,6 +43,8 @@ def sim(
     try:
         chosen = get_policy(policy, restart_penalty_s=restart_penalty)
         jobs = read_trace(trace, limit=limit)
+        if plot is not None:  # a week's replay takes minutes: find out now, not after it
+            _make_folder(plot.parent)
     except (TraceError, ValueError) as e:
         from rich.markup import escape
 
@@ -62,13 +67,22 @@ def sim(
         draw({policy: result}, plot, title=f"{trace.name}, {nodes} x {gpus_per_node} GPUs")
     if json_:
         print(json.dumps(summary, indent=2))
-        return
-    console.print(
-        rows_table(
-            ("METRIC", "VALUE"),
-            [(k, _fmt(v)) for k, v in summary.items() if not isinstance(v, dict)],
+    else:
+        console.print(
+            rows_table(
+                ("METRIC", "VALUE"),
+                [(k, _fmt(v)) for k, v in summary.items() if not isinstance(v, dict)],
+            )
         )
-    )
+    if plot is not None:  # on stderr, so that --json's stdout stays one JSON object
+        err.print(f"plot: {plot.resolve()}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--plot: cannot make the folder {folder}: {e.strerror}") from None
 
 
 def _fmt(value: Any) -> str:

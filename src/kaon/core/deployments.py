@@ -16,7 +16,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kaon.core.jobs import JobSpec
+from kaon.core.jobs import JobSpec, JobStatus
 from kaon.core.replicas import ENV_DEPLOYMENT, ENV_MODEL_DIR, ENV_REPLICA_ID, ReplicaStatus
 from kaon.core.resources import Resources
 from kaon.core.validation import NAME_PATTERN, SnapshotRef, UserEnv, check_name
@@ -189,6 +189,9 @@ class ReplicaView(BaseModel):
     waiting_reason: str | None = Field(
         default=None, description="why its job waits for resources, while it does"
     )
+    job_status: JobStatus | None = Field(
+        default=None, description="its job's status: queued, starting, running ..."
+    )
     created_at: datetime
 
 
@@ -201,7 +204,16 @@ class DeploymentView(BaseModel):
     generation: int
     desired_replicas: int
     ready_replicas: int = 0
-    replicas: list[ReplicaView] = Field(default_factory=list)
+    replicas: list[ReplicaView] = Field(
+        default_factory=list,
+        description="live replicas, newest first, then the few most recent ended ones",
+    )
+    hidden_replicas: int = Field(default=0, description="older ended replicas not listed")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="from create and update: what will hold it back, such as a replica "
+        "that cannot fit the pool's free capacity now and will wait",
+    )
     created_at: datetime
     updated_at: datetime
 

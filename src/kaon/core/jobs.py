@@ -103,6 +103,19 @@ class JobSpec(BaseModel):
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
     labels: dict[str, str] = Field(default_factory=dict, description="node labels required")
 
+    @field_validator("command", mode="before")
+    @classmethod
+    def _not_a_string(cls, value: object) -> object:
+        """A string is refused, not split: splitting on spaces breaks quoted arguments
+        (``python -c "print(3)"`` would run ``'"print(3)"'``, a no-op), and guessing a
+        shell's rules here would differ from the shell the user wrote it for."""
+        if isinstance(value, str):
+            raise ValueError(
+                "command must be a list of arguments, e.g. "
+                '["python", "-c", "print(3)"], not a string'
+            )
+        return value
+
     @field_validator("command")
     @classmethod
     def _command(cls, value: list[str]) -> list[str]:

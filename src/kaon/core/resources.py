@@ -56,6 +56,20 @@ def format_memory(n: int) -> str:
     return f"{size:.1f}Ti"  # pragma: no cover
 
 
+def describe_memory(n: int, digits: int = 1) -> str:
+    """``107374182400`` -> ``"100 GiB"``, ``25276063744`` -> ``"23.5 GiB"``: the form for
+    sentences people read (an error naming a size), where a byte count is unreadable and
+    a trailing ``.0`` is noise. `digits` more decimals tell two close sizes apart."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    if unit == "bytes":
+        return f"{n} byte" if n == 1 else f"{n} bytes"
+    return f"{size:.{digits}f}".rstrip("0").rstrip(".") + f" {unit}"
+
+
 class Resources(BaseModel):
     """What one worker (or replica) asks for. Memory in bytes; parsed from ``"4Gi"`` too."""
 

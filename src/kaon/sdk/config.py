@@ -1,4 +1,9 @@
-"""Where the CLI and SDK find the control plane: flags, then env, then ``~/.kaon/config.json``."""
+"""Where the CLI and SDK find the control plane: flags, then env, then ``~/.kaon/config.json``.
+
+A home (``KAON_HOME``, default ``~/.kaon``) also names its own control plane: the server
+makes an instance id on its first start (``instance-id`` in the home) and serves it on
+``/healthz``; `kaon up` records it in ``config.json`` and compares, so it never takes another
+home's server on the same port for its own."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8471"
+INSTANCE_ID_FILE = "instance-id"  # written by the control plane (kaon.server.app)
 
 
 def home() -> Path:
@@ -29,13 +35,7 @@ class ClientConfig:
 
 
 def load_config() -> ClientConfig:
-    data: dict[str, str] = {}
-    path = config_path()
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = {}
+    data = _read()
     return ClientConfig(
         url=os.environ.get("KAON_URL") or data.get("url") or DEFAULT_URL,
         token=os.environ.get("KAON_TOKEN") or data.get("token"),
@@ -47,26 +47,51 @@ def load_config() -> ClientConfig:
 
 
 def save_config(config: ClientConfig) -> Path:
-    """Write the config readable by this user only: it holds a token."""
-    data = {
-        "url": config.url,
-        "token": config.token,
-        "workspace": config.workspace,
-        "gateway_url": config.gateway_url,
-    }
-    return _write(data)
+    """Write the config readable by this user only: it holds a token. What else the file
+    records (this home's instance id) stays: logging in elsewhere does not change which
+    control plane is this home's own."""
+    return _update(
+        {
+            "url": config.url,
+            "token": config.token,
+            "workspace": config.workspace,
+            "gateway_url": config.gateway_url,
+        }
+    )
 
 
 def save_gateway_url(url: str) -> Path:
     """Record where the gateway answers, keeping everything else in the file as it is
     (values that came from the environment are not written down)."""
+    return _update({"gateway_url": url})
+
+
+def save_instance_id(instance_id: str) -> Path:
+    """Record the instance id of the control plane `kaon up` started for this home."""
+    return _update({"instance_id": instance_id})
+
+
+def own_instance_id() -> str | None:
+    """The instance id of this home's control plane: the file its server made in the home,
+    else the copy `kaon up` recorded (None before the first start)."""
+    with contextlib.suppress(OSError):
+        return (home() / INSTANCE_ID_FILE).read_text().strip() or None
+    return _read().get("instance_id")
+
+
+def _read() -> dict[str, str | None]:
     path = config_path()
-    data: dict[str, str | None] = {}
-    if path.exists():
-        with contextlib.suppress(json.JSONDecodeError):
-            data = json.loads(path.read_text())
-    data["gateway_url"] = url
-    return _write(data)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _update(changes: dict[str, str | None]) -> Path:
+    return _write({**_read(), **changes})
 
 
 def _write(data: dict[str, str | None]) -> Path:

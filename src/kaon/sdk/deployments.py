@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,10 +13,52 @@ from kaon.core.deployments import (
     DeploymentStatus,
     DeploymentTokenCreated,
     DeploymentView,
+    ReplicaView,
 )
+from kaon.core.errors import KaonError
+from kaon.core.replicas import ReplicaStatus
 
 if TYPE_CHECKING:
     from kaon.sdk.client import Client
+
+Progress = Callable[[DeploymentView], None]
+
+
+class DeploymentFailedError(KaonError):
+    """A replica of the generation being waited for crashed and none of it is ready, so
+    waiting longer would only watch a crash loop. `replica` is the newest crashed one:
+    ``client.deployments.logs(name, error.replica.job_id)`` holds its traceback."""
+
+    def __init__(self, view: DeploymentView, replica: ReplicaView) -> None:
+        super().__init__(
+            f"deployment {view.name} is failing: replica {replica.job_id} crashed"
+            f" ({replica.message or 'no reason given'})"
+        )
+        self.view = view
+        self.replica = replica
+
+
+def crashed_replica(view: DeploymentView) -> ReplicaView | None:
+    """The newest crashed replica of the current generation when none of it is ready.
+
+    This, not the `failing` status alone, is what ends a wait: the status also counts
+    crashes of older generations (an update that fixes a crash loop starts out failing),
+    and while old replicas still serve, a rollout whose new replicas crash stays
+    `updating`. A create's replicas are all of its first generation, so there the two
+    agree: the first crash with nothing ready."""
+    current = [r for r in view.replicas if r.generation == view.generation]
+    if any(r.state is ReplicaStatus.READY for r in current):
+        return None
+    crashed = [r for r in current if r.state is ReplicaStatus.FAILED]
+    return max(crashed, key=lambda r: r.created_at, default=None)
+
+
+def _settled(view: DeploymentView) -> bool:
+    """Nothing left to wait for: ready, or scaled to zero with no replica live."""
+    if view.status is DeploymentStatus.READY:
+        return True
+    idle = view.status is DeploymentStatus.SCALED_TO_ZERO and view.desired_replicas == 0
+    return idle and not any(r.state.is_live() for r in view.replicas)
 
 
 class Deployments:
@@ -84,15 +127,26 @@ class Deployments:
         response = self._c.request("POST", path, json={"name": token_name})
         return DeploymentTokenCreated.model_validate(response.json())
 
-    def wait_ready(self, name: str, timeout: float = 120.0) -> DeploymentView:
-        """Poll until at least one replica is ready and the desired count is met."""
+    def wait_ready(
+        self, name: str, timeout: float = 120.0, on_progress: Progress | None = None
+    ) -> DeploymentView:
+        """Poll until the current generation is rolled out and ready (or scaled to zero).
+
+        Raises `DeploymentFailedError` as soon as a replica of the current generation
+        has crashed with none of it ready, and `TimeoutError` after `timeout` seconds.
+        `on_progress` is called with every view polled, to show what it waits for."""
         deadline = time.monotonic() + timeout
         while True:
             view = self.get(name)
-            if view.status is DeploymentStatus.READY:
+            if on_progress is not None:
+                on_progress(view)
+            if _settled(view):
                 return view
+            crashed = crashed_replica(view)
+            if crashed is not None:
+                raise DeploymentFailedError(view, crashed)
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"deployment {name} is {view.status} after {timeout} s: {view.message}"
+                    f"deployment {name} is {view.status} after {timeout:g} s: {view.message}"
                 )
             time.sleep(0.2)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 class Jobs:
-    """Submit, watch and manage jobs: ``client.jobs``."""
+    """Submit, watch and manage jobs: ``client.jobs``. Wherever a job id is taken, a unique
+    prefix of one will do (``client.jobs.get("j-73f1")``)."""
 
     def __init__(self, client: Client) -> None:
         self._c = client
@@ -108,8 +109,9 @@ class Jobs:
         return response.text
 
     def follow(self, job_id: str, worker: int = 0) -> Iterator[str]:
-        """Yield log text as it is written, until the job ends."""
-        path = self._c.ws_path(f"/jobs/{job_id}/logs")
+        """Yield log text as it is written, until the job ends. A prefix of an id is
+        resolved once, first: a job submitted meanwhile must not make it ambiguous."""
+        path = self._c.ws_path(f"/jobs/{self.get(job_id).id}/logs")
         params: dict[str, Any] = {"worker": worker, "follow": True}
         yield from self._c.stream_text(path, params)
 
@@ -127,11 +129,13 @@ class Jobs:
         poll_s: float = 0.1,
         on_update: Callable[[JobView], None] | None = None,
     ) -> JobView:
-        """Poll until the job ends. Raises TimeoutError after `timeout` seconds."""
+        """Poll until the job ends. Raises TimeoutError after `timeout` seconds. `job_id`
+        may be a unique prefix; the first answer's full id is polled from then on."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll_s
         while True:
             job = self.get(job_id)
+            job_id = job.id
             if on_update is not None:
                 on_update(job)
             if job.is_done():

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -47,6 +49,7 @@ from kaon.server.services import auth, pools
 from kaon.server.services.gateway import RouteVersions
 
 JSON_BODY_LIMIT = 8 * 2**20
+INSTANCE_ID_FILE = "instance-id"  # kaon.sdk.config reads it under the same name
 ROUTERS = (
     auth_router.router,
     nodes_router.router,
@@ -136,14 +139,32 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     app.state.plane = plane
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT, exempt=streams_its_body)
+    health = {"status": "ok", "version": __version__, "instance_id": instance_id(settings.home)}
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+        """Liveness, and which home's control plane answers: `kaon up` compares the
+        instance id with its home's, so a server of another home on the same port is never
+        taken for its own."""
+        return health
 
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def instance_id(home: Path) -> str:
+    """This home's control plane's id, made on its first start and kept in a file there
+    (0600, like the other files of the home). Not a secret: only a name that stays the same
+    across restarts and differs between homes."""
+    path = home / INSTANCE_ID_FILE
+    if not path.exists():
+        tmp = path.with_name(f".{INSTANCE_ID_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"ki-{secrets.token_hex(8)}\n")
+        os.replace(tmp, path)
+    return path.read_text().strip()
 
 
 @asynccontextmanager

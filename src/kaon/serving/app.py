@@ -11,9 +11,10 @@ the replica is ready, so a request that slips in early is refused cleanly rather
 against a half-loaded model.
 
 Status codes a handler route can return: 200, 404/405 (no such route), 413 (body over the
-handler's limit), 422 (malformed JSON or a field of the wrong type; ``detail[*].loc``
-names the field, as FastAPI does), 500 (the handler raised, or returned a value that does
-not fit its return type), 503 (not ready), 504 (over ``timeout_s``). A handler may raise a
+handler's limit), 422 (malformed JSON, or a field missing, unknown or of the wrong type;
+``detail[*].loc`` names it under ``"body"``, or ``"query"`` for a GET handler, as FastAPI
+does), 500 (the handler raised, or returned a value that does not fit its return type),
+503 (not ready), 504 (over ``timeout_s``). A handler may raise a
 `kaon.core.errors.KaonError` on purpose to answer with its status, e.g. `InvalidSpecError`
 for 422.
 """
@@ -250,14 +251,14 @@ class ReplicaApp:
     async def _handle(self, runner: _Runner, scope: asgi.Scope, receive: asgi.Receive) -> _Reply:
         ep = runner.ep
         try:
-            if ep.method == "GET":
+            if ep.source == "query":
                 parsed = ep.parse_query(dict(parse_qsl(scope["query_string"].decode())))
             else:
                 parsed = ep.parse(await asgi.read_body(scope, receive, ep.options.max_body_bytes))
         except asgi.BodyTooLargeError:
             return _error(413, f"body over {ep.options.max_body_bytes} bytes")
         except ValidationError as exc:
-            return _error(422, error_details(exc))
+            return _error(422, error_details(exc, ep.source))
         return await self._run(runner, ep.to_call(parsed))
 
     async def _run(self, runner: _Runner, kwargs: dict[str, Any]) -> _Reply:

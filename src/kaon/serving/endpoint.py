@@ -8,7 +8,16 @@ Body rules, in order:
 1. One parameter typed as a Pydantic model: the body *is* that model.
 2. Otherwise the body is an object with one field per parameter, named like it, required
    unless the parameter has a default (``def predict(self, x: list[float])`` takes
-   ``{"x": [...]}``). Unknown fields are rejected, so a typo fails loudly.
+   ``{"x": [...]}``).
+
+Unknown fields at the top of the body are refused either way, so a typo fails loudly.
+Under rule 1 the model may opt in to them by setting ``extra`` itself (``model_config =
+ConfigDict(extra="allow")``). One that leaves it unset, where Pydantic's default would
+drop them without a word, is validated through a subclass that forbids them; the handler
+still gets an instance of its own class. Models nested deeper follow their own ``extra``.
+
+A GET handler takes the same fields from the query string instead. A 422 names the field
+as FastAPI does: ``loc`` starts with ``"body"``, or ``"query"`` for a GET handler.
 
 A batched handler (``max_batch_size > 1``) has exactly one parameter typed ``list[T]`` and
 returns ``list[R]``; the rules above apply to ``T`` for one request, and each reply is ``R``.
@@ -17,12 +26,13 @@ returns ``list[R]``; the rules above apply to ``T`` for one request, and each re
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, RootModel, TypeAdapter, ValidationError, create_model
 
 from kaon.serving.service import HandlerOptions
 
@@ -33,7 +43,8 @@ __all__ = ["Endpoint", "build_endpoint", "error_details"]
 class Endpoint:
     """A handler, ready to serve: how to parse a body, call the function, write the reply.
 
-    ``body`` is None for handlers without parameters (no body is read).
+    ``body`` is None for handlers without parameters (no body is read). ``source`` is where
+    the arguments come from: the query string for GET, else the JSON body.
     ``to_call`` turns one parsed body into the argument(s) of the function: a dict of
     keyword arguments, or for a batched handler the single item it gets in its list.
     """
@@ -49,6 +60,7 @@ class Endpoint:
     to_call: Callable[[Any], Any]
     request_schema: type[BaseModel] | None
     reply_type: Any
+    source: Literal["query", "body"]
 
     @property
     def batched(self) -> bool:
@@ -87,6 +99,7 @@ def build_endpoint(name: str, function: Callable[..., Any], options: HandlerOpti
         to_call=to_call,
         request_schema=model,
         reply_type=reply_type,
+        source="query" if options.method == "GET" else "body",
     )
 
 
@@ -121,7 +134,10 @@ def _request_model(
     first = hints.get(params[0].name, Any)
     if len(params) == 1 and isinstance(first, type) and issubclass(first, BaseModel):
         pname = params[0].name
-        return first, lambda body: {pname: body}
+        strict = _refusing_unknown_fields(first)
+        if strict is first:
+            return first, lambda body: {pname: body}
+        return strict, lambda body: {pname: _as_declared(body, strict, first)}
     fields: dict[str, Any] = {
         p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
         for p in params
@@ -131,13 +147,40 @@ def _request_model(
     return model, lambda body: {n: getattr(body, n) for n in names}
 
 
+def _refusing_unknown_fields(model: type[BaseModel]) -> type[BaseModel]:
+    """`model` if it sets ``extra`` itself, else a subclass of it that forbids unknown fields.
+
+    The subclass keeps the name (it is what error messages and /openapi.json show) and adds
+    no slots, so an instance of it can become an instance of `model` (`_as_declared`).
+    """
+    if "extra" in model.model_config or issubclass(model, RootModel):
+        return model
+    namespace = {
+        "__slots__": (),
+        "__module__": model.__module__,
+        "__qualname__": model.__qualname__,
+        "model_config": ConfigDict(extra="forbid"),
+    }
+    return types.new_class(model.__name__, (model,), exec_body=lambda ns: ns.update(namespace))
+
+
+def _as_declared(value: Any, strict: type[BaseModel], model: type[BaseModel]) -> Any:
+    """The handler gets the class it declared (``type(p) is Point``, ``p == Point(...)``),
+    not the subclass that validated it. Same layout, so only ``__class__`` changes; a value
+    that a validator of the model replaced by another object is left alone."""
+    if type(value) is strict:
+        object.__setattr__(value, "__class__", model)  # BaseModel.__setattr__ refuses it
+    return value
+
+
 def _camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
 
-def error_details(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic's errors in FastAPI's shape: ``loc`` starts with ``"body"``, then the field."""
+def error_details(exc: ValidationError, source: str) -> list[dict[str, Any]]:
+    """Pydantic's errors in FastAPI's shape: ``loc`` starts with `source` (``"body"`` or
+    ``"query"``, an `Endpoint`'s ``source``), then the field."""
     return [
-        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        {"loc": [source, *err["loc"]], "msg": err["msg"], "type": err["type"]}
         for err in exc.errors(include_url=False, include_input=False, include_context=False)
     ]

@@ -40,7 +40,7 @@ def _operation(ep: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
             "504": _ERROR,
         },
     }
-    if ep.body is not None and ep.method != "GET":
+    if ep.body is not None and ep.source == "body":
         op["requestBody"] = {"required": True, "content": _json(_schema(ep.body, schemas))}
     return op
 

@@ -74,8 +74,8 @@ class Predictor(Service):
             raise InvalidSpecError(f"x: not a rectangular array of numbers ({exc})", "x") from None
         expected = list(self.card.get("input_shape") or tensor.shape[1:])
         if tensor.dim() == 0 or list(tensor.shape[1:]) != expected:
-            shape = list(tensor.shape)
-            raise InvalidSpecError(f"x: shape {shape}, expected [N, {expected}]", "x")
+            shape, wanted = list(tensor.shape), ", ".join(["N", *map(str, expected)])
+            raise InvalidSpecError(f"x: shape {shape}, expected [{wanted}]", "x")  # [N, 2]
         return tensor
 
     @handler

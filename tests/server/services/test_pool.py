@@ -68,8 +68,15 @@ class TestCheckFits:
             with pytest.raises(InvalidSpecError, match="no node has 3 GPUs") as e:
                 await pool.check_fits(s, Resources(gpus=3))
             assert e.value.field == "resources.gpus"
-            with pytest.raises(InvalidSpecError, match="can never fit") as e:
+            with pytest.raises(InvalidSpecError, match="type A100; they have: H100") as e:
                 await pool.check_fits(s, Resources(gpus=1, gpu_type="A100"))
+            assert e.value.field == "resources.gpu_type"
+            with pytest.raises(InvalidSpecError, match="can never fit") as e:
+                await pool.check_fits(s, Resources(gpus=2), workers=2)
             assert e.value.field == "workers"
-            with pytest.raises(InvalidSpecError, match="bytes of memory"):
+            with pytest.raises(InvalidSpecError, match=r"no node has 1024 TiB of memory") as e:
                 await pool.check_fits(s, Resources(memory=2**50))
+            assert e.value.field == "resources.memory"
+            with pytest.raises(InvalidSpecError, match="no node has the label zone=b") as e:
+                await pool.check_fits(s, Resources(), labels={"zone": "b"})
+            assert e.value.field == "labels"

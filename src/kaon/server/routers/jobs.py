@@ -1,10 +1,11 @@
-"""Jobs: submit, list, get, cancel, logs, metrics."""
+"""Jobs: submit, list, get, cancel, logs, metrics. A job is named by its id or a unique
+prefix of it (the service resolves it: 404 for none, 409 for several)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import StreamingResponse
 
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricBatch, MetricView
@@ -15,6 +16,7 @@ from kaon.server.services import jobs, logs
 router = APIRouter(prefix="/api/v1/workspaces/{workspace}/jobs", tags=["jobs"])
 report_router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 TEXT = "text/plain; charset=utf-8"
+JobId = Annotated[str, Path(description="a job id, or a unique prefix of one")]
 
 
 @router.post("", response_model=JobView, status_code=201)
@@ -36,20 +38,20 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView)
-async def get(workspace: str, job_id: str, caller: CallerDep, session: SessionDep) -> JobView:
+async def get(workspace: str, job_id: JobId, caller: CallerDep, session: SessionDep) -> JobView:
     return await jobs.get(session, caller, workspace, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobView)
 async def cancel(
-    workspace: str, job_id: str, caller: CallerDep, session: SessionDep, wake: WakeDep
+    workspace: str, job_id: JobId, caller: CallerDep, session: SessionDep, wake: WakeDep
 ) -> JobView:
     return await jobs.cancel(session, caller, workspace, job_id, wake)
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricView])
 async def metrics(
-    workspace: str, job_id: str, caller: CallerDep, session: SessionDep, name: str | None = None
+    workspace: str, job_id: JobId, caller: CallerDep, session: SessionDep, name: str | None = None
 ) -> list[MetricView]:
     return await jobs.metrics(session, caller, workspace, job_id, name)
 
@@ -57,7 +59,7 @@ async def metrics(
 @router.get("/{job_id}/logs")
 async def job_logs(
     workspace: str,
-    job_id: str,
+    job_id: JobId,
     caller: CallerDep,
     db: DbDep,
     executor: ExecutorDep,

@@ -3,6 +3,10 @@
 Submitting writes the desired state (a QUEUED row), commits, wakes the job reconciler and
 returns; the reconciler does the rest. What can be known at submit time is checked here,
 so a job that could never run fails at once with 422 instead of waiting forever.
+
+Every read or action on one job takes its id or a unique prefix of it, within the caller's
+workspace (404 for none, 409 naming the candidates for several): ids are cut short in
+narrow tables and typed by hand.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from kaon.server.services.job_state import request_cancel
 from kaon.server.wake import Wake
 
 MAX_LIST = 1000
+CANDIDATES_SHOWN = 5  # ids an ambiguous prefix error names
+CANCELLED_BY_USER = "cancelled by a user"  # true while the workers stop, and after
 
 
 async def submit(
@@ -77,11 +83,36 @@ def to_view(job: Job, workspace: str, workers: Sequence[Worker]) -> JobView:
 
 
 async def _load(session: AsyncSession, caller: Principal, workspace: str, job_id: str) -> Job:
+    """The caller's job by its id or a unique prefix of one (people copy ids from narrow
+    tables and type the first few characters). Only the caller's workspace is searched, so
+    another workspace's job is never found, and never makes a prefix ambiguous."""
     workspace_id = caller.workspace_id(workspace)
     job = await session.get(Job, job_id)
-    if job is None or job.workspace_id != workspace_id:
-        raise NotFoundError(f"job {job_id!r} not found")
-    return job
+    if job is not None and job.workspace_id == workspace_id:
+        return job
+    return await _by_prefix(session, workspace_id, job_id)
+
+
+async def _by_prefix(session: AsyncSession, workspace_id: str, prefix: str) -> Job:
+    """404 when no job's id starts with `prefix`, 409 naming the candidates when several
+    do. LIKE ignores case on SQLite, so the matches are checked again here: a prefix means
+    the same on SQLite and PostgreSQL."""
+    query = (
+        select(Job)
+        .where(Job.workspace_id == workspace_id, Job.id.startswith(prefix, autoescape=True))
+        .order_by(Job.id)
+        .limit(CANDIDATES_SHOWN + 1)
+    )
+    found = [j for j in (await session.execute(query)).scalars() if j.id.startswith(prefix)]
+    if not found:
+        raise NotFoundError(f"job {prefix!r} not found")
+    if len(found) > 1:
+        shown = ", ".join(j.id for j in found[:CANDIDATES_SHOWN])
+        more = " and more" if len(found) > CANDIDATES_SHOWN else ""
+        raise ConflictError(
+            f"{prefix!r} is the start of several job ids ({shown}{more}); give more of it"
+        )
+    return found[0]
 
 
 async def current_workers(session: AsyncSession, job: Job) -> list[Worker]:
@@ -131,14 +162,16 @@ async def cancel(
     session: AsyncSession, caller: Principal, workspace: str, job_id: str, wake: Wake
 ) -> JobView:
     """A queued job is cancelled at once; a running one is asked to stop (SIGTERM, grace,
-    SIGKILL) and becomes CANCELLED when its workers are gone. Cancelling twice is fine."""
+    SIGKILL) and becomes CANCELLED when its workers are gone. Cancelling twice is fine.
+    `job_id` may be a unique prefix, as everywhere a job is named."""
     job = await _load(session, caller, workspace, job_id)
     status = JobStatus(job.status)
     if status.is_terminal() and status is not JobStatus.CANCELLED:
-        raise ConflictError(f"job {job_id} already {status.value}")
-    message = "cancelled" if status is JobStatus.QUEUED else "cancelling: stopping workers"
-    if not await request_cancel(session, job, message):
-        raise ConflictError(f"job {job_id} changed meanwhile; try again")
+        raise ConflictError(f"job {job.id} already {status.value}")
+    # One message for both paths: the reconciler keeps it when the job becomes CANCELLED,
+    # so it must not say "stopping" once nothing is.
+    if not await request_cancel(session, job, CANCELLED_BY_USER):
+        raise ConflictError(f"job {job.id} changed meanwhile; try again")
     await session.commit()
     wake.jobs()
     await session.refresh(job)
@@ -202,6 +235,6 @@ async def worker_handle(
     )
     if row is None:
         if worker >= pool.stored_spec(job).workers:
-            raise NotFoundError(f"job {job_id} has no worker {worker}")
+            raise NotFoundError(f"job {job.id} has no worker {worker}")
         return job, None
     return job, row.handle

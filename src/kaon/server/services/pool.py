@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kaon.core.errors import InvalidSpecError
 from kaon.core.jobs import JobSpec, JobStatus
 from kaon.core.nodes import GpuInfo, NodeView
-from kaon.core.resources import Resources
+from kaon.core.resources import Resources, describe_memory
 from kaon.executors.base import NodeInventory
 from kaon.scheduler import NodeCapacity, PoolState, Quota, WorkerPlacement, Workload, fits_anywhere
 from kaon.server.db.models import Job, Node, Pool, Worker, utcnow
@@ -198,7 +198,8 @@ async def check_fits(
     workers: int = 1,
     labels: Mapping[str, str] | None = None,
 ) -> None:
-    """422 for work that could not run even on an empty pool, naming what is too big.
+    """422 for work that could not run even on an empty pool, naming what no node has (a
+    label, a GPU type) or what is too big, so the user knows what to change.
     A pool with an autoscaler may add nodes of shapes not seen yet, so while one is
     attached nothing is refused here: such work waits, saying it asked for nodes."""
     if await session.scalar(select(Pool.name).where(Pool.elastic.is_(True)).limit(1)):
@@ -207,25 +208,98 @@ async def check_fits(
     nodes = [replace(node_capacity(n), schedulable=True) for n in rows]
     if not nodes:
         raise InvalidSpecError("the pool has no nodes yet", field="resources")
-    biggest = max(len(n.gpus) for n in nodes)
-    if resources.gpus > biggest:
-        raise InvalidSpecError(
-            f"no node has {resources.gpus} GPUs (the largest has {biggest})",
-            field="resources.gpus",
-        )
-    for attr, label in (("cpu", "CPUs"), ("memory", "bytes of memory")):
-        most = max(getattr(n, attr) for n in nodes)
-        if getattr(resources, attr) > most:
-            raise InvalidSpecError(
-                f"no node has {getattr(resources, attr)} {label} (the largest has {most})",
-                field=f"resources.{attr}",
-            )
+    wanted = tuple(sorted((labels or {}).items()))
+    _check_labels(nodes, wanted)
+    _check_gpu_type(_carrying(nodes, wanted), resources.gpu_type, wanted)
+    _check_sizes(nodes, resources)
     if not fits_anywhere(tuple(nodes), demand(resources, workers, labels)):
         raise InvalidSpecError(
             f"{workers} workers with these resources can never fit the pool "
             f"({len(nodes)} node(s)); ask for fewer workers or smaller ones",
             field="workers",
         )
+
+
+Pairs = tuple[tuple[str, str], ...]
+
+
+def _carrying(nodes: Sequence[NodeCapacity], wanted: Pairs) -> list[NodeCapacity]:
+    return [n for n in nodes if all(item in n.labels for item in wanted)]
+
+
+def _pairs(items: Iterable[tuple[str, str]]) -> list[str]:
+    return [f"{k}={v}" for k, v in items]
+
+
+def _listing(items: Sequence[str], most: int = 10) -> str:
+    """A short list for a message: a pool of many nodes must not make it a page long."""
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
+def _check_labels(nodes: Sequence[NodeCapacity], wanted: Pairs) -> None:
+    """Name a required label no node carries (a typo, or a zone not in this pool), with
+    the labels nodes do carry; without this the user only hears the job "never fits"."""
+    have = sorted({item for n in nodes for item in n.labels})
+    for key, value in wanted:
+        if (key, value) not in have:
+            raise InvalidSpecError(
+                f"no node has the label {key}={value}; "
+                f"nodes have: {_listing(_pairs(have)) or 'no labels'}",
+                field="labels",
+            )
+    if not _carrying(nodes, wanted):
+        raise InvalidSpecError(
+            f"no one node has all the labels {', '.join(_pairs(wanted))}", field="labels"
+        )
+
+
+def _check_gpu_type(nodes: Sequence[NodeCapacity], gpu_type: str | None, wanted: Pairs) -> None:
+    """Name a GPU type none of `nodes` (those that carry the required labels) has. A node
+    with mixed models has no single type, as the scheduler sees it."""
+    if gpu_type is None:
+        return
+    types = sorted({n.gpu_type or "mixed models" for n in nodes if n.gpus})
+    if gpu_type in types:
+        return
+    which = f"no node with the labels {', '.join(_pairs(wanted))}" if wanted else "no node"
+    have = f"they have: {_listing(types)}" if types else "they have no GPUs"
+    raise InvalidSpecError(
+        f"{which} has GPUs of type {gpu_type}; {have}", field="resources.gpu_type"
+    )
+
+
+def _check_sizes(nodes: Sequence[NodeCapacity], resources: Resources) -> None:
+    """Name the one size (GPUs, CPUs, memory) no single node has, in units people read."""
+    biggest = max(len(n.gpus) for n in nodes)
+    if resources.gpus > biggest:
+        raise InvalidSpecError(
+            f"no node has {resources.gpus} GPUs (the largest has {biggest})",
+            field="resources.gpus",
+        )
+    cpus = max(n.cpu for n in nodes)
+    if resources.cpu > cpus:
+        raise InvalidSpecError(
+            f"no node has {resources.cpu:g} CPUs (the largest has {cpus:g})",
+            field="resources.cpu",
+        )
+    memory = max(n.memory for n in nodes)
+    if resources.memory > memory:
+        want, most = _two_sizes(resources.memory, memory)
+        raise InvalidSpecError(
+            f"no node has {want} of memory (the largest has {most})",
+            field="resources.memory",
+        )
+
+
+def _two_sizes(want: int, most: int) -> tuple[str, str]:
+    """Both sizes readable, with as many decimals as it takes for them to differ (a
+    message saying "no node has 23.5 GiB (the largest has 23.5 GiB)" says nothing)."""
+    for digits in (1, 3):
+        pair = describe_memory(want, digits), describe_memory(most, digits)
+        if pair[0] != pair[1]:
+            return pair
+    return f"{want} bytes", f"{most} bytes"
 
 
 async def check_job_fits(session: AsyncSession, spec: JobSpec) -> None:
