@@ -69,4 +69,6 @@ def test_a_job_that_fits_no_node_grows_the_pool_and_the_idle_node_goes(
     # Nothing waits any more: the request is withdrawn and the idle node goes.
     until(lambda: ray_nodes(client) == [], "the idle node to go", timeout=60)
     assert head.worker_node_ids() == []
+    # Its log outlives it: the control plane kept a copy when the worker ended.
+    assert client.jobs.logs(job.id).strip() == "on a new node"
     assert grew_in < 120

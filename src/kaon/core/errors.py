@@ -69,6 +69,8 @@ class BackendError(KaonError):
 class TemporaryBackendError(BackendError):
     """Worth retrying later."""
 
+    status_code = 503
+
 
 class PermanentBackendError(BackendError):
     """Retrying will not help."""

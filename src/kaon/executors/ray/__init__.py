@@ -13,6 +13,7 @@ A bridge that dies is started again on the next call; until it answers, calls ra
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +36,8 @@ from kaon.executors.ray import wire
 logger = logging.getLogger("kaon.executors.ray")
 
 ENDED_KEPT = 10_000  # final worker states kept in memory
+LOG_KEPT_BYTES = 64 << 20  # of an ended worker's log, copied to the control plane
+LOG_CHUNK = 4 << 20
 CONNECT_S = 150.0  # joining a cluster as a node takes a few seconds, ray start up to two minutes
 RESTART_AFTER_S = 5.0  # a bridge that failed is not started again sooner than this
 TIMEOUTS_S = {"inventory": 60.0, "launch": 330.0, "logs": 30.0}
@@ -77,6 +80,7 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
         self._ended: dict[str, WorkerState] = {}  # final states the bridge sent, newest last
+        self._logs = _LogArchive(pool.state_dir / "logs", self._read_node_log)
 
     # -- the Executor interface --------------------------------------------------------
 
@@ -99,13 +103,24 @@ class RayExecutor:
         ask = [h for h in handles if h not in known]
         if ask:
             for st in self._call("status", handles=ask):
-                known[st["handle"]] = wire.state_from_wire(st)
+                known[st["handle"]] = found = wire.state_from_wire(st)
+                if not found.alive:
+                    self._logs.keep(found.handle)  # an end seen while no event came
         return [known[h] for h in handles]
 
     def stop(self, handles: list[str], grace_s: float) -> None:
         self._call("stop", handles=handles, grace_s=grace_s)
 
     def logs(self, handle: str, offset: int = 0, limit: int = 1 << 20) -> bytes:
+        """An ended worker's log from the copy kept here once it is made, so it outlives
+        its node (an autoscaler removes idle nodes, and their disks with them); else
+        from the node."""
+        kept = self._logs.read(handle, offset, limit)
+        if kept is not None:
+            return kept
+        return self._read_node_log(handle, offset, limit)
+
+    def _read_node_log(self, handle: str, offset: int, limit: int) -> bytes:
         return wire.decode_bytes(self._call("logs", handle=handle, offset=offset, limit=limit))
 
     def checkpoint_dir(self, job_id: str) -> Path:
@@ -118,6 +133,7 @@ class RayExecutor:
         self._call("request_capacity", bundles=bundles)
 
     def close(self) -> None:
+        self._logs.close()
         with self._lock:
             bridge, self._bridge = self._bridge, None
         if bridge is not None:
@@ -172,10 +188,78 @@ class RayExecutor:
                 st = wire.state_from_wire(data)
                 if not st.alive:
                     self._ended[st.handle] = st
+                    self._logs.keep(st.handle)
             while len(self._ended) > ENDED_KEPT:
                 del self._ended[next(iter(self._ended))]
         if self._listener is not None:
             self._listener()
+
+
+class _LogArchive:
+    """Ended workers' logs, copied from their nodes to the control plane's disk.
+
+    A worker's log lives on its node; the copy starts as soon as the worker's end is
+    known (the node's agent lingers a while after its last worker, so the node is still
+    there) and is read instead of the node once complete. The first `LOG_KEPT_BYTES` are
+    kept, so offsets stay those of the node's log. A copy that fails leaves nothing
+    behind, and reads go to the node as before.
+    """
+
+    def __init__(self, folder: Path, read: Callable[[str, int, int], bytes]) -> None:
+        self.folder = folder
+        self._read = read
+        self._lock = threading.Lock()
+        self._started: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kaon-logs")
+
+    def keep(self, handle: str) -> None:
+        path = self._path(handle)
+        with self._lock:
+            if path is None or handle in self._started or path.exists():
+                return
+            self._started.add(handle)
+        with contextlib.suppress(RuntimeError):  # closed: the next control plane copies it
+            self._pool.submit(self._copy, handle, path)
+
+    def read(self, handle: str, offset: int, limit: int) -> bytes | None:
+        """The bytes from the kept copy, or None while there is none."""
+        path = self._path(handle)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _copy(self, handle: str, path: Path) -> None:
+        part = path.with_name(path.name + ".part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "wb") as f:
+                while f.tell() < LOG_KEPT_BYTES:
+                    data = self._read(handle, f.tell(), min(LOG_CHUNK, LOG_KEPT_BYTES - f.tell()))
+                    if not data:
+                        break
+                    f.write(data)
+            os.replace(part, path)
+        except Exception as e:  # the node went first: reads fall back to it
+            logger.warning("could not keep the log of %s: %s", handle, e)
+            part.unlink(missing_ok=True)
+            with self._lock:
+                self._started.discard(handle)
+
+    def _path(self, handle: str) -> Path | None:
+        """Where a handle's copy goes; None for a handle that is not a plain relative
+        path (handles come from the bridge, but a path is never built from a stranger)."""
+        parts = handle.split("/")
+        if not parts or any(p in ("", ".", "..") or "\\" in p for p in parts):
+            return None
+        return self.folder.joinpath(*parts[:-1], f"{parts[-1]}.log")
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]", "::")

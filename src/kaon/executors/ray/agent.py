@@ -247,6 +247,10 @@ class NodeAgent:
         with self._lock:
             self._watched.discard(handle)
             self._ended.append(handle)
+            # Idle counts from the last worker's end, not from its launch: a worker that ran
+            # longer than the linger would otherwise have its agent let go at once, while
+            # the control plane still reads its log.
+            self._idle_since = time.monotonic()
             done = not any(h.startswith(f"{job_id}/{attempt}/") for h in self._watched)
             if done and not any(h.startswith(f"{job_id}/") for h in self._watched):
                 self._jobs.pop(job_id, None)
