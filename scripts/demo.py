@@ -90,8 +90,8 @@ def main() -> int:
         return 1
     accuracy = client.jobs.metrics(job.id, name="test_accuracy")
     console.rule()
-    console.print(  # as the job's log prints it (examples/binary_classifier/train.py)
-        f"final test accuracy: [bold green]{accuracy[-1].value:.2f}[/]"
+    console.print(
+        f"final test accuracy: [bold green]{accuracy_text(accuracy[-1].value)}[/]"
         if accuracy
         else "no accuracy reported"
     )
@@ -109,7 +109,17 @@ def main() -> int:
         highlight=False,
         soft_wrap=True,
     )
+    console.print("\nsee the job, its loss curve and its logs in the web console (sign in with")
+    console.print("the admin token above):")
+    page = f"{config.url}/console/#/jobs/{job.id}?ws={client.workspace}"
+    console.print(f"  [bold]{page}[/]", highlight=False)
     return 0
+
+
+def accuracy_text(value: float) -> str:
+    """The accuracy as the job's own log line prints it a few lines above
+    (``test accuracy: 0.96``, examples/binary_classifier/train.py): one number, one format."""
+    return f"{value:.2f}"
 
 
 def _stream_log(client: Client, job_id: str) -> None:

@@ -175,6 +175,24 @@ class TestDeployments:
             client.deployments.delete("ray-echo")
 
 
+class TestCheckpoints:
+    def test_a_checkpoint_written_as_the_job_ends_reaches_the_control_plane(
+        self, server: ServerProcess, client: Client
+    ) -> None:
+        """The last push happens when the worker ends (no periodic push has a chance
+        here); launch files hold no token, so the agent keeps the attempt's own."""
+        code = (
+            "import os; p = os.path.join(os.environ['KAON_CHECKPOINT_DIR'], 'final.txt'); "
+            "open(p, 'w').write('trained')"
+        )
+        job = client.jobs.submit([sys.executable, "-c", code], cpu=1, labels=RAY)
+        done = wait_done(client, job)
+        assert done.status is JobStatus.SUCCEEDED
+        assert client.nodes.list() and done.workers[0].node.startswith("ray-")
+        kept = server.home / "checkpoints" / job.id / "final.txt"
+        assert kept.read_text() == "trained"
+
+
 RESUMABLE = textwrap.dedent(
     """
     import json, os, sys, time

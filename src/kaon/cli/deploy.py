@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -360,20 +361,42 @@ def delete(name: str, client: ClientOpt = None) -> None:
     err.print(f"deleting {name}: replicas are draining")
 
 
+# A gateway learns of a new token when it next reads its route table: every 0.5 s at most
+# (0.25 s under `kaon up`). `kaon deploy token` waits this long before it prints, so a
+# script's `curl` right after it is not refused with "invalid token".
+GATEWAY_ROUTES_S = 1.0
+
+
 @app.command()
 def token(
     name: str,
     token_name: Annotated[str, typer.Option("--name", help="a label for the token")] = "token",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="print the token only: TOKEN=$(kaon ... -q)")
+    ] = False,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Create a token that can call only this deployment (shown once)."""
+    """Create a token that can call only this deployment (shown once).
+
+    TOKEN=$(kaon deploy token classifier -q)
+    """
     with exit_on_error():
         created = make_client(client).deployments.create_token(name, token_name)
+    time.sleep(GATEWAY_ROUTES_S)
     if json_:
         print_json(created)
+    elif quiet:
+        print(created.token)
     else:
         console.print(f"token for {name}: [bold]{created.token}[/]")
+
+
+def _auth_hint(view: DeploymentView) -> str:
+    """How to call it, including where a token comes from, which a first call needs."""
+    if view.spec.public:
+        return " (public: no token needed)"
+    return f" with 'Authorization: Bearer $TOKEN', after TOKEN=$(kaon deploy token {view.name} -q)"
 
 
 def _show(view: DeploymentView, json_: bool) -> None:
@@ -382,7 +405,8 @@ def _show(view: DeploymentView, json_: bool) -> None:
         return
     console.print(f"[bold]{view.name}[/] {view.status}: {_deployment_info(view)}")
     gateway = load_config().gateway_url
-    console.print(f"  call: POST {gateway}/{view.name}/<handler>  (Authorization: Bearer <token>)")
+    call = f"  call: POST {gateway}/{view.name}/<handler>{_auth_hint(view)}"
+    console.print(call, highlight=False, soft_wrap=True)  # a command to copy: never broken
     rows = [
         (r.job_id, str(r.generation), r.state, r.url or "-", str(r.pid or "-"), _replica_info(r))
         for r in view.replicas

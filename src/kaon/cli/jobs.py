@@ -143,7 +143,8 @@ def run(
         print_json(job)
         return
     err.print(f"submitted job [bold]{job.id}[/]")
-    if detach:
+    if detach:  # the next command people want, with the id filled in
+        err.print(f"[dim]follow it: kaon job logs {job.id} -f[/]", highlight=False)
         return
     final = _follow(kaon, job)
     if json_:
@@ -271,7 +272,12 @@ def metrics(
         if name and not points:
             err.print(f"[red]error:[/] {_no_such_metric(kaon, job_id, name)}")
             raise typer.Exit(EXIT_NOT_FOUND)
-    print_json(points) if json_ else console.print(metrics_table(points))
+    if json_:
+        print_json(points)
+    elif points:
+        console.print(metrics_table(points))
+    else:  # a table of headers only reads as a display bug
+        err.print(f"job {job_id} has reported no metrics (a job sends them with kaon.report())")
 
 
 def _no_such_metric(kaon: Client, job_id: str, name: str) -> str:

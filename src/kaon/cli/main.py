@@ -18,12 +18,14 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 import typer.main
 from rich.markup import escape
-from typer.core import TyperOption
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from kaon.cli import audit as audit_cli
 from kaon.cli import deploy as deploy_cli
 from kaon.cli import jobs as jobs_cli
 from kaon.cli import pools as pools_cli
 from kaon.cli import quotas as quotas_cli
+from kaon.cli import secrets as secrets_cli
 from kaon.cli.common import (
     EXIT_INPUT,
     EXIT_TIMEOUT,
@@ -66,6 +68,9 @@ app.add_typer(jobs_cli.app, name="job")
 app.add_typer(quotas_cli.app, name="quota")
 app.add_typer(deploy_cli.app, name="deploy")
 app.add_typer(pools_cli.app, name="pool")
+app.add_typer(secrets_cli.app, name="secret")
+app.add_typer(secrets_cli.admin_app, name="admin")
+app.add_typer(audit_cli.app, name="audit")
 app.command("serve")(deploy_cli.serve)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 workspace_app = typer.Typer(
@@ -341,6 +346,7 @@ def _print_up(url: str, gateway: str | None, token: str | None, ports: tuple[int
     lines = [
         f"Kaon control plane: [bold]{url}[/] (logs: {daemon.log_file})",
         f"Kaon gateway:       [bold]{gateway}[/]",
+        f"Kaon console:       [bold]{url}/console/[/] (sign in with a token)",
         f"admin token: [bold]{token}[/]  (saved in {home() / 'config.json'})"
         if token
         else "the server already had an admin token; use [bold]kaon login[/]",
@@ -356,9 +362,14 @@ def down() -> None:
     """Stop the background control plane and gateway.
 
     Running jobs keep running and are re-adopted on the next `kaon up`."""
-    _gateway_daemon().stop()
-    stopped = _server_daemon().stop()
-    console.print("stopped the control plane" if stopped else "the control plane was not running")
+    gateway = _gateway_daemon().stop()
+    server = _server_daemon().stop()
+    stopped = [name for name, ran in (("control plane", server), ("gateway", gateway)) if ran]
+    console.print(
+        f"stopped the {' and the '.join(stopped)} ({home()})"
+        if stopped
+        else f"the control plane was not running ({home()})"
+    )
 
 
 @app.command()
@@ -387,7 +398,7 @@ def whoami(client: ClientOpt = None, json_: JsonOpt = False) -> None:
 
 @app.command()
 def nodes(client: ClientOpt = None, json_: JsonOpt = False) -> None:
-    """Show the pool: each node's capacity, what is allocated and what is free."""
+    """Show the pool: each node, what is allocated of its CPUs, memory and GPUs, its labels."""
     with exit_on_error():
         pool = make_client(client).nodes.list()
     if json_:
@@ -482,18 +493,28 @@ _register_optional()
 
 
 def main() -> None:
-    command = typer.main.get_command(app)
-    _tidy_help_types(command, typer.Context(command))
-    command()
+    build_command()()
+
+
+def build_command() -> TyperGroup:
+    """The `kaon` command as `main` runs it: the Typer app, with its help tidied."""
+    built = typer.main.get_command(app)
+    assert isinstance(built, TyperGroup)  # an app of command groups
+    _tidy_help_types(built, typer.Context(built))
+    return built
 
 
 def _tidy_help_types(command: Any, ctx: typer.Context) -> None:
-    """Typer renders every option's type in help, flags too (``--help <bool>``), and a
-    repeatable option's as a list (``--env <list[str]>``). A flag takes no value and a
-    repeatable option one value a time, so show none and the item's type."""
+    """Typer renders every option's type in help, flags too (``--help <bool>``), a
+    repeatable option's or argument's as a list (``--env <list[str]>``, ``command...
+    <list[str]>``) and a bounded number's as ``<float range> [x>=0]``. A flag takes no
+    value, a repeatable option one value a time, and the bound is shown beside the type:
+    show none, the item's type and the plain type."""
     for param in [*command.params, command.get_help_option(ctx)]:
         if isinstance(param, TyperOption) and param.metavar is None:
             param.metavar = _metavar(param, ctx)
+        elif isinstance(param, TyperArgument) and param.nargs != 1:
+            param.__class__ = _RepeatedArgument
     for sub in getattr(command, "commands", {}).values():
         _tidy_help_types(sub, ctx)
 
@@ -501,14 +522,30 @@ def _tidy_help_types(command: Any, ctx: typer.Context) -> None:
 def _metavar(param: TyperOption, ctx: typer.Context) -> str | None:
     if param.is_flag:
         return ""
-    shown = param.display_type_rich(ctx) if param.multiple else None
+    shown = param.display_type_rich(ctx)
+    tidy = _plain_type(shown)
+    return None if tidy == shown else tidy
+
+
+def _plain_type(shown: str | None) -> str | None:
+    """``<list[str]>`` -> ``<str>``, ``<float range>`` -> ``<float>``; others as they are."""
     if shown and shown.startswith("<list[") and shown.endswith("]>"):
         return f"<{shown[len('<list[') : -len(']>')]}>"
-    return None
+    if shown and shown.endswith(" range>"):
+        return shown[: -len(" range>")] + ">"
+    return shown
+
+
+class _RepeatedArgument(TyperArgument):
+    """An argument that takes several values (``command...``): its help shows the type of
+    one value, as a repeatable option's does."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:  # Click's context (Typer's copy)
+        return _plain_type(super().display_type_rich(ctx))
 
 
 if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = ["Path", "app", "main"]
+__all__ = ["Path", "app", "build_command", "main"]

@@ -1,4 +1,9 @@
-"""Everything the CLI prints: Rich tables for people, JSON for scripts."""
+"""Everything the CLI prints: Rich tables for people, JSON for scripts.
+
+Tables fit the terminal by wrapping, never by cutting: Rich's default ends a long value
+in "…", and a cut id, URL or label is worse than none (people copy them into their next
+command). So every column folds, and id columns keep their full width.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,15 @@ def ago(when: datetime | None) -> str:
     return f"{max(seconds, 0):.0f}s ago"
 
 
+def _table() -> Table:
+    return Table(box=None, header_style="bold")
+
+
+def column(table: Table, header: str, *, no_wrap: bool = False) -> None:
+    """A column that wraps its values, long words too, instead of ending them in "…"."""
+    table.add_column(header, no_wrap=no_wrap, overflow="fold")
+
+
 def id_column(table: Table, header: str, ids: Iterable[str]) -> None:
     """A column of ids (or names) people copy into their next command: never cut, however
     narrow the terminal; the other columns wrap or shorten instead. Rich shrinks even
@@ -64,18 +78,18 @@ def id_column(table: Table, header: str, ids: Iterable[str]) -> None:
 
 
 def jobs_table(jobs: Sequence[JobView]) -> Table:
-    table = Table(box=None, header_style="bold")
+    table = _table()
     id_column(table, "ID", (j.id for j in jobs))
-    table.add_column("NAME")
-    table.add_column("STATUS", no_wrap=True)
-    table.add_column("WORKERS", no_wrap=True)
-    table.add_column("RESOURCES/WORKER")
-    table.add_column("SUBMITTED", no_wrap=True)
-    table.add_column("INFO")
+    column(table, "NAME")
+    column(table, "STATUS", no_wrap=True)
+    column(table, "WORKERS", no_wrap=True)
+    column(table, "EACH WORKER")
+    column(table, "SUBMITTED", no_wrap=True)
+    column(table, "INFO")
     for job in jobs:
         res = job.spec.resources
         gpus = f", {res.gpus} GPU" if res.gpus else ""
-        info = job.waiting_reason if job.status is JobStatus.QUEUED else job.message
+        info = _job_info(job)
         table.add_row(
             job.id,
             job.name or "-",
@@ -86,6 +100,13 @@ def jobs_table(jobs: Sequence[JobView]) -> Table:
             info or "",
         )
     return table
+
+
+def _job_info(job: JobView) -> str:
+    """Why a job waits or how it ended; nothing for a success, which its status says."""
+    if job.status is JobStatus.QUEUED:
+        return job.waiting_reason or ""
+    return "" if job.status is JobStatus.SUCCEEDED else job.message
 
 
 def job_detail(job: JobView) -> Table:
@@ -120,32 +141,26 @@ def job_detail(job: JobView) -> Table:
 
 
 def nodes_table(nodes: Sequence[NodeView]) -> Table:
-    table = Table(box=None, header_style="bold")
-    id_column(table, "NODE", (n.name for n in nodes))
-    for column in (
-        "POOL",
-        "ADDRESS",
-        "STATE",
-        "CPU used/total",
-        "MEMORY used/total",
-        "GPUS used/total",
-        "GPU MODEL",
-        "LABELS",
-    ):
-        table.add_column(column)
+    """The pool, a node a row. A node is shown by its id, the name every other message
+    uses for it (a job's workers, a waiting reason's "holding node(s) local"); this
+    machine's host name is in ``kaon nodes --json`` as ``name``."""
+    table = _table()
+    id_column(table, "NODE", (n.id for n in nodes))
+    for header in ("POOL", "ADDRESS", "STATE", "CPU", "MEMORY", "GPUS", "LABELS"):
+        column(table, header)
+    table.caption = "CPU, MEMORY, GPUS: allocated/total (and the GPU model)"
     for n in nodes:
-        models = sorted({g.model for g in n.gpus})
+        models = " ".join(sorted({g.model for g in n.gpus}))
         state = n.state if n.state == "ready" or not n.message else f"{n.state}: {n.message}"
         table.add_row(
-            n.name,
+            n.id,
             n.executor,
             n.address,
             state,
             f"{n.cpu_allocated:g}/{n.cpu:g}",
             f"{format_memory(n.memory_allocated)}/{format_memory(n.memory)}",
-            f"{len(n.gpus_allocated)}/{len(n.gpus)}",
-            ", ".join(models) or "-",
-            ", ".join(f"{k}={v}" for k, v in n.labels.items()) or "-",
+            f"{len(n.gpus_allocated)}/{len(n.gpus)} {models}".rstrip(),
+            "\n".join(f"{k}={v}" for k, v in n.labels.items()) or "-",  # one a line
         )
     return table
 
@@ -155,9 +170,9 @@ def metrics_table(points: Sequence[MetricView]) -> Table:
     by_step: dict[tuple[int, int | None], dict[str, float]] = {}
     for p in points:
         by_step.setdefault((p.worker, p.step), {})[p.name] = p.value
-    table = Table(box=None, header_style="bold")
-    for column in ("WORKER", "STEP", *names):
-        table.add_column(column)
+    table = _table()
+    for header in ("WORKER", "STEP", *names):
+        column(table, header)
     for (worker, step), values in by_step.items():
         table.add_row(
             str(worker),
@@ -170,10 +185,10 @@ def metrics_table(points: Sequence[MetricView]) -> Table:
 def rows_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
     """A plain table whose first column (an id or name in every table Kaon prints) is
     never cut."""
-    table = Table(box=None, header_style="bold")
+    table = _table()
     id_column(table, columns[0], (row[0] for row in rows))
-    for column in columns[1:]:
-        table.add_column(column)
+    for header in columns[1:]:
+        column(table, header)
     for row in rows:
         table.add_row(*row)
     return table

@@ -15,7 +15,7 @@ class WorkspaceView(BaseModel):
 
 
 class CreateWorkspace(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
 
     @field_validator("name")
@@ -36,7 +36,7 @@ class TokenView(BaseModel):
 
 
 class CreateToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
     workspaces: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     role: str = Field(default="member", pattern="^(admin|member|gateway)$")

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from kaon.core.jobs import JobSpec, JobStatus
 from kaon.core.replicas import ENV_DEPLOYMENT, ENV_MODEL_DIR, ENV_REPLICA_ID, ReplicaStatus
 from kaon.core.resources import Resources
-from kaon.core.validation import NAME_PATTERN, SnapshotRef, UserEnv, check_name
+from kaon.core.secrets import SpecEnv
+from kaon.core.validation import MAX_SECONDS, NAME_PATTERN, SnapshotRef, check_name
 
 _SERVICE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -50,7 +51,7 @@ class ScalingPolicy(BaseModel):
     one: `kaon.autoscaling.policy`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=1, ge=1, le=1000)
@@ -58,9 +59,9 @@ class ScalingPolicy(BaseModel):
         default=8.0, gt=0, description="in-flight plus queued requests per replica"
     )
     target_rps: float | None = Field(default=None, gt=0, description="requests/s per replica")
-    scale_up_delay_s: float = Field(default=5.0, ge=0)
-    scale_down_delay_s: float = Field(default=60.0, ge=0)
-    scale_to_zero_after_s: float = Field(default=300.0, ge=0)
+    scale_up_delay_s: float = Field(default=5.0, ge=0, le=MAX_SECONDS)
+    scale_down_delay_s: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
+    scale_to_zero_after_s: float = Field(default=300.0, ge=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingPolicy:
@@ -79,13 +80,13 @@ class HealthCheck(BaseModel):
     ready ``startup_timeout_s`` after its start is restarted.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     path: str = Field(default="/ready", pattern=r"^/")
-    period_s: float = Field(default=2.0, gt=0)
-    timeout_s: float = Field(default=2.0, gt=0)
-    failure_threshold: int = Field(default=3, ge=1)
-    startup_timeout_s: float = Field(default=600.0, gt=0)
+    period_s: float = Field(default=2.0, gt=0, le=MAX_SECONDS)
+    timeout_s: float = Field(default=2.0, gt=0, le=MAX_SECONDS)
+    failure_threshold: int = Field(default=3, ge=1, le=1_000_000)
+    startup_timeout_s: float = Field(default=600.0, gt=0, le=MAX_SECONDS)
 
 
 class DeploymentSpec(BaseModel):
@@ -96,7 +97,7 @@ class DeploymentSpec(BaseModel):
     `kaon.train` job with the ready-made `PREDICTOR_SERVICE`.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     service: str | None = Field(default=None, description="'module:Class' of a kaon.Service")
@@ -104,12 +105,14 @@ class DeploymentSpec(BaseModel):
     snapshot: SnapshotRef = Field(default=None, description="sha256 of an uploaded folder")
     resources: Resources = Field(default_factory=Resources, description="per replica")
     autoscaling: ScalingPolicy = Field(default_factory=ScalingPolicy)
-    env: UserEnv = Field(default_factory=dict)
+    env: SpecEnv = Field(default_factory=dict)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     public: bool = Field(default=False, description="callable without a token")
     request_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     max_queue: int = Field(default=100, ge=0, le=100_000, description="waiting requests")
-    max_concurrency: int = Field(default=64, ge=1, description="in-flight per replica")
+    max_concurrency: int = Field(
+        default=64, ge=1, le=1_000_000, description="in-flight per replica"
+    )
     max_body_bytes: int = Field(default=10 * 2**20, ge=1, le=2**30)
 
     @field_validator("name")

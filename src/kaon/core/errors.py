@@ -8,7 +8,11 @@ KaonError
  │                                resources: those are NotFoundError)
  ├── NotFoundError           404  no such resource in a workspace this token can see
  ├── ConflictError           409  the resource exists, or is in a state that forbids this
- ├── PayloadTooLargeError    413  an upload over the limit
+ ├── PayloadTooLargeError    413  an upload over the limit (packed or unpacked)
+ ├── LimitExceededError      429  a workspace is at one of the server's limits (names it);
+ │                                retry once some of its work has finished
+ ├── UnavailableError        503  the database is locked or unreachable; retry after
+ │                                `retry_after_s`
  ├── IllegalTransitionError  500  a bug: a state machine was asked for a move it forbids
  └── BackendError                 an executor could not do what was asked
       ├── TemporaryBackendError   worth retrying later
@@ -56,6 +60,29 @@ class ConflictError(KaonError):
 
 class PayloadTooLargeError(KaonError):
     status_code = 413
+
+
+class LimitExceededError(KaonError):
+    """A workspace is at one of the server's limits (queued jobs); `limit` names the
+    setting, so the message can say what an operator would raise."""
+
+    status_code = 429
+
+    def __init__(self, message: str, limit: str, retry_after_s: int = 30) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+class UnavailableError(KaonError):
+    """The control plane cannot do this now (its database is locked or unreachable), and
+    says when to try again: nothing is wrong with the request."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class IllegalTransitionError(KaonError):

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kaon.core.validation import is_sha256
+from kaon.core.validation import MAX_SECONDS, is_sha256
 
 # --- control plane -> gateway -------------------------------------------------------------
 
@@ -28,7 +28,7 @@ from kaon.core.validation import is_sha256
 class Route(BaseModel):
     """Everything the gateway needs to serve one deployment, as of one moment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     name: str
     replicas: list[str] = Field(
@@ -70,7 +70,7 @@ class RouteTable(BaseModel):
     that version skips the rebuild.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     version: int = 0
     routes: list[Route] = Field(default_factory=list)
@@ -82,12 +82,12 @@ class RouteTable(BaseModel):
 class DeploymentLoad(BaseModel):
     """What one gateway saw of one deployment over the last window."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
-    in_flight: int = Field(ge=0, description="requests at a replica now")
-    queued: int = Field(ge=0, description="requests waiting for a replica now")
-    requests_per_s: float = Field(ge=0, description="arrivals per second over the window")
+    in_flight: int = Field(ge=0, le=2**31, description="requests at a replica now")
+    queued: int = Field(ge=0, le=2**31, description="requests waiting for a replica now")
+    requests_per_s: float = Field(ge=0, le=1e12, description="arrivals per second over the window")
     p50_ms: float | None = Field(default=None, description="None when no request finished")
     p99_ms: float | None = None
     waiting_for_replica: bool = Field(
@@ -102,10 +102,10 @@ class GatewayReport(BaseModel):
     deployment with no ready replica, so the control plane can start one at once.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     gateway_id: str
-    time: float = Field(description="unix time at the end of the window")
-    window_s: float = Field(gt=0)
+    time: float = Field(ge=0, le=2**40, description="unix time at the end of the window")
+    window_s: float = Field(gt=0, le=MAX_SECONDS)
     reason: Literal["periodic", "demand"] = "periodic"
     deployments: list[DeploymentLoad] = Field(default_factory=list)

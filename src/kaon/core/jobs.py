@@ -10,9 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kaon.core.errors import IllegalTransitionError
 from kaon.core.resources import Resources
-from kaon.core.validation import SnapshotRef, UserEnv
+from kaon.core.secrets import SpecEnv
+from kaon.core.validation import MAX_INT64, MAX_SECONDS, SnapshotRef
 
 _JOB_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+MAX_WORKERS = 1024
+"""The most workers any job may have, whatever the server allows (its own limit, the
+``max_workers_per_job`` setting, is at most this)."""
 
 
 class JobStatus(enum.StrEnum):
@@ -90,16 +94,18 @@ class JobSpec(BaseModel):
     ``resources``. ``snapshot`` names an uploaded working directory (its content hash).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = Field(default=None, description="a label; lowercase, digits, . _ -")
     command: list[str] = Field(description="argv of each worker, e.g. ['python', 'train.py']")
     snapshot: SnapshotRef = Field(default=None, description="sha256 of an uploaded folder")
-    env: UserEnv = Field(default_factory=dict)
+    env: SpecEnv = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
-    workers: int = Field(default=1, ge=1, le=1024)
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     max_retries: int = Field(default=0, ge=0, le=100)
-    timeout_s: float | None = Field(default=None, gt=0, description="wall-clock limit per attempt")
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=MAX_SECONDS, description="wall-clock limit per attempt"
+    )
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
     labels: dict[str, str] = Field(default_factory=dict, description="node labels required")
 
@@ -175,10 +181,10 @@ class JobView(BaseModel):
 class MetricPoint(BaseModel):
     """One reported value."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    step: int | None = Field(default=None, ge=0)
-    time: float | None = None
+    step: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    time: float | None = Field(default=None, ge=0, le=MAX_INT64, description="unix time")
     values: dict[str, float]
 
     @field_validator("values")
@@ -193,9 +199,9 @@ class MetricPoint(BaseModel):
 
 
 class MetricBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    worker: int = Field(default=0, ge=0)
+    worker: int = Field(default=0, ge=0, lt=MAX_WORKERS)
     points: list[MetricPoint] = Field(max_length=10_000)
 
 

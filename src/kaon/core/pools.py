@@ -38,7 +38,7 @@ class PoolState(enum.StrEnum):
 class PoolSpec(BaseModel):
     """What an admin asks for: a Ray cluster to attach, under a name."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(description="1-63 of a-z, 0-9, '-'; the pool's nodes are named after it")
     kind: PoolKind = PoolKind.RAY

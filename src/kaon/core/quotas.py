@@ -7,17 +7,20 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kaon.core.resources import parse_memory
+from kaon.core.validation import MAX_BYTES
 
 
 class QuotaSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     gpus: float | None = Field(default=None, ge=0, description="nominal GPUs")
     cpus: float | None = Field(default=None, ge=0, description="nominal CPUs")
-    memory: int | None = Field(default=None, ge=0, description="nominal memory, bytes or '256Gi'")
+    memory: int | None = Field(
+        default=None, ge=0, le=MAX_BYTES, description="nominal memory, bytes or '256Gi'"
+    )
     borrow_limit: float | None = Field(default=None, ge=0, description="GPUs it may borrow")
     borrow_cpus: float | None = Field(default=None, ge=0)
-    borrow_memory: int | None = Field(default=None, ge=0)
+    borrow_memory: int | None = Field(default=None, ge=0, le=MAX_BYTES)
 
     @field_validator("memory", "borrow_memory", mode="before")
     @classmethod

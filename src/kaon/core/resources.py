@@ -6,10 +6,18 @@ Memory is kept in bytes everywhere inside Kaon and parsed from the human forms u
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kaon.core.validation import MAX_BYTES
+
+MAX_CPUS = 2.0**20
+MAX_GPUS = 2**20
+"""Bounds far over any node, so an absurd number is refused at the edge, naming its
+field, instead of overflowing a column or the scheduler's arithmetic."""
 
 _UNITS = {
     "": 1,
@@ -39,6 +47,8 @@ def parse_memory(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError("memory must be a size like '4Gi' or a number of bytes")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("memory must be a finite number of bytes")
         return int(value)
     match = _MEMORY.match(value)
     if not match or match.group(2).lower() not in _UNITS:
@@ -73,11 +83,13 @@ def describe_memory(n: int, digits: int = 1) -> str:
 class Resources(BaseModel):
     """What one worker (or replica) asks for. Memory in bytes; parsed from ``"4Gi"`` too."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
-    cpu: float = Field(default=1.0, gt=0, description="CPU cores, may be fractional")
-    memory: int = Field(default=2**30, gt=0, description="bytes; '4Gi' style strings accepted")
-    gpus: int = Field(default=0, ge=0, description="whole GPUs")
+    cpu: float = Field(default=1.0, gt=0, le=MAX_CPUS, description="CPU cores, may be fractional")
+    memory: int = Field(
+        default=2**30, gt=0, le=MAX_BYTES, description="bytes; '4Gi' style strings accepted"
+    )
+    gpus: int = Field(default=0, ge=0, le=MAX_GPUS, description="whole GPUs")
     gpu_type: str | None = Field(default=None, description="e.g. 'H100'; any type when unset")
 
     @field_validator("memory", mode="before")

@@ -16,6 +16,17 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
+MAX_SECONDS = 10 * 365 * 24 * 3600.0
+"""The longest duration a spec may ask for (ten years): longer is a typo, and a
+``timedelta`` of ``1e300`` seconds overflows in the reconcilers that add it to a time."""
+
+MAX_BYTES = 2**60
+"""The largest size in bytes a spec or quota may name (1 EiB): under the 64-bit columns
+that store it, far over any machine."""
+
+MAX_INT64 = 2**63 - 1
+"""The largest integer a 64-bit column holds (metric steps)."""
+
 NAME_PATTERN = _NAME.pattern
 """A DNS label: what workspaces, tokens and deployments are called (they end up in URLs)."""
 

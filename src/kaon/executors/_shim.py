@@ -6,7 +6,14 @@ milliseconds as Python allows: it imports neither ``subprocess`` nor ``pathlib``
 of a 50 ms start on a busy machine), but forks and execs the worker itself, and imports
 psutil only when it first checks memory. It:
 
-- starts the worker's command in a process group of its own, output into ``WORKER_DIR/log``;
+- fetches the values of the job's secrets from the control plane with the job's token,
+  when the launch names variables that hold secrets (``KAON_SECRET_ENV``), and hands them
+  to the worker's environment only: no value is ever written into the worker's folder;
+- takes the job's token from ``WORKER_DIR/handed.json`` and deletes that file, so no file
+  holds the token once the worker runs (``launch.json`` never does);
+- starts the worker's command in a process group of its own, output into ``WORKER_DIR/log``
+  (0600), as the workspace's own user when the launch names a ``uid`` (a root control
+  plane with ``KAON_WORKER_UIDS``);
 - enforces the worker's memory limit by watching the resident memory of the whole process
   tree, and stops an offender with a reason a user can read;
 - on SIGTERM forwards SIGTERM to the group, waits the grace period, then sends SIGKILL;
@@ -30,11 +37,57 @@ import time
 from typing import Any
 
 MEMORY_CHECK_S = 0.2
+HANDED_FILE = "handed.json"  # kaon.executors.local.HANDED_FILE
+SECRET_ENV = "KAON_SECRET_ENV"  # kaon.core.secrets.SECRET_ENV_MARKER
+SECRETS_WAIT_S = 60.0  # a control plane that restarts meanwhile is waited for this long
+
+
+class SecretsUnavailable(Exception):
+    """The job's secrets could not be fetched; the worker is not started."""
+
+
+def _fetch_secrets(env: dict[str, str]) -> dict[str, str]:
+    """Variable -> value for the job's secrets, asked of the control plane with the job's
+    token (retried while the control plane cannot be reached, not when it refuses)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{env['KAON_API_URL'].rstrip('/')}/api/v1/jobs/{env['KAON_JOB_ID']}/secrets"
+    headers = {"Authorization": f"Bearer {env['KAON_JOB_TOKEN']}"}
+    request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight there
+    deadline, delay = time.monotonic() + SECRETS_WAIT_S, 0.2
+    while True:
+        try:
+            with opener.open(request, timeout=10) as response:
+                values: dict[str, str] = json.load(response)["env"]
+                return values
+        except urllib.error.HTTPError as e:
+            if e.code < 500 or time.monotonic() > deadline:
+                detail = e.read().decode(errors="replace")[:500]
+                raise SecretsUnavailable(f"the control plane answered {e.code}: {detail}") from e
+        except (OSError, ValueError, KeyError) as e:
+            if time.monotonic() > deadline:
+                raise SecretsUnavailable(f"the control plane cannot be reached: {e}") from e
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _with_secrets(spec: dict[str, Any]) -> dict[str, Any]:
+    """The launch spec with the secrets' values in its env (in memory only)."""
+    env: dict[str, str] = dict(spec["env"])
+    names = env.pop(SECRET_ENV, "")
+    if not names:
+        return spec
+    wanted = set(names.split(","))
+    values = _fetch_secrets(env)
+    env.update({k: v for k, v in values.items() if k in wanted})
+    return {**spec, "env": env}
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
@@ -107,6 +160,11 @@ def _spawn(spec: dict[str, Any], log_fd: int) -> int:
         try:
             os.close(read_end)
             os.setpgid(0, 0)
+            uid = spec.get("uid")
+            if uid is not None:  # the workspace's own user: no group, nothing of root's
+                os.setgroups([])
+                os.setgid(int(uid))
+                os.setuid(int(uid))
             os.chdir(spec["cwd"])
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
@@ -131,12 +189,34 @@ def _spawn(spec: dict[str, Any], log_fd: int) -> int:
     return pid
 
 
+def _with_handed(worker_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The launch spec with the credentials the executor left beside it (the job's
+    token, kept out of launch.json) in its env; their file is deleted as it is read, so
+    they live on only in the worker's environment."""
+    path = os.path.join(worker_dir, HANDED_FILE)
+    try:
+        handed = _read_json(path)
+    except FileNotFoundError:
+        return spec
+    os.unlink(path)
+    return {**spec, "env": {**spec["env"], **handed}}
+
+
 def main(worker_dir: str) -> int:
-    spec = _read_json(os.path.join(worker_dir, "launch.json"))
+    spec = _with_handed(worker_dir, _read_json(os.path.join(worker_dir, "launch.json")))
     watch_pid = spec.get("watch_pid")
     grace_s = float(spec.get("grace_s", 10.0))
     memory_limit = int(spec.get("memory", 0))
-    log = open(os.path.join(worker_dir, "log"), "ab", buffering=0)
+    appending = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    log_fd = os.open(os.path.join(worker_dir, "log"), appending, 0o600)
+    log = open(log_fd, "ab", buffering=0)  # 0600: a worker of another user cannot read it
+    try:
+        spec = _with_secrets(spec)
+    except SecretsUnavailable as e:
+        log.write(f"kaon: cannot read the job's secrets: {e}\n".encode())
+        exit_path = os.path.join(worker_dir, "exit.json")
+        _write_json(exit_path, {"exit_code": 1, "reason": f"cannot read its secrets: {e}"})
+        return 0
     try:
         child_pid = _spawn(spec, log.fileno())
     except OSError as e:

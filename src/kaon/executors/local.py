@@ -4,6 +4,12 @@ Each worker gets a folder ``runs/JOB/ATTEMPT/INDEX`` holding its launch spec, it
 supervisor's pid, its log and, once it ended, its exit status. That folder is the
 executor's whole memory, which is what makes it crash-only: after the server restarts,
 `status` reads the same files and `launch` adopts what already runs.
+
+Nothing of the control plane's is handed to a worker: it gets a HOME and a temporary
+folder of its own in its run folder (never the server's ``~/.kaon`` or ``/tmp``), and
+the launch spec on disk holds no token. The job's token goes to the supervisor in a
+separate 0600 file (`HANDED_FILE`) that the supervisor deletes as it reads it, so it
+lives on only in the worker's own environment.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -31,6 +38,12 @@ from kaon.executors.env import worker_env
 from kaon.executors.spawner import SpawnerClient
 
 SHIM = Path(__file__).with_name("_shim.py")
+HANDED_FILE = "handed.json"  # kaon.executors._shim reads and deletes it
+HANDED_ENV = ("KAON_JOB_TOKEN",)  # credentials kept out of launch.json
+RUN_AS_ENV = "KAON_RUN_AS"  # "UID": run the workers as this user and group (root only)
+TRAVERSE = 0o711  # a folder other users may pass through to their own, never list
+_SERVER_DIRS = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",
+                "XDG_RUNTIME_DIR", "TMP", "TEMP")  # fmt: skip
 LOST_AFTER_S = 30.0  # a launch claimed but never started is declared lost after this
 DETACH_WAIT_S = 10.0  # for a detached supervisor to write its pid
 
@@ -65,6 +78,28 @@ def local_nodes(
     ]
 
 
+class LaunchAborts:
+    """Launches asked to stop while they run (a cancelled or preempted job whose gang is
+    still being started): the executor starts no further worker of that attempt. Shared
+    by the executor and whoever watches the job (the launch step), thread-safe."""
+
+    def __init__(self) -> None:
+        self._asked: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def ask(self, job_id: str, attempt: int) -> None:
+        with self._lock:
+            self._asked.add((job_id, attempt))
+
+    def asked(self, job_id: str, attempt: int) -> bool:
+        with self._lock:
+            return (job_id, attempt) in self._asked
+
+    def forget(self, job_id: str, attempt: int) -> None:
+        with self._lock:
+            self._asked.discard((job_id, attempt))
+
+
 class LocalExecutor:
     """Runs gangs as supervised child processes on one node (this machine)."""
 
@@ -79,6 +114,7 @@ class LocalExecutor:
         detach: bool = False,
         watch_pid: int | None = None,
         host_env: Callable[[], dict[str, str]] | None = None,
+        aborts: LaunchAborts | None = None,
     ) -> None:
         """One node, or several that share this machine (a pool to test gangs that span
         nodes and placement across them, as Ray's ``cluster_utils.Cluster`` does).
@@ -96,6 +132,7 @@ class LocalExecutor:
         self.detach = detach
         self.watch_pid = watch_pid
         self.host_env = host_env or _host_env
+        self.aborts = aborts or LaunchAborts()
         self._spawner: SpawnerClient | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
@@ -129,10 +166,15 @@ class LocalExecutor:
         attempt_dir = self.runs_dir / gang.job_id / str(gang.attempt)
         attempt_dir.mkdir(parents=True, exist_ok=True)
         cwd = self._working_dir(gang)
+        uid = run_as(gang)
+        if uid is not None:
+            self._open_to(uid, gang.job_id, attempt_dir, cwd)
         master = gang.master or (self.node.address, self.gang_port(gang.job_id, gang.attempt))
         mine = [w for w in gang.workers if w.node_id in node_ids]
         return [
             self._launch_worker(gang, worker, attempt_dir, cwd, master)
+            if not self.aborts.asked(gang.job_id, gang.attempt)
+            else _not_started(gang, worker)
             for worker in sorted(mine, key=lambda w: w.index)
         ]
 
@@ -158,6 +200,18 @@ class LocalExecutor:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another launch won the race
         return code
+
+    def _open_to(self, uid: int, job_id: str, attempt_dir: Path, code: Path) -> None:
+        """Let the workers' user reach what is theirs and nothing else: the folders on
+        the way pass it through (0711: no listing), and the job's code and checkpoint
+        folder become its own (0700). Everything else under the home stays root's 0600."""
+        for folder in (self.runs_dir, self.runs_dir / job_id, attempt_dir, self.checkpoints_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, TRAVERSE)
+        ckpt = self.checkpoint_dir(job_id)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        for folder in (code, ckpt):
+            _give(folder, uid)
 
     def gang_port(self, job_id: str, attempt: int) -> int:
         """MASTER_PORT, chosen once per attempt on this node and remembered for
@@ -193,16 +247,23 @@ class LocalExecutor:
         ckpt = self.checkpoint_dir(gang.job_id)
         ckpt.mkdir(parents=True, exist_ok=True)
         own_port = self._free_port()
+        uid = run_as(gang)
+        if uid is not None:
+            os.chmod(wdir, TRAVERSE)
         env = worker_env(
             gang,
             worker,
             master[0],
             master[1],
-            self.host_env(),
+            private_dirs(self.host_env(), wdir, uid),
             node_address=self.node.address,
             port=own_port,
             checkpoint_dir=str(ckpt),
         )
+        handed = {name: env.pop(name) for name in HANDED_ENV if name in env}
+        env.pop(RUN_AS_ENV, None)
+        if handed:
+            _write_private_json(wdir / HANDED_FILE, handed)
         spec = {
             "command": list(gang.command),
             "cwd": str(cwd),
@@ -211,6 +272,7 @@ class LocalExecutor:
             "grace_s": gang.stop_grace_s,
             "port": own_port,
             "watch_pid": self.watch_pid,
+            "uid": uid,  # None: as this process's user
         }
         _write_json(wdir / "launch.json", spec)
         try:
@@ -354,9 +416,69 @@ def _host_env() -> dict[str, str]:
     return env
 
 
+def _not_started(gang: GangLaunch, worker: WorkerLaunch) -> WorkerState:
+    """A worker left unstarted because its launch was aborted: it has a handle (so the
+    job's stop finds every worker) and nothing runs behind it."""
+    handle = f"{gang.job_id}/{gang.attempt}/{worker.index}"
+    return WorkerState(handle, False, reason="not started: the job was stopped first")
+
+
+def run_as(gang: GangLaunch) -> int | None:
+    """The uid (and gid) the control plane asked this gang's workers to run as, if any.
+    Only a root executor can switch users; anyone else refuses rather than run the
+    workers as itself when told to run them as someone else."""
+    value = gang.env.get(RUN_AS_ENV)
+    if not value:
+        return None
+    if os.geteuid() != 0:
+        raise PermanentBackendError(
+            "this node cannot run workers as another user: it does not run as root"
+        )
+    return int(value)
+
+
+def _give(folder: Path, uid: int) -> None:
+    """`folder` and everything in it to `uid` (and group `uid`), the folder 0700."""
+    if folder.stat().st_uid != uid:
+        for root, dirs, files in os.walk(folder):
+            for name in [*dirs, *files]:
+                os.lchown(os.path.join(root, name), uid, uid)
+        os.chown(folder, uid, uid)
+    os.chmod(folder, 0o700)
+
+
+def private_dirs(base: dict[str, str], wdir: Path, uid: int | None = None) -> dict[str, str]:
+    """`base` with HOME and TMPDIR in the worker's own folder: a job must not find the
+    server's files (``~/.kaon``, its tokens and config) through ``~``, nor share a
+    temporary folder with the server or with another job. Owned by `uid` when the
+    worker runs as that user."""
+    home, tmp = wdir / "home", wdir / "tmp"
+    for folder in (home, tmp):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if uid is not None:
+            os.chown(folder, uid, uid)
+    env = {k: v for k, v in base.items() if k not in _SERVER_DIRS}
+    user_base = site.getuserbase()  # packages installed with `pip install --user`
+    if "PYTHONUSERBASE" not in env and os.path.isdir(user_base):
+        env["PYTHONUSERBASE"] = user_base  # found through HOME before; keep finding them
+    env.update(HOME=str(home), TMPDIR=str(tmp))
+    return env
+
+
+def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """A file only this user can read, made so from the start (never briefly 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, and readable by this user only whatever the umask (a launch spec
+    holds the worker's whole environment)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data))
     os.replace(tmp, path)
 
 

@@ -21,6 +21,15 @@ is; one that is not should be idempotent by a request id of its own.
 
 The bearer token is stripped before forwarding: replicas run user code and never see a
 caller's credentials.
+
+Streamed replies (the replica answers with chunked transfer: a generator handler, server-
+sent events) are forwarded chunk by chunk as they arrive, never gathered: the head as soon as
+it is in, each chunk at once, with at most a bounded amount buffered (`kaon.gateway.upstream`)
+and the replica held back by TCP while the client reads slowly. The replica slot is held until
+the stream ends. Once the head has gone to the client nothing is retried: an error after that
+ends the response early (no final chunk, so the client can tell it is cut short). A client
+that leaves mid-stream closes the connection to the replica, which closes the generator.
+``request_timeout_s`` bounds the wait for the head and then for each chunk.
 """
 
 from __future__ import annotations
@@ -32,14 +41,15 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kaon.core.gateway import GatewayReport, RouteTable
 from kaon.core.tokens import hash_token
 from kaon.gateway.routing import DeploymentState, NoReplicaError, QueueFullError, Replica
 from kaon.gateway.sources import ReportSink, RouteSource, SupportsHurry
-from kaon.gateway.stats import GatewayMetrics
-from kaon.gateway.upstream import UpstreamError, UpstreamPool, UpstreamReply
+from kaon.gateway.stats import GatewayMetrics, StreamTimer
+from kaon.gateway.upstream import UpstreamError, UpstreamPool, UpstreamReply, UpstreamStream
 from kaon.serving import asgi
 
 __all__ = ["Gateway", "Incoming"]
@@ -136,7 +146,40 @@ class Gateway:
             return
         else:
             reply = await self.forward(admitted, req, body)
+            if reply.stream is not None:
+                await self._send_stream(send, receive, admitted, req, reply, reply.stream)
+                return
         await _send_reply(send, reply)
+
+    async def _send_stream(
+        self,
+        send: asgi.Send,
+        receive: asgi.Receive,
+        state: DeploymentState,
+        req: Incoming,
+        reply: UpstreamReply,
+        stream: UpstreamStream,
+    ) -> None:
+        """The ASGI way to stream (the server turns it into chunked transfer and waits
+        while the client's socket is full). ASGI servers drop writes to a client that left
+        without a word, so the connection is watched: a disconnect cancels the relay, which
+        closes the replica's connection."""
+        await send({"type": "http.response.start", "status": reply.status,
+                    "headers": reply.headers})  # fmt: skip
+
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        relay = asyncio.create_task(self.relay(state, req, stream, write))
+        watcher = asyncio.create_task(_disconnect(receive))
+        try:
+            await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            relay.cancel()  # a no-op once it is done
+            await asyncio.gather(relay, watcher, return_exceptions=True)
+        if not relay.cancelled() and relay.exception() is None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def admit(self, req: Incoming) -> DeploymentState | UpstreamReply:
         """Before the body is read: the deployment this request may call, or the answer
@@ -206,13 +249,19 @@ class Gateway:
             target = b"/" + target
         headers = _forward_headers(req)
         replica = await _acquire(state)
+        held = True
         try:
-            return await self._exchange(state, replica, req.method, target, headers, body)
+            reply = await self._exchange(state, replica, req.method, target, headers, body)
+            if reply.stream is not None:  # the slot is given back when the stream closes
+                reply.stream.on_close(lambda _complete: state.release(replica))
+                held = False
+            return reply
         except UpstreamError as exc:
             if not exc.retry_safe:
                 raise _Answer(502, str(exc)) from None
         finally:
-            state.release(replica)
+            if held:
+                state.release(replica)
         return await self._retry(state, replica, req.method, target, headers, body)
 
     async def _retry(
@@ -229,12 +278,18 @@ class Gateway:
         if other is None:
             raise _Answer(502, "replica failed and no other replica is free")
         state.take(other)
+        held = True
         try:
-            return await self._exchange(state, other, method, target, headers, body)
+            reply = await self._exchange(state, other, method, target, headers, body)
+            if reply.stream is not None:
+                reply.stream.on_close(lambda _complete: state.release(other))
+                held = False
+            return reply
         except UpstreamError as exc:
             raise _Answer(502, str(exc)) from None
         finally:
-            state.release(other)
+            if held:
+                state.release(other)
 
     async def _exchange(
         self,
@@ -256,6 +311,34 @@ class Gateway:
             state.eject(replica)
             self._pool.forget(replica.host, replica.port)
             raise
+
+    async def relay(
+        self,
+        state: DeploymentState,
+        req: Incoming,
+        stream: UpstreamStream,
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> bool:
+        """Copy a streamed reply's body to the client, a chunk at a time, through `write`
+        (which waits while the client is slow). True when the whole body went through;
+        False when the replica broke off or went silent for ``request_timeout_s``. Always
+        closes `stream`; cancelling this (the client left) closes the replica's connection."""
+        timer = StreamTimer(self.metrics.streams(state.name), req.started)
+        timeout = state.route.request_timeout_s
+        try:
+            while True:
+                try:
+                    chunk = await stream.next(timeout)
+                except (UpstreamError, TimeoutError) as exc:
+                    why = exc or f"no chunk within {timeout} s"
+                    logger.warning("stream from %s broke off: %s", state.name, why)
+                    return False
+                if not chunk:
+                    return True
+                timer.chunk()
+                await write(chunk)
+        finally:
+            stream.close()
 
     # --- routes and reports -------------------------------------------------------------
 
@@ -361,6 +444,12 @@ async def _acquire(state: DeploymentState) -> Replica:
         raise _Answer(429, "too many requests queued", asgi.retry_after(1)) from None
     except NoReplicaError:
         raise _Answer(503, "no replica available in time", asgi.retry_after(5)) from None
+
+
+async def _disconnect(receive: asgi.Receive) -> None:
+    """Returns when the client has gone (the request body is already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -8,11 +8,18 @@ one call, which cuts the gateway's CPU per request substantially (see docs/servi
 The same `Gateway` also runs as an ASGI app under any server.
 
 Behaviour kept from a general-purpose server: keep-alive (and ``Connection: close``),
-pipelined requests answered in order (reading pauses while one is being handled),
+pipelined requests answered in order (held in a small backlog while one is handled; reading
+goes on, so a client that leaves, or half-closes, cancels its request at once),
 ``Expect: 100-continue``, chunked request bodies, idle connections closed after
 `KEEP_ALIVE_S`, a 400 for unparseable requests, and a graceful stop that lets in-flight
 requests finish. The authorization and body-limit checks happen as soon as the headers
 are in, so an unauthenticated caller never gets to upload a body.
+
+A streamed reply goes out with chunked transfer, each chunk written as it arrives from the
+replica. Writing waits while the client's socket buffer is over asyncio's high-water mark
+(`pause_writing`/`resume_writing`), which in turn stops reading from the replica, so a slow
+client costs a bounded amount of memory. A client that leaves cancels the request's task,
+which closes the connection to the replica.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import httptools
 
 from kaon.gateway.app import Gateway, Incoming
 from kaon.gateway.routing import DeploymentState
-from kaon.gateway.upstream import UpstreamReply
+from kaon.gateway.upstream import UpstreamReply, UpstreamStream
 
 __all__ = ["GatewayServer", "KEEP_ALIVE_S"]
 
@@ -37,6 +44,7 @@ KEEP_ALIVE_S = 75.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_BACKLOG_LIMIT = 64 * 2**10  # pipelined bytes held while a request is answered
 
 
 class _Connection(asyncio.Protocol):
@@ -56,6 +64,10 @@ class _Connection(asyncio.Protocol):
         self._too_large = False
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._writable: asyncio.Future[None] | None = None  # set while writing is paused
+        self._holding = False  # a request is being answered
+        self._backlog: list[bytes] = []  # bytes that came meanwhile (a pipelined request)
+        self._backlog_size = 0
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -66,6 +78,12 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._disarm_idle()
+        if self._holding:  # a request is being answered: keep the next one's bytes for later
+            self._backlog.append(data)
+            self._backlog_size += len(data)
+            if self._backlog_size > _BACKLOG_LIMIT and self._transport is not None:
+                self._transport.pause_reading()  # enough: the rest waits in the socket
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -73,9 +91,19 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail()
 
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._disarm_idle()
+        self.resume_writing()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the caller left: give the replica slot back
         self._transport = None
@@ -123,8 +151,10 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self._req is not None and self._admitted is not None
         keep_alive = self._parser.should_keep_alive()
-        if self._transport is not None:
-            self._transport.pause_reading()  # one request at a time; the rest wait in the socket
+        # one request at a time: what arrives meanwhile waits in `_backlog`. Reading goes on
+        # (rather than pausing the transport) so that a client that leaves is noticed at
+        # once, and its request cancelled, slot and replica work included.
+        self._holding = True
         work = self._answer(self._req, self._admitted, b"".join(self._body), keep_alive)
         self._task = asyncio.get_running_loop().create_task(work)
 
@@ -141,13 +171,59 @@ class _Connection(asyncio.Protocol):
             reply = await self._gateway.forward(admitted, req, body)
         transport = self._transport
         if transport is None or transport.is_closing():
+            if reply.stream is not None:
+                reply.stream.close()
             return
-        transport.write(_encode(reply, keep))
+        if reply.stream is not None and isinstance(admitted, DeploymentState):
+            if not await self._stream(admitted, req, reply, reply.stream, keep):
+                transport.close()  # cut short: no final chunk, the client sees it broke off
+                return
+        else:
+            transport.write(_encode(reply, keep))
         if not keep or self._server.stopping:
             transport.close()
             return
         self._arm_idle()
-        transport.resume_reading()
+        self._holding = False
+        backlog, self._backlog, self._backlog_size = self._backlog, [], 0
+        transport.resume_reading()  # if the backlog had paused it
+        if backlog:
+            self.data_received(b"".join(backlog))
+
+    async def _stream(
+        self,
+        state: DeploymentState,
+        req: Incoming,
+        reply: UpstreamReply,
+        stream: UpstreamStream,
+        keep: bool,
+    ) -> bool:
+        """Head, then each chunk as it comes (chunked transfer); True if it went through."""
+        transport = self._transport
+        assert transport is not None
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (reply.status, _REASONS.get(reply.status, b"Unknown")),
+            *(b"%s: %s\r\n" % item for item in reply.headers),
+            b"transfer-encoding: chunked\r\n",
+        ]
+        if not keep:
+            head.append(b"connection: close\r\n")
+        transport.write(b"".join(head) + b"\r\n")
+
+        async def write(chunk: bytes) -> None:
+            if transport.is_closing():
+                raise ConnectionResetError("client left")
+            transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if self._writable is not None:  # the client reads slowly: wait for it
+                await self._writable
+
+        try:
+            done = await self._gateway.relay(state, req, stream, write)
+        except ConnectionResetError:
+            return False
+        if done and not transport.is_closing():
+            transport.write(b"0\r\n\r\n")
+        return done
 
     def _fail(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from kaon.core.gateway import DeploymentLoad
 from kaon.gateway.routing import DeploymentState
 
-__all__ = ["GatewayMetrics", "Window", "percentile"]
+__all__ = ["GatewayMetrics", "StreamSeries", "StreamTimer", "Window", "percentile"]
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -72,6 +72,35 @@ class _Series:
         self.latency.observe(seconds)
 
 
+class StreamSeries:
+    """The streaming series of one deployment, bound once."""
+
+    def __init__(self, metrics: GatewayMetrics, name: str) -> None:
+        self.first_chunk = metrics.first_chunk.labels(name)
+        self.chunk_gap = metrics.chunk_gap.labels(name)
+        self.chunks = metrics.chunks.labels(name)
+
+
+class StreamTimer:
+    """Times one streamed reply: the first chunk from the request's arrival (time to first
+    token, as the client sees it less the network), then the gaps between chunks."""
+
+    def __init__(self, series: StreamSeries, started: float) -> None:
+        self._series = series
+        self._last = started
+        self._first = True
+
+    def chunk(self) -> None:
+        now = time.perf_counter()
+        if self._first:
+            self._series.first_chunk.observe(now - self._last)
+            self._first = False
+        else:
+            self._series.chunk_gap.observe(now - self._last)
+        self._last = now
+        self._series.chunks.inc()
+
+
 class GatewayMetrics:
     """Per-deployment series on ``/metrics`` and the windows behind each report."""
 
@@ -93,6 +122,21 @@ class GatewayMetrics:
             "kaon_gateway_queued", "Requests waiting for a replica now.",
             ["deployment"], registry=self.registry,
         )  # fmt: skip
+        self.first_chunk = Histogram(
+            "kaon_gateway_stream_first_chunk_seconds",
+            "Streamed replies: arrival of the request to the first chunk out (time to first "
+            "token).", ["deployment"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.chunk_gap = Histogram(
+            "kaon_gateway_stream_chunk_gap_seconds",
+            "Streamed replies: time between two chunks out (inter-token latency).",
+            ["deployment"], buckets=(0.0005, *LATENCY_BUCKETS), registry=self.registry,
+        )  # fmt: skip
+        self.chunks = Counter(
+            "kaon_gateway_stream_chunks", "Chunks streamed (its rate is chunks per second).",
+            ["deployment"], registry=self.registry,
+        )  # fmt: skip
+        self._streams: dict[str, StreamSeries] = {}
         self._series: dict[str, _Series] = {}
         self._windows: dict[str, Window] = {}
 
@@ -100,6 +144,12 @@ class GatewayMetrics:
         if state.name not in self._series:
             self._series[state.name] = _Series(self, state)
             self._windows[state.name] = Window()
+
+    def streams(self, name: str) -> StreamSeries:
+        series = self._streams.get(name)
+        if series is None:
+            series = self._streams[name] = StreamSeries(self, name)
+        return series
 
     def arrived(self, name: str) -> None:
         self._windows[name].arrivals += 1

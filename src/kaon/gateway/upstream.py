@@ -6,7 +6,14 @@ anyio) spends a few hundred microseconds of Python per request; this client is a
 `asyncio.Protocol` feeding the C parser (httptools) that uvicorn uses, plus a pool of
 keep-alive connections per replica, and spends a small fraction of that. It only has to
 talk to our own replicas: HTTP/1.1, no TLS, no redirects, bodies buffered (replies up to
-`MAX_REPLY_BYTES`).
+`MAX_REPLY_BYTES`), except chunked replies, which are streamed.
+
+Streamed replies (``Transfer-Encoding: chunked``, which is how a replica sends a generator's
+output) come back as soon as their head is in, with an `UpstreamStream` to read the body
+from, chunk by chunk as the replica sends it. At most `STREAM_HIGH_WATER` bytes wait in it:
+above that the connection stops reading, so TCP's flow control holds the replica (and its
+generator) back until the client catches up. Closing a stream before its end closes the
+connection, which the replica sees as a disconnect and answers by closing the generator.
 
 Failure semantics matter for the retry rule: `UpstreamError.retry_safe` is True when not a
 single byte of the reply arrived (connection refused, or closed/reset before the status
@@ -18,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamReply", "MAX_REPLY_BYTES"]
+__all__ = ["UpstreamError", "UpstreamPool", "UpstreamReply", "UpstreamStream", "MAX_REPLY_BYTES"]
 
 MAX_REPLY_BYTES = 256 * 2**20
+STREAM_HIGH_WATER = 256 * 2**10
+"""Bytes of a streamed reply buffered in the gateway before it stops reading the replica."""
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
@@ -46,6 +56,96 @@ class UpstreamReply:
     status: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
+    stream: UpstreamStream | None = None  # a chunked reply: read its body from here
+
+
+class UpstreamStream:
+    """The body of a streamed reply, chunk by chunk, with bounded buffering.
+
+    `next` returns the next chunk (b"" once the reply is complete); `close` must be called
+    when done: it hands the connection back to the pool after a complete reply, and closes
+    it otherwise. ``on_close`` callbacks run once, at `close`.
+    """
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._complete = False
+        self._error: UpstreamError | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._paused = False
+        self._closed = False
+        self._on_close: list[Callable[[bool], None]] = []
+
+    @property
+    def complete(self) -> bool:
+        return self._complete and not self._chunks
+
+    def on_close(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(complete)` when the stream is closed."""
+        self._on_close.append(callback)
+
+    # fed by the connection
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > STREAM_HIGH_WATER and not self._paused and self._conn.transport:
+            self._paused = True
+            self._conn.transport.pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if not self._complete:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # read by the gateway
+    async def next(self, timeout_s: float) -> bytes:
+        """The next chunk, or b"" at the end; `UpstreamError` if the connection broke,
+        `TimeoutError` if nothing came for `timeout_s` seconds."""
+        while not self._chunks:
+            if self._complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            loop = asyncio.get_running_loop()
+            self._wakeup = wakeup = loop.create_future()
+            timer = loop.call_later(timeout_s, _time_out, wakeup)  # cheaper than asyncio.timeout
+            try:
+                await wakeup
+            finally:
+                timer.cancel()
+                self._wakeup = None
+        data = self._chunks.popleft()
+        self._size -= len(data)
+        if self._paused and self._size <= STREAM_HIGH_WATER // 2 and self._conn.transport:
+            self._paused = False
+            self._conn.transport.resume_reading()
+        return data
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        complete = self.complete
+        self._conn.stream_done(complete)
+        for callback in self._on_close:
+            callback(complete)
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class _Connection(asyncio.Protocol):
@@ -62,6 +162,10 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._got_bytes = False
         self._head = False
+        self._chunked = False
+        self._stream: UpstreamStream | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.release: Callable[[_Connection, bool], None] | None = None  # set by the pool
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,13 +188,28 @@ class _Connection(asyncio.Protocol):
         name = name.lower()
         if name not in _HOP_BY_HOP:
             self._reply.headers.append((name, value))
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            self._chunked = True
 
     def on_headers_complete(self) -> None:
         if self._head:  # a reply to HEAD has no body, whatever its Content-Length says
             self.on_message_complete()
             self.close()
+            return
+        status = self._parser.get_status_code()
+        if self._chunked and status >= 200:  # stream it: hand the head over now
+            self._reply.status = status
+            self._stream = self._reply.stream = UpstreamStream(self)
+            if self._timer is not None:  # from here on, `UpstreamStream.next` times out
+                self._timer.cancel()
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self._reply)
 
     def on_body(self, body: bytes) -> None:
+        if self._stream is not None:
+            self._stream._feed(body)
+            return
         self._size += len(body)
         if self._size > MAX_REPLY_BYTES:
             self._fail(UpstreamError("reply from replica is too large", retry_safe=False))
@@ -98,6 +217,9 @@ class _Connection(asyncio.Protocol):
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self._stream is not None:
+            self._stream._finish()
+            return
         reply = self._reply
         reply.status = self._parser.get_status_code()
         reply.body = b"".join(self._chunks)
@@ -117,10 +239,10 @@ class _Connection(asyncio.Protocol):
         matters at this rate); on expiry the connection is closed, never reused."""
         assert self.transport is not None
         self._reply, self._chunks, self._size, self._got_bytes = UpstreamReply(), [], 0, False
-        self._head = head
+        self._head, self._chunked, self._stream = head, False, None
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, self._expire)
+        self._timer = timer = loop.call_later(timeout_s, self._expire)
         self.transport.write(request)
         try:
             return await self._waiter
@@ -129,6 +251,17 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
             self.last_used = time.monotonic()
 
+    def stream_done(self, complete: bool) -> None:
+        """The gateway is done with the streamed reply: reuse the connection if the reply
+        was read to its end, close it otherwise (the replica then stops generating)."""
+        reusable = complete and not self.closed and self._parser.should_keep_alive()
+        self._stream = None
+        self.last_used = time.monotonic()
+        if not reusable:
+            self.close()
+        if self.release is not None:
+            self.release(self, reusable)
+
     def _expire(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -136,6 +269,8 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def _fail(self, error: UpstreamError) -> None:
+        if self._stream is not None:
+            self._stream._fail(error)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
@@ -182,9 +317,13 @@ class UpstreamPool:
             remaining = max(0.0, deadline - time.monotonic())
             reply = await conn.exchange(head + body, remaining, head=method == "HEAD")
             ok = True
+            if reply.stream is not None:  # the connection comes back when the stream closes
+                conn.release = lambda c, reusable: self._put(host, port, c) if reusable else None
             return reply
         finally:
-            if ok and not conn.closed:
+            if ok and reply.stream is not None:
+                pass
+            elif ok and not conn.closed:
                 self._put(host, port, conn)
             else:
                 conn.close()

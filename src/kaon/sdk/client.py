@@ -33,6 +33,7 @@ from kaon.sdk.admin import Nodes, Pools, Quotas, Tokens, Workspaces
 from kaon.sdk.config import load_config
 from kaon.sdk.deployments import Deployments
 from kaon.sdk.jobs import Jobs
+from kaon.sdk.secrets import Admin, Audit, Secrets
 
 _ERRORS: dict[int, type[KaonError]] = {
     401: AuthError,
@@ -89,6 +90,9 @@ class Client:
         self.quotas = Quotas(self)
         self.deployments = Deployments(self)
         self.pools = Pools(self)
+        self.secrets = Secrets(self)
+        self.audit = Audit(self)
+        self.admin = Admin(self)
 
     def close(self) -> None:
         self._http.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ class Jobs:
         spec: JobSpec | dict[str, Any] | None = None,
         workdir: str | Path | None = None,
         name: str | None = None,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str | dict[str, str]] | None = None,  # {"secret": NAME} too
         cpu: float | None = None,
         memory: str | int | None = None,
         gpus: int | None = None,

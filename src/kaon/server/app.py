@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,29 +25,39 @@ from kaon._version import __version__
 from kaon.autoscaling import LoadBoard
 from kaon.executors.base import Executor
 from kaon.executors.gpus import declared_gpus, discover_gpus
-from kaon.executors.local import LocalExecutor, local_nodes
+from kaon.executors.local import LaunchAborts, LocalExecutor, local_nodes
 from kaon.executors.pools import Pools
 from kaon.server.config import Settings
 from kaon.server.context import ControlPlane
 from kaon.server.db.models import Pool
 from kaon.server.db.session import Database
 from kaon.server.errors import install_error_handlers
-from kaon.server.middleware import BodyLimit
+from kaon.server.middleware import BodyLimit, RefuseNul
 from kaon.server.reconcilers.deployments import DeploymentReconciler
 from kaon.server.reconcilers.jobs import JobReconciler, LaunchConfig
 from kaon.server.reconcilers.pools import PoolReconciler
+from kaon.server.routers import audit as audit_router
 from kaon.server.routers import auth as auth_router
+from kaon.server.routers import console as console_router
 from kaon.server.routers import deployments as deployments_router
 from kaon.server.routers import gateway as gateway_router
 from kaon.server.routers import job_files as job_files_router
 from kaon.server.routers import jobs as jobs_router
+from kaon.server.routers import metrics as metrics_router
 from kaon.server.routers import nodes as nodes_router
 from kaon.server.routers import pools as pools_router
 from kaon.server.routers import quotas as quotas_router
+from kaon.server.routers import secrets as secrets_router
 from kaon.server.routers import snapshots as snapshots_router
-from kaon.server.security.tokens import load_token_key
+from kaon.server.security.audit import AuditTrail
+from kaon.server.security.home import make_home_private
+from kaon.server.security.keys import KeyRing, load_master_keys
+from kaon.server.security.tokens import ADMIN_TOKEN_FILE, load_token_key, write_private
 from kaon.server.services import auth, pools
+from kaon.server.services import secrets as secret_store
+from kaon.server.services.audit import AuditAppender, record_in_transactions
 from kaon.server.services.gateway import RouteVersions
+from kaon.server.telemetry import ApiMetrics, Telemetry
 
 JSON_BODY_LIMIT = 8 * 2**20
 INSTANCE_ID_FILE = "instance-id"  # kaon.sdk.config reads it under the same name
@@ -61,6 +72,12 @@ ROUTERS = (
     quotas_router.router,
     deployments_router.router,
     gateway_router.router,
+    metrics_router.router,
+    console_router.router,
+    secrets_router.router,
+    secrets_router.worker_router,
+    secrets_router.admin_router,
+    audit_router.router,
 )
 
 
@@ -74,8 +91,9 @@ def streams_its_body(path: str) -> bool:
 
 def build_plane(settings: Settings) -> ControlPlane:
     """The control plane's parts, not yet running."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.database_url)
+    make_home_private(settings.home, passable=settings.worker_uids is not None)
+    db = Database(settings.database_url, settings.db_busy_timeout_s)
+    secret_store.attach_keys(db, KeyRing(load_master_keys(settings.home)))
     gpus = declared_gpus(settings.node_gpus) if settings.node_gpus else discover_gpus()
     nodes = local_nodes(
         settings.node_name,
@@ -85,13 +103,16 @@ def build_plane(settings: Settings) -> ControlPlane:
         memory=settings.node_memory,
         labels=settings.labels,
     )
-    local = LocalExecutor(settings.runs_dir, settings.checkpoints_dir, nodes)
+    aborts = LaunchAborts()  # the launch step tells the executor of a job stopped meanwhile
+    local = LocalExecutor(settings.runs_dir, settings.checkpoints_dir, nodes, aborts=aborts)
     executor = Pools(local, settings.checkpoints_dir)
     config = LaunchConfig(
         api_url=settings.api_url,
         blobs_dir=str(settings.blobs_dir),
         token_key=load_token_key(settings.home),
         stop_grace_s=settings.stop_grace_s,
+        aborts=aborts,
+        worker_uids=settings.worker_uids,
     )
     jobs = JobReconciler(db, executor, config, interval_s=settings.reconcile_interval_s)
     loads = LoadBoard()
@@ -139,6 +160,16 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     app.state.plane = plane
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=JSON_BODY_LIMIT, exempt=streams_its_body)
+    if settings.audit_log:
+        app.add_middleware(AuditTrail, append=AuditAppender(plane.db))
+        record_in_transactions()
+    app.state.telemetry = telemetry = Telemetry()  # read by /metrics
+    for loop in (plane.jobs, plane.pools, plane.deployments):
+        telemetry.watch(loop)
+    app.add_middleware(ApiMetrics, telemetry=telemetry)  # outermost: it sees every answer
+    # Outside even that: no layer (the audit log, the metrics) sees a name with a NUL,
+    # which PostgreSQL cannot store.
+    app.add_middleware(RefuseNul)
     health = {"status": "ok", "version": __version__, "instance_id": instance_id(settings.home)}
 
     @app.get("/healthz", tags=["health"])
@@ -147,6 +178,13 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
         instance id with its home's, so a server of another home on the same port is never
         taken for its own."""
         return health
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> dict[str, str]:
+        """Readiness: 200 while the database answers and could take a write, else 503
+        with ``Retry-After`` and the reason (a load balancer stops sending calls here)."""
+        await plane.db.ready()
+        return {"status": "ready"}
 
     for router in ROUTERS:
         app.include_router(router)
@@ -200,6 +238,17 @@ def _exit_by_deadline(deadline_s: float | None) -> None:
     timer.start()
 
 
+def _hand_over_admin_token(home: Path, token: str) -> None:
+    """Show the first admin token to the person at the terminal; where output goes to a
+    log file instead, put it in a file of the home (0600) and name the file, so no log
+    ever holds a token."""
+    if sys.stdout.isatty():
+        print(f"kaon: created the admin token (shown once): {token}", flush=True)
+        return
+    path = write_private(home / ADMIN_TOKEN_FILE, token + "\n")
+    print(f"kaon: created the admin token; it is in {path} (this user only)", flush=True)
+
+
 async def start_plane(plane: ControlPlane) -> None:
     """Migrate, make the default workspace and the first admin token, register the nodes."""
     settings = plane.settings
@@ -210,5 +259,5 @@ async def start_plane(plane: ControlPlane) -> None:
         if settings.ray_address:
             await pools.ensure(s, "ray", settings.ray_address)
     if created and not settings.bootstrap_token:
-        print(f"kaon: created the admin token (shown once): {created}", flush=True)
+        _hand_over_admin_token(settings.home, created)
     await plane.pools.register_local()

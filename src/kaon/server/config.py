@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kaon.core.resources import parse_memory
+from kaon.server.security.uids import parse_uid_range
 
 DEFAULT_PORT = 8470
 DEFAULT_GATEWAY_PORT = 8471
@@ -42,6 +43,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     upload_limit: int = 100 * 2**20  # bytes per working-directory snapshot
+    # Limits a workspace's member cannot exceed (a request over one is refused, naming it).
+    unpacked_limit: int = 2 * 2**30  # bytes a snapshot may hold once unpacked
+    unpacked_files_limit: int = 100_000  # files and folders a snapshot may hold
+    max_workers_per_job: int = 128  # workers of one job (each one a supervised process)
+    max_queued_jobs: int = 1000  # jobs of one workspace waiting to run at once
+    db_busy_timeout_s: float = 5.0  # a locked or unreachable database: 503 after this
+    # Run each workspace's workers as a uid of its own from this range (root only; see
+    # kaon.server.security.uids). None: workers run as the control plane's user.
+    worker_uids: tuple[int, int] | None = None
     checkpoint_upload_limit: int = 64 * 2**30  # bytes per checkpoint file a node pushes
     reconcile_interval_s: float = 1.0
     stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this long
@@ -58,6 +68,7 @@ class Settings:
     # whatever it was doing is picked up on the next start). None in-process (tests).
     shutdown_deadline_s: float | None = None
     ray_node_dir: str = "~/.kaon/nodes"  # on each Ray node: run folders, code, checkpoints
+    audit_log: bool = True  # KAON_AUDIT_LOG=off turns the audit log off (benchmarks only)
 
     @property
     def runs_dir(self) -> Path:
@@ -92,6 +103,12 @@ class Settings:
             host=env.get("KAON_HOST", "127.0.0.1"),
             port=int(env.get("KAON_PORT", DEFAULT_PORT)),
             upload_limit=parse_memory(env.get("KAON_UPLOAD_LIMIT", "100Mi")),
+            unpacked_limit=parse_memory(env.get("KAON_UNPACKED_LIMIT", "2Gi")),
+            unpacked_files_limit=int(env.get("KAON_UNPACKED_FILES_LIMIT", "100000")),
+            max_workers_per_job=int(env.get("KAON_MAX_WORKERS_PER_JOB", "128")),
+            max_queued_jobs=int(env.get("KAON_MAX_QUEUED_JOBS", "1000")),
+            db_busy_timeout_s=float(env.get("KAON_DB_BUSY_TIMEOUT_S", "5")),
+            worker_uids=parse_uid_range(uids) if (uids := env.get("KAON_WORKER_UIDS")) else None,
             checkpoint_upload_limit=parse_memory(env.get("KAON_CHECKPOINT_UPLOAD_LIMIT", "64Gi")),
             stop_grace_s=float(env.get("KAON_STOP_GRACE_S", "10")),
             node_cpus=float(cpus) if cpus else None,
@@ -102,6 +119,7 @@ class Settings:
             public_url=env.get("KAON_PUBLIC_URL") or None,
             ray_address=env.get("KAON_RAY_ADDRESS") or None,
             ray_node_dir=env.get("KAON_RAY_NODE_DIR") or "~/.kaon/nodes",
+            audit_log=env.get("KAON_AUDIT_LOG", "on").lower() not in ("off", "0", "false"),
         )
         if "database_url" in overrides and isinstance(overrides["database_url"], str):
             overrides["database_url"] = normalize_database_url(overrides["database_url"])

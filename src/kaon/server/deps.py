@@ -15,6 +15,7 @@ from kaon.executors.base import Executor
 from kaon.server.config import Settings
 from kaon.server.context import ControlPlane
 from kaon.server.db.session import Database
+from kaon.server.security.audit import note_caller
 from kaon.server.security.principal import Principal, authenticate, bearer
 from kaon.server.services.gateway import RouteVersions
 from kaon.server.wake import Wake
@@ -74,7 +75,9 @@ SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 async def _caller(
     session: SessionDep, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    return await authenticate(session, bearer(authorization))
+    caller = await authenticate(session, bearer(authorization))
+    note_caller(caller.token_id, caller.name)  # for the audit log's record of this call
+    return caller
 
 
 CallerDep = Annotated[Principal, Depends(_caller)]

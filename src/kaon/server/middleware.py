@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -52,17 +52,60 @@ class BodyLimit:
             await _too_large(send, self.limit)
 
 
+class RefuseNul:
+    """Refuse a path or query that holds a NUL character with 422, before any route sees
+    it. PostgreSQL cannot store or even compare text with NUL in it (the query fails, a
+    500), SQLite and the file system cut a name at it; no name Kaon gives anything holds
+    one, so such a request can only be a probe."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            where = _nul_in(scope)
+            if where is not None:
+                await _refuse_nul(send, where)
+                return
+        await self.app(scope, receive, send)
+
+
+def _nul_in(scope: Scope) -> str | None:
+    if "\x00" in scope.get("path", ""):
+        return "path"
+    query = scope.get("query_string", b"").lower()
+    if b"%00" in query or b"\x00" in query:
+        return "query"
+    return None
+
+
+async def _refuse_nul(send: Callable[[Message], Awaitable[None]], where: str) -> None:
+    detail = {
+        "detail": f"{where}: must not contain NUL characters",
+        "error": "InvalidSpecError",
+        "field": where,
+        "errors": [{"field": where, "message": "must not contain NUL characters"}],
+    }
+    await _answer(send, 422, detail)
+
+
 class _TooLarge(Exception):
     pass
 
 
 async def _too_large(send: Callable[[Message], Awaitable[None]], limit: int) -> None:
     detail = {"detail": f"request body over {limit} bytes", "error": "PayloadTooLargeError"}
+    await _answer(send, 413, detail)
+
+
+async def _answer(
+    send: Callable[[Message], Awaitable[None]], status: int, detail: Mapping[str, object]
+) -> None:
     body = json.dumps(detail).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json")],
         }
     )

@@ -1,14 +1,28 @@
 """Run the control plane in the foreground under Uvicorn (``kaon server``,
-``python -m kaon.server``)."""
+``python -m kaon.server``).
+
+Credentials given in the environment (the bootstrap admin token, a database URL that may
+hold a password) are taken out of it before anything else runs: the process re-executes
+itself without them and reads them from a pipe instead. Removing a variable from
+``os.environ`` is not enough, because ``/proc/<pid>/environ`` shows the environment the
+process was started with, and any process of the same user can read it.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 
 import uvicorn
 
 from kaon.server.app import create_app
 from kaon.server.config import Settings
+
+CREDENTIALS = ("KAON_BOOTSTRAP_TOKEN", "KAON_DATABASE_URL")
+HANDED_FD = "KAON_CREDENTIALS_FD"  # the pipe the re-executed server reads them from
+PRIVATE_UMASK = 0o077  # whatever the server writes under KAON_HOME is its user's only
 
 
 def serve(settings: Settings) -> None:
@@ -21,4 +35,37 @@ def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    serve(Settings.from_env())
+    os.umask(PRIVATE_UMASK)
+    if any(name in os.environ for name in CREDENTIALS):
+        _exec_without_credentials()  # does not return
+    handed = _read_handed_credentials()
+    overrides: dict[str, object] = {}
+    if "KAON_BOOTSTRAP_TOKEN" in handed:
+        overrides["bootstrap_token"] = handed["KAON_BOOTSTRAP_TOKEN"] or None
+    if handed.get("KAON_DATABASE_URL"):
+        overrides["database_url"] = handed["KAON_DATABASE_URL"]
+    serve(Settings.from_env(**overrides))
+
+
+def _exec_without_credentials() -> None:
+    """Start this same command again (same pid) with the credentials moved from the
+    environment into a pipe that only the new image reads, once."""
+    handed = {name: os.environ[name] for name in CREDENTIALS if name in os.environ}
+    read_end, write_end = os.pipe()
+    os.write(write_end, json.dumps(handed).encode())  # far below a pipe's buffer
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
+    env[HANDED_FD] = str(read_end)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
+def _read_handed_credentials() -> dict[str, str]:
+    fd = os.environ.pop(HANDED_FD, None)
+    if fd is None:
+        return {}
+    with os.fdopen(int(fd), "rb") as pipe:
+        handed: dict[str, str] = json.loads(pipe.read() or b"{}")
+    return handed

@@ -16,7 +16,16 @@ handler's limit), 422 (malformed JSON, or a field missing, unknown or of the wro
 does), 500 (the handler raised, or returned a value that does not fit its return type),
 503 (not ready), 504 (over ``timeout_s``). A handler may raise a
 `kaon.core.errors.KaonError` on purpose to answer with its status, e.g. `InvalidSpecError`
-for 422.
+for 422, or return a `kaon.serving.streaming.Response` to choose status and body itself.
+
+Streamed replies (a generator handler, or a `Response` with a stream; see
+`kaon.serving.streaming`): the status and headers go out with the first item, so a
+generator that raises before yielding still gets its 4xx/5xx; after that an error can only
+end the stream early (as an ``event: error`` for server-sent events). Each chunk is written
+when it is yielded and the next item is pulled only once the client's socket has taken the
+last one, so a slow reader holds the generator back instead of growing a buffer. A client
+that disconnects stops the stream at once: the generator is closed (its ``finally`` runs;
+an async one is cancelled where it waits). ``timeout_s`` bounds the wait for each item.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +56,7 @@ from kaon.serving.inline import InlineRule, voluntary_waits
 from kaon.serving.metrics import HandlerMetrics, ReplicaMetrics
 from kaon.serving.openapi import docs_page, openapi_document
 from kaon.serving.service import Service, handlers_of
+from kaon.serving.streaming import Request, Response, sse_event, wants_events
 
 __all__ = ["ReplicaApp"]
 
@@ -56,11 +66,28 @@ _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
 
 
+_STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+_END = object()  # what a stream's next item is once it has none
+
+
+@dataclass
+class _Stream:
+    """A reply still to be produced: items from `source`, each framed by `frame`."""
+
+    source: Iterator[Any] | AsyncIterator[Any]
+    frame: Callable[[Any], bytes]
+    media_type: bytes
+    status: int = 200
+    extra: tuple[tuple[bytes, bytes], ...] = ()
+
+
 @dataclass
 class _Reply:
     status: int
     body: bytes
     extra: tuple[tuple[bytes, bytes], ...] = ()
+    stream: _Stream | None = None
+    content_type: bytes = asgi.JSON
 
 
 def _error(status: int, detail: Any, *extra: tuple[bytes, bytes]) -> _Reply:
@@ -90,6 +117,10 @@ class _Runner:
         self._pool = pool
         limit = ep.options.max_concurrency
         self._limit = asyncio.Semaphore(limit) if limit and not ep.batched else None
+        # a stream holds its slot for as long as it streams, not just for the call
+        self.stream_limit = self._limit if ep.streaming else None
+        if ep.streaming:
+            self._limit = None
         self.inline = InlineRule(ep.options.run_inline)
         metrics.on_loop.set(1 if ep.is_async or (self.inline.on_loop and not ep.batched) else 0)
         self._batcher: Batcher | None = None
@@ -111,6 +142,8 @@ class _Runner:
 
     async def _call(self, kwargs: dict[str, Any]) -> Any:
         fn = self.ep.function
+        if self.ep.streaming:  # creating the generator runs none of its code
+            return fn(self._service, **kwargs)
         if self.ep.is_async:
             return await fn(self._service, **kwargs)
         if self.inline.on_loop:
@@ -218,7 +251,8 @@ class ReplicaApp:
         if runner is None:
             runner = self._runner_for(key)
         if runner is not None:
-            reply = await self._serve(runner, scope, receive)
+            await self._serve(runner, scope, receive, send)
+            return
         elif scope["method"] == "GET" and scope["path"] in self._builtins:
             reply = self._builtins[scope["path"]]()
         elif any(path == scope["path"] for _, path in self._endpoints):
@@ -235,22 +269,34 @@ class ReplicaApp:
         self._runners[key] = runner
         return runner
 
-    async def _serve(self, runner: _Runner, scope: asgi.Scope, receive: asgi.Receive) -> _Reply:
+    async def _serve(
+        self, runner: _Runner, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send
+    ) -> None:
         if self.state is not ReplicaStatus.READY:
-            return _error(503, f"replica not ready: {self.reason}", asgi.retry_after(1))
+            reply = _error(503, f"replica not ready: {self.reason}", asgi.retry_after(1))
+            await asgi.respond(send, reply.status, reply.body, extra=reply.extra)
+            return
         metrics = runner.metrics
         start = time.perf_counter()
         metrics.in_flight.inc()
         try:
             reply = await self._handle(runner, scope, receive)
+            if reply.stream is not None:
+                status = await self._stream(runner, reply.stream, receive, send, start)
+            else:
+                status = reply.status
+                await asgi.respond(send, status, reply.body, reply.content_type, reply.extra)
         finally:
             metrics.in_flight.dec()
-        metrics.observe(reply.status, time.perf_counter() - start)
-        return reply
+        metrics.observe(status, time.perf_counter() - start)
 
     async def _handle(self, runner: _Runner, scope: asgi.Scope, receive: asgi.Receive) -> _Reply:
         ep = runner.ep
         try:
+            if ep.raw is not None:
+                body = await asgi.read_body(scope, receive, ep.options.max_body_bytes)
+                request = _request(scope, body, receive)
+                return await self._run(runner, {ep.raw: request}, scope)
             if ep.source == "query":
                 parsed = ep.parse_query(dict(parse_qsl(scope["query_string"].decode())))
             else:
@@ -259,9 +305,11 @@ class ReplicaApp:
             return _error(413, f"body over {ep.options.max_body_bytes} bytes")
         except ValidationError as exc:
             return _error(422, error_details(exc, ep.source))
-        return await self._run(runner, ep.to_call(parsed))
+        except asgi.ClientGoneError:
+            return _error(499, "client disconnected")
+        return await self._run(runner, ep.to_call(parsed), scope)
 
-    async def _run(self, runner: _Runner, kwargs: dict[str, Any]) -> _Reply:
+    async def _run(self, runner: _Runner, kwargs: dict[str, Any], scope: asgi.Scope) -> _Reply:
         timeout = runner.ep.options.timeout_s
         try:
             async with asyncio.timeout(timeout) as deadline:
@@ -274,7 +322,93 @@ class ReplicaApp:
             return _error(exc.status_code, exc.message)
         except Exception:
             return self._crash(runner.ep)
+        if isinstance(result, Response):
+            return _response(result)
+        if runner.ep.streaming:
+            return _Reply(200, b"", stream=self._framing(runner.ep, result, scope))
         return self._dump(runner.ep, result)
+
+    def _framing(self, ep: Endpoint, source: Any, scope: asgi.Scope) -> _Stream:
+        """Server-sent events if the client asked for them, else an item per chunk."""
+        encode = functools.partial(_encode_item, ep)
+        if wants_events(asgi.header(scope, b"accept")):
+            return _Stream(source, lambda item: sse_event(encode(item)), b"text/event-stream")
+        if ep.reply_type is str:
+            return _Stream(source, encode, b"text/plain; charset=utf-8")
+        if ep.reply_type is bytes:
+            return _Stream(source, encode, b"application/octet-stream")
+        return _Stream(source, lambda item: _encode_line(ep, item), b"application/x-ndjson")
+
+    async def _stream(
+        self,
+        runner: _Runner,
+        stream: _Stream,
+        receive: asgi.Receive,
+        send: asgi.Send,
+        start: float,
+    ) -> int:
+        """Stream `stream` until it ends or the client leaves, whichever comes first; the
+        status sent (499 if the client left before the status line)."""
+        writer = asyncio.create_task(self._write_stream(runner, stream, send, start))
+        watcher = asyncio.create_task(_disconnect(receive))
+        try:
+            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not writer.done():
+                writer.cancel()  # the client left: stop pulling, close the generator
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return 499 if writer.cancelled() else writer.result()
+
+    async def _write_stream(
+        self, runner: _Runner, stream: _Stream, send: asgi.Send, start: float
+    ) -> int:
+        ep, metrics = runner.ep, runner.metrics
+        pump = _Pump(stream.source, self._pool, ep.options.timeout_s)
+        async with runner.stream_limit or contextlib.nullcontext():
+            try:
+                reply: _Reply | None = None
+                try:
+                    item = await pump.next()
+                except TimeoutError:
+                    reply = _error(504, f"handler {ep.name} took over {ep.options.timeout_s} s")
+                except KaonError as exc:
+                    reply = _error(exc.status_code, exc.message)
+                except Exception:
+                    reply = self._crash(ep)
+                if reply is not None:
+                    await asgi.respond(send, reply.status, reply.body, extra=reply.extra)
+                    return reply.status
+                headers = [(b"content-type", stream.media_type), *_STREAM_HEADERS, *stream.extra]
+                await send({"type": "http.response.start", "status": stream.status,
+                            "headers": headers})  # fmt: skip
+                last = start
+                while item is not _END:
+                    now = time.perf_counter()
+                    if last is start:
+                        metrics.first_chunk.observe(now - start)
+                    else:
+                        metrics.chunk_gap.observe(now - last)
+                    last = now
+                    metrics.chunks.inc()
+                    # waits while the client's socket is full: back-pressure on the generator
+                    await send({"type": "http.response.body", "body": stream.frame(item),
+                                "more_body": True})  # fmt: skip
+                    try:
+                        item = await pump.next()
+                    except Exception as exc:
+                        logger.error("stream of %s failed\n%s", ep.name, traceback.format_exc())
+                        if stream.media_type == b"text/event-stream":
+                            error = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+                            tail = b"event: error\n" + sse_event(error.encode())
+                            await send({"type": "http.response.body", "body": tail,
+                                        "more_body": True})  # fmt: skip
+                        break
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return stream.status
+            finally:
+                await pump.close()
 
     def _crash(self, ep: Endpoint) -> _Reply:
         logger.error("handler %s raised\n%s", ep.name, traceback.format_exc())
@@ -344,3 +478,94 @@ class ReplicaApp:
         print(f"kaon: {self.reason}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         if self._on_setup_failed is not None:
             self._on_setup_failed(self.reason)
+
+
+class _Pump:
+    """Pulls items from a sync or async iterator: a sync one in the thread pool (its next
+    item may take a model step), an async one on the loop. `close` closes the generator
+    once no step of it is running."""
+
+    def __init__(
+        self,
+        source: Iterator[Any] | AsyncIterator[Any],
+        pool: ThreadPoolExecutor,
+        timeout: float | None,
+    ) -> None:
+        self._source = source
+        self._pool = pool
+        self._timeout = timeout
+        self._pending: asyncio.Future[Any] | None = None
+
+    async def next(self) -> Any:
+        source = self._source
+        if isinstance(source, AsyncIterator):
+            async with asyncio.timeout(self._timeout):
+                return await anext(source, _END)
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(self._pool, next, source, _END)
+        async with asyncio.timeout(self._timeout):
+            return await asyncio.shield(self._pending)
+
+    async def close(self) -> None:
+        source = self._source
+        if isinstance(source, AsyncIterator):
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            return
+        close = getattr(source, "close", None)
+        if close is None:
+            return
+        pending = self._pending
+        if pending is not None and not pending.done():  # a step is running in a thread
+            await asyncio.wait([pending])
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(self._pool, close)
+
+
+async def _disconnect(receive: asgi.Receive) -> None:
+    """Returns when the client has gone (the request body is already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _request(scope: asgi.Scope, body: bytes, receive: asgi.Receive) -> Request:
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    return Request(
+        method=scope["method"],
+        path=scope["path"],
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        body=body,
+        disconnected=functools.partial(_disconnect, receive),
+    )
+
+
+def _response(result: Response) -> _Reply:
+    extra = tuple((k.lower().encode(), v.encode()) for k, v in result.headers.items())
+    media = result.media_type.encode()
+    if result.stream is not None:
+        return _Reply(result.status, b"", stream=_Stream(
+            result.stream, _as_bytes, media, result.status, extra
+        ))  # fmt: skip
+    return _Reply(result.status, result.encoded_body(), extra, content_type=media)
+
+
+def _as_bytes(item: Any) -> bytes:
+    return item if isinstance(item, bytes) else str(item).encode()
+
+
+def _encode_item(ep: Endpoint, item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    return ep.reply.dump_json(item)
+
+
+def _encode_line(ep: Endpoint, item: Any) -> bytes:
+    if isinstance(item, bytes | str):
+        return _encode_item(ep, item)
+    return ep.reply.dump_json(item) + b"\n"

@@ -21,10 +21,15 @@ as FastAPI does: ``loc`` starts with ``"body"``, or ``"query"`` for a GET handle
 
 A batched handler (``max_batch_size > 1``) has exactly one parameter typed ``list[T]`` and
 returns ``list[R]``; the rules above apply to ``T`` for one request, and each reply is ``R``.
+
+A generator handler (``Iterator[R]``, ``AsyncIterator[R]`` and the like) streams its items;
+each item is ``R`` (see `kaon.serving.streaming`). A handler whose one parameter is typed
+`kaon.serving.streaming.Request` gets the raw request and parses it itself.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import types
 import typing
@@ -35,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, RootModel, TypeAdapter, ValidationError, create_model
 
 from kaon.serving.service import HandlerOptions
+from kaon.serving.streaming import Request, Response
 
 __all__ = ["Endpoint", "build_endpoint", "error_details"]
 
@@ -61,6 +67,8 @@ class Endpoint:
     request_schema: type[BaseModel] | None
     reply_type: Any
     source: Literal["query", "body"]
+    streaming: bool = False  # a generator: its items are streamed
+    raw: str | None = None  # the name of its one `Request` parameter, if it takes one
 
     @property
     def batched(self) -> bool:
@@ -84,9 +92,22 @@ def build_endpoint(name: str, function: Callable[..., Any], options: HandlerOpti
     hints = typing.get_type_hints(function)
     params = _parameters(name, function)
     reply_type = hints.get("return", Any)
+    if reply_type is Response:  # the handler writes its own reply
+        reply_type = Any
+    streaming = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+    if streaming:
+        if options.max_batch_size > 1:
+            raise TypeError(f"handler {name}: a generator cannot be batched")
+        reply_type = _item_type(reply_type)
     if options.max_batch_size > 1:
         params, reply_type = _unbatch(name, params, hints, reply_type)
-    model, to_call = _request_model(name, params, hints)
+    raw = None
+    model: type[BaseModel] | None
+    to_call: Callable[[Any], Any]
+    if len(params) == 1 and hints.get(params[0].name) is Request:
+        raw, model, to_call = params[0].name, None, lambda _body: {}
+    else:
+        model, to_call = _request_model(name, params, hints)
     return Endpoint(
         name=name,
         method=options.method,
@@ -100,7 +121,23 @@ def build_endpoint(name: str, function: Callable[..., Any], options: HandlerOpti
         request_schema=model,
         reply_type=reply_type,
         source="query" if options.method == "GET" else "body",
+        streaming=streaming,
+        raw=raw,
     )
+
+
+_STREAMS = {
+    collections.abc.Iterator, collections.abc.Iterable, collections.abc.Generator,
+    collections.abc.AsyncIterator, collections.abc.AsyncIterable, collections.abc.AsyncGenerator,
+}  # fmt: skip
+
+
+def _item_type(reply_type: Any) -> Any:
+    """``Iterator[R]``, ``AsyncGenerator[R, None]`` and the like -> R; unannotated -> Any."""
+    if typing.get_origin(reply_type) in _STREAMS:
+        args = typing.get_args(reply_type)
+        return args[0] if args else Any
+    return Any
 
 
 def _parameters(name: str, function: Callable[..., Any]) -> list[inspect.Parameter]:

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one replica: requests, latency, in-flight and batch sizes per handler.
+"""Prometheus metrics of one replica: requests, latency, in-flight, batch sizes and, for
+streamed replies, time to first chunk, the gaps between chunks and chunks sent, per handler.
 
 Each app owns its registry (not the global one), so several replicas can live in one test
 process. Label children are looked up once per handler, not per request.
@@ -26,6 +27,9 @@ class HandlerMetrics:
         self.batch_size = metrics.batch_size.labels(handler)
         self.on_loop = metrics.on_loop.labels(handler)
         self.moves = metrics.moves.labels(handler)
+        self.first_chunk = metrics.first_chunk.labels(handler)
+        self.chunk_gap = metrics.chunk_gap.labels(handler)
+        self.chunks = metrics.chunks.labels(handler)
         self._by_code: dict[int, Counter] = {}
 
     def observe(self, status: int, seconds: float) -> None:
@@ -65,6 +69,21 @@ class ReplicaMetrics:
 
         self.moves = Counter(
             "kaon_replica_handler_moves", "Moves of a def handler between the loop and a thread.",
+            ["handler"], registry=self.registry,
+        )  # fmt: skip
+
+        self.first_chunk = Histogram(
+            "kaon_replica_stream_first_chunk_seconds",
+            "Streamed replies: time from the call to the first chunk (time to first token).",
+            ["handler"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.chunk_gap = Histogram(
+            "kaon_replica_stream_chunk_gap_seconds",
+            "Streamed replies: time between two chunks (inter-token latency).",
+            ["handler"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.chunks = Counter(
+            "kaon_replica_stream_chunks", "Chunks streamed (its rate is chunks per second).",
             ["handler"], registry=self.registry,
         )  # fmt: skip
 

@@ -33,7 +33,7 @@ def _operation(ep: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
         "operationId": ep.name,
         "summary": (ep.function.__doc__ or ep.name).strip().splitlines()[0],
         "responses": {
-            "200": {"description": "OK", "content": _json(_schema(ep.reply, schemas))},
+            "200": {"description": "OK", "content": _content(ep, schemas)},
             "413": _ERROR,
             "422": _ERROR,
             "503": _ERROR,
@@ -53,6 +53,14 @@ def _schema(adapter: TypeAdapter[Any], schemas: dict[str, Any]) -> dict[str, Any
         schemas[name] = schema
         return {"$ref": _REF.format(model=name)}
     return schema
+
+
+def _content(ep: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
+    """A streamed handler's schema is that of one item, sent as an event or a line."""
+    item = _schema(ep.reply, schemas)
+    if not ep.streaming:
+        return _json(item)
+    return {"text/event-stream": {"schema": item}, "application/x-ndjson": {"schema": item}}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:

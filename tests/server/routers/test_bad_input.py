@@ -8,10 +8,13 @@ build (malformed JSON, unknown fields, oversized bodies) reach the server as the
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import re
 import secrets
 import sys
+import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,6 +84,17 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             admin = _pg_admin_url()
             assert admin is not None
             asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def tar_gz(files: dict[str, bytes] | None = None) -> bytes:
+    """A working-directory snapshot as the SDK packs one (a small one by default)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in (files or {"train.py": b"print('hi')\n"}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def _spec(**fields: Any) -> dict[str, Any]:
@@ -186,7 +200,7 @@ class TestInvalidJobSpecs:
                 201,
                 409,
             )
-            upload = http.post("/api/v1/workspaces/other-ws/snapshots", content=b"x" * 10)
+            upload = http.post("/api/v1/workspaces/other-ws/snapshots", content=tar_gz())
             assert upload.status_code == 201
             sha = upload.json()["sha256"]
             assert http.head(f"/api/v1/workspaces/other-ws/snapshots/{sha}").status_code == 200
@@ -200,7 +214,7 @@ class TestBodyLimits:
             assert response.status_code == 413
             assert response.json()["error"] == "PayloadTooLargeError"
             assert "upload limit" in response.json()["detail"]
-            assert http.post(SNAPSHOTS, content=b"y" * UPLOAD_LIMIT).status_code == 201
+            assert http.post(SNAPSHOTS, content=tar_gz()).status_code == 201
 
     def test_streamed_upload_over_the_limit_is_413(self, api: Api) -> None:
         chunks = (b"z" * 512 for _ in range(8))  # no Content-Length: chunked
@@ -320,3 +334,131 @@ class TestServerSurvivesBadInput:
             assert done.status is JobStatus.SUCCEEDED
             assert client.jobs.logs(job.id) == "still here\n"
             assert [j.id for j in client.jobs.list()] == [job.id]
+
+
+# (case id, raw JSON body of a job spec, the field the 422 must name). Raw, because a JSON
+# encoder refuses to write NaN or 1e999, and Python's JSON parser (the server's) takes both.
+_CMD = b'"command": ["true"], "resources": {"cpu": 0.5'
+NUMBERS: list[tuple[str, bytes, str]] = [
+    ("timeout-1e999", b"{" + _CMD + b'}, "timeout_s": 1e999}', "timeout_s"),
+    ("timeout-nan", b"{" + _CMD + b'}, "timeout_s": NaN}', "timeout_s"),
+    ("timeout-past-ten-years", b"{" + _CMD + b'}, "timeout_s": 1e300}', "timeout_s"),
+    ("cpu-infinity", b'{"command": ["true"], "resources": {"cpu": Infinity}}', "resources.cpu"),
+    ("memory-1e20", b"{" + _CMD + b', "memory": 1e20}}', "resources.memory"),
+    ("memory-minus-infinity", b"{" + _CMD + b', "memory": -Infinity}}', "resources.memory"),
+    ("gpus-20-digits", b"{" + _CMD + b', "gpus": 99999999999999999999}}', "resources.gpus"),
+    ("priority-20-digits", b"{" + _CMD + b'}, "priority": 99999999999999999999}', "priority"),
+]
+QUOTAS: list[tuple[str, bytes, str]] = [
+    ("memory-1e20", b'{"memory": 1e20}', "memory"),
+    ("borrow-memory-20-digits", b'{"borrow_memory": 99999999999999999999}', "borrow_memory"),
+    ("cpus-nan", b'{"cpus": NaN}', "cpus"),
+    ("gpus-1e999", b'{"gpus": 1e999}', "gpus"),
+]
+JSON = {"Content-Type": "application/json"}
+
+
+class TestNumbersAtTheEdge:
+    """Numbers no column or timer can hold are refused where they arrive, naming their
+    field, instead of failing deep inside (a 500) or being stored as non-standard JSON."""
+
+    @pytest.mark.parametrize(
+        ("raw", "field"), [c[1:] for c in NUMBERS], ids=[c[0] for c in NUMBERS]
+    )
+    def test_job_spec_numbers(self, api: Api, raw: bytes, field: str) -> None:
+        with api.http() as http:
+            _assert_names_field(http.post(JOBS, content=raw, headers=JSON), field)
+
+    @pytest.mark.parametrize(("raw", "field"), [c[1:] for c in QUOTAS], ids=[c[0] for c in QUOTAS])
+    def test_quota_numbers(self, api: Api, raw: bytes, field: str) -> None:
+        with api.http() as http:
+            assert http.post("/api/v1/workspaces", json={"name": "quota-ws"}).status_code in (
+                201,
+                409,
+            )
+            response = http.put("/api/v1/quotas/quota-ws", content=raw, headers=JSON)
+            _assert_names_field(response, field)
+            listed = http.get("/api/v1/quotas")
+            assert listed.status_code == 200
+            assert "quota-ws" not in {q["workspace"] for q in listed.json()}
+
+    def test_logs_of_a_worker_past_any_gang(self, api: Api) -> None:
+        with api.http() as http:
+            job = http.post(JOBS, json=_spec(command=[PY, "-c", "pass"])).json()
+            response = http.get(f"{JOBS}/{job['id']}/logs", params={"worker": "9" * 20})
+            _assert_names_field(response, "query.worker")
+
+    @pytest.mark.parametrize(
+        "path",
+        [f"{JOBS}/j-%00", "/api/v1/workspaces/de%00fault/jobs", f"{JOBS}?status=%00"],
+        ids=["job-id", "workspace", "query"],
+    )
+    def test_a_nul_in_a_path_or_query_is_422(self, api: Api, path: str) -> None:
+        with api.http() as http:
+            response = http.get(path)
+        assert response.status_code == 422, response.text
+        assert "NUL" in response.json()["detail"]
+
+
+# A job calls the job-token routes with its own token, sending what a broken or hostile
+# job could: each line prints the status the server answered.
+JOB_TOKEN_PROBES = r"""
+import json, os, urllib.error, urllib.request
+env = os.environ
+api, job, token = env["KAON_API_URL"], env["KAON_JOB_ID"], env["KAON_JOB_TOKEN"]
+def call(method, path, body=b"", headers=()):
+    request = urllib.request.Request(
+        f"{api}/api/v1/jobs/{job}{path}", data=body or None, method=method,
+        headers={"Authorization": f"Bearer {token}", **dict(headers)})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+JSON = [("Content-Type", "application/json")]
+long = "a" * 300
+results = {
+    "metrics-nan": call("POST", "/metrics", b'{"points": [{"values": {"loss": NaN}}]}', JSON),
+    "metrics-inf": call("POST", "/metrics", b'{"points": [{"values": {"loss": 1e999}}]}', JSON),
+    "metrics-step-2-63": call("POST", "/metrics",
+        b'{"points": [{"step": 9223372036854775808, "values": {"loss": 1}}]}', JSON),
+    "metrics-worker-20-digits": call("POST", "/metrics",
+        b'{"worker": 99999999999999999999, "points": [{"values": {"loss": 1}}]}', JSON),
+    "metrics-good": call("POST", "/metrics",
+        b'{"points": [{"step": 9223372036854775807, "values": {"loss": 0.5}}]}', JSON),
+    "put-long-name": call("PUT", f"/checkpoints/{long}", b"x", [("X-Kaon-Sha256", "0" * 64)]),
+    "put-long-folder": call("PUT", f"/checkpoints/{long}/x", b"x",
+        [("X-Kaon-Sha256", "0" * 64)]),
+    "put-bad-sha": call("PUT", "/checkpoints/x", b"x", [("X-Kaon-Sha256", "zz")]),
+    "get-long-name": call("GET", f"/checkpoints/{long}"),
+    "delete-long-name": call("DELETE", f"/checkpoints/{long}"),
+    "code-without-snapshot": call("GET", "/code"),
+}
+print(json.dumps(results))
+"""
+
+
+class TestJobTokenRoutes:
+    def test_a_job_sending_bad_values_gets_4xx_and_stores_nothing(self, api: Api) -> None:
+        with api.running.client() as client:
+            job = client.jobs.submit([PY, "-c", JOB_TOKEN_PROBES], cpu=0.5)
+            done = client.jobs.wait(job.id, timeout=60)
+            log = client.jobs.logs(job.id)
+        assert done.status is JobStatus.SUCCEEDED, log
+        answers = json.loads(log.strip().splitlines()[-1])
+        assert answers == {
+            "metrics-nan": 422,
+            "metrics-inf": 422,
+            "metrics-step-2-63": 422,
+            "metrics-worker-20-digits": 422,
+            "metrics-good": 202,
+            "put-long-name": 422,
+            "put-long-folder": 422,
+            "put-bad-sha": 422,
+            "get-long-name": 422,
+            "delete-long-name": 422,
+            "code-without-snapshot": 404,
+        }
+        with api.http() as http:
+            stored = http.get(f"{JOBS}/{job.id}/metrics").json()
+        assert [(m["step"], m["value"]) for m in stored] == [(2**63 - 1, 0.5)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -49,6 +50,7 @@ PUSH_EVERY_S = 2.0  # how often running jobs' checkpoints are pushed
 FINAL_PUSH_TRIES = 3
 FINALIZED = "finalized"  # marker file in a worker's folder: its last push is done
 PULLED = "checkpoints-pulled"  # marker in an attempt's folder: its checkpoints are here
+CREDENTIALS = "agent.json"  # in an attempt's folder: its api url and token, 0600
 
 
 @functools.cache
@@ -142,6 +144,7 @@ class NodeAgent:
             pulled.touch()
         with self._lock:
             self._jobs[gang.job_id] = (api_url, token)
+        _keep_credentials(attempt_dir, api_url, token)
         states = self.local.launch_on(gang, {self.node_id})
         with self._lock:
             self._watched.update(st.handle for st in states)
@@ -215,6 +218,9 @@ class NodeAgent:
                 and not (wdir / FINALIZED).exists()
             ):
                 out.append(str(wdir.relative_to(runs)))
+                kept = _kept_credentials(wdir.parent)
+                if kept is not None:  # its checkpoints are pushed again, as before
+                    self._jobs[wdir.parent.parent.name] = kept
         return out
 
     def _watch(self) -> None:
@@ -231,9 +237,8 @@ class NodeAgent:
     def _finalize(self, handle: str, wdir: Path) -> None:
         """A worker ended: push its job's checkpoints a last time, then report it."""
         job_id, attempt, _ = handle.split("/")
-        spec = read_json(wdir / "launch.json") or {}
-        env = spec.get("env", {})
-        api_url, token = env.get("KAON_API_URL"), env.get("KAON_JOB_TOKEN")
+        with self._lock:
+            api_url, token = self._jobs.get(job_id) or _kept_credentials(wdir.parent) or ("", "")
         folder = self.local.checkpoint_dir(job_id)
         if api_url and token and _has_files(folder):
             for _ in range(FINAL_PUSH_TRIES):
@@ -281,6 +286,24 @@ class NodeAgent:
                     self.mirror.push(job_id, token, api_url, self.local.checkpoint_dir(job_id))
                 except Exception as e:  # the next push tries again
                     logger.warning("checkpoint push of %s failed: %s", job_id, e)
+
+
+def _keep_credentials(attempt_dir: Path, api_url: str, token: str) -> None:
+    """The attempt's control-plane address and token, in a file only this agent's user
+    reads: launch files hold no tokens, and an agent that restarts must still push the
+    checkpoints of the workers it adopts."""
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    path = attempt_dir / CREDENTIALS
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"api_url": api_url, "token": token}, f)
+
+
+def _kept_credentials(attempt_dir: Path) -> tuple[str, str] | None:
+    data = read_json(attempt_dir / CREDENTIALS)
+    if not data or not data.get("token"):
+        return None
+    return str(data.get("api_url", "")), str(data["token"])
 
 
 def _has_files(folder: Path) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -280,3 +281,70 @@ class Replica(Base):
     ready_at: Mapped[datetime | None] = mapped_column(default=None)
     stop_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkspaceKey(Base):
+    """A workspace's data key, stored only wrapped by the master key named
+    `master_key_id` (`kaon.server.security.keys`)."""
+
+    __tablename__ = "workspace_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), unique=True
+    )
+    master_key_id: Mapped[str] = mapped_column(String(64))
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rewrapped_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Secret(Base):
+    """A workspace's secret: its value sealed with the workspace's data key (AES-256-GCM,
+    bound to workspace, name and version). Only the newest version's value is kept."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    key_id: Mapped[str] = mapped_column(ForeignKey("workspace_keys.id"))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_by: Mapped[str] = mapped_column(String(63))
+    updated_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditRecord(Base):
+    """One entry of the append-only audit log; `hash` chains it to the entry before."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_time", "time"), Index("ix_audit_workspace", "workspace"))
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column()
+    principal: Mapped[str | None] = mapped_column(String(64), default=None)
+    token_name: Mapped[str | None] = mapped_column(String(63), default=None)
+    workspace: Mapped[str | None] = mapped_column(String(63), default=None)
+    action: Mapped[str] = mapped_column(String(96))
+    resource: Mapped[str | None] = mapped_column(String(255), default=None)
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str | None] = mapped_column(String(64), default=None)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's newest sequence number and hash, one row: appending updates it first,
+    which serializes appends on every backend (a row lock on PostgreSQL, the write lock
+    on SQLite) and lets `verify` notice records cut off the end."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -18,18 +18,25 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.errors import PermanentBackendError, TemporaryBackendError
 from kaon.core.jobs import JobStatus, StopReason
-from kaon.executors.base import Executor, GangLaunch, WorkerLaunch
-from kaon.server.db.models import Job, Worker
+from kaon.core.secrets import SECRET_ENV_MARKER, EnvValue, plain_env, secret_refs
+from kaon.executors.base import Executor, GangLaunch, WorkerLaunch, WorkerState
+from kaon.executors.local import RUN_AS_ENV, LaunchAborts
+from kaon.server.db.models import Job, Worker, Workspace
 from kaon.server.db.session import Database
 from kaon.server.security.tokens import job_token
+from kaon.server.security.uids import workspace_uids
 from kaon.server.services.job_state import guarded_update
 from kaon.server.services.pool import active_workers, stored_spec
 from kaon.server.services.snapshots import snapshot_path
 
 logger = logging.getLogger("kaon.reconciler.jobs")
+
+
+ABORT_POLL_S = 0.25  # how often a running launch checks whether its job was stopped
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class LaunchConfig:
     blobs_dir: str
     token_key: bytes  # derives the per-attempt job tokens (`security.tokens.job_token`)
     stop_grace_s: float = 10.0
+    aborts: LaunchAborts | None = None  # where a launch in progress is told to stop
+    worker_uids: tuple[int, int] | None = None  # each workspace's workers as its own uid
 
 
 async def launch(
@@ -50,13 +59,23 @@ async def launch(
         )
         jobs = list((await s.execute(query)).scalars())
         workers = await active_workers(s, [j.id for j in jobs])
+        uids = await _uids(s, config) if jobs else {}
     failed = False
     for job in jobs:
         mine = sorted(workers.get(job.id, []), key=lambda w: w.index)
         if mine and all(w.handle for w in mine):
             continue
-        failed |= not await _launch_one(db, executor, config, job, mine, clock)
+        uid = uids.get(job.workspace_id)
+        failed |= not await _launch_one(db, executor, config, job, mine, clock, uid)
     return failed
+
+
+async def _uids(session: AsyncSession, config: LaunchConfig) -> dict[str, int]:
+    """Each workspace's workers' uid, when workers run as other users."""
+    if config.worker_uids is None:
+        return {}
+    order = select(Workspace.id).order_by(Workspace.created_at, Workspace.id)
+    return workspace_uids(list((await session.execute(order)).scalars()), config.worker_uids)
 
 
 async def _launch_one(
@@ -66,10 +85,12 @@ async def _launch_one(
     job: Job,
     workers: list[Worker],
     clock: Callable[[], datetime],
+    uid: int | None = None,
 ) -> bool:
     """False when the job could not start and was stopped with the reason."""
     try:
-        states = await asyncio.to_thread(executor.launch, gang(job, workers, config))
+        launching = gang(job, workers, config, uid)
+        states = await _launch_watched(db, executor, config, job, launching)
     except TemporaryBackendError as e:
         message = f"waiting to start: {e}"
         if job.message != message:  # say it once, not every pass
@@ -95,17 +116,60 @@ async def _launch_one(
     return True
 
 
-def gang(job: Job, workers: list[Worker], config: LaunchConfig) -> GangLaunch:
-    """Everything the executor needs to start (or adopt) one attempt of a job."""
+def _secret_marker(env: dict[str, EnvValue]) -> dict[str, str]:
+    """The variables that hold secrets, by name only: each worker's supervisor fetches
+    their values with the job's token just before it starts the worker, so no value is
+    written into a launch file or passed through an executor."""
+    refs = secret_refs(env)
+    return {SECRET_ENV_MARKER: ",".join(sorted(refs))} if refs else {}
+
+
+async def _launch_watched(
+    db: Database, executor: Executor, config: LaunchConfig, job: Job, launch: GangLaunch
+) -> list[WorkerState]:
+    """Run the executor's launch (a large gang takes seconds) while watching the job:
+    once it is cancelled or preempted, the executor is told to start no further worker.
+    The workers already started get handles like the rest, so the stop that follows
+    finds them all."""
+    task = asyncio.ensure_future(asyncio.to_thread(executor.launch, launch))
+    aborts = config.aborts
+    try:
+        while aborts is not None:
+            done, _ = await asyncio.wait({task}, timeout=ABORT_POLL_S)
+            if done:
+                break
+            if await _stop_requested(db, job.id):
+                aborts.ask(job.id, job.attempt)
+                break
+        return await task
+    finally:
+        if aborts is not None:
+            aborts.forget(job.id, job.attempt)
+
+
+async def _stop_requested(db: Database, job_id: str) -> bool:
+    async with db.session() as s:
+        reason = await s.scalar(select(Job.stop_reason).where(Job.id == job_id))
+    return reason is not None
+
+
+def gang(
+    job: Job, workers: list[Worker], config: LaunchConfig, uid: int | None = None
+) -> GangLaunch:
+    """Everything the executor needs to start (or adopt) one attempt of a job; with
+    `uid`, its workers run as that user (the executor takes the marker out of their
+    environment)."""
     spec = stored_spec(job)
     env = {
-        **spec.env,
+        **plain_env(spec.env),
+        **_secret_marker(spec.env),
         **(job.system_env or {}),
         "KAON_JOB_ID": job.id,
         "KAON_JOB_NAME": job.name or "",
         "KAON_API_URL": config.api_url,
         "KAON_JOB_TOKEN": job_token(config.token_key, job.id, job.attempt),
         "KAON_RESTART_COUNT": str(job.restart_count),
+        **({RUN_AS_ENV: str(uid)} if uid is not None else {}),
     }
     snapshot = None
     if spec.snapshot:

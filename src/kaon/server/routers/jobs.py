@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricBatch, MetricView
-from kaon.server.deps import CallerDep, DbDep, ExecutorDep, SessionDep, WakeDep
+from kaon.core.jobs import MAX_WORKERS, JobSpec, JobStatus, JobView, MetricBatch, MetricView
+from kaon.server.deps import CallerDep, DbDep, ExecutorDep, SessionDep, SettingsDep, WakeDep
 from kaon.server.security.principal import bearer
 from kaon.server.services import jobs, logs
 
@@ -21,9 +21,15 @@ JobId = Annotated[str, Path(description="a job id, or a unique prefix of one")]
 
 @router.post("", response_model=JobView, status_code=201)
 async def submit(
-    workspace: str, spec: JobSpec, caller: CallerDep, session: SessionDep, wake: WakeDep
+    workspace: str,
+    spec: JobSpec,
+    caller: CallerDep,
+    session: SessionDep,
+    wake: WakeDep,
+    settings: SettingsDep,
 ) -> JobView:
-    return await jobs.submit(session, caller, workspace, spec, wake)
+    limits = jobs.JobLimits(settings.max_workers_per_job, settings.max_queued_jobs)
+    return await jobs.submit(session, caller, workspace, spec, wake, limits)
 
 
 @router.get("", response_model=list[JobView])
@@ -31,10 +37,18 @@ async def list_jobs(
     workspace: str,
     caller: CallerDep,
     session: SessionDep,
+    response: Response,
     status: Annotated[list[JobStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(description="X-Next-Cursor of the page before")] = None,
 ) -> list[JobView]:
-    return await jobs.list_jobs(session, caller, workspace, status or (), limit)
+    """Newest first, one page at a time: the `X-Next-Cursor` header names the next page
+    (absent on the last) and `X-Total-Count` counts every job the filter matches."""
+    page = await jobs.list_page(session, caller, workspace, status or (), limit, cursor)
+    if page.next_cursor is not None:
+        response.headers["X-Next-Cursor"] = page.next_cursor
+    response.headers["X-Total-Count"] = str(page.total)
+    return page.jobs
 
 
 @router.get("/{job_id}", response_model=JobView)
@@ -63,7 +77,7 @@ async def job_logs(
     caller: CallerDep,
     db: DbDep,
     executor: ExecutorDep,
-    worker: Annotated[int, Query(ge=0)] = 0,
+    worker: Annotated[int, Query(ge=0, lt=MAX_WORKERS)] = 0,
     offset: Annotated[int, Query(ge=0)] = 0,
     follow: bool = False,
 ) -> StreamingResponse:

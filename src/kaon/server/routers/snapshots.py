@@ -20,8 +20,13 @@ class SnapshotView(BaseModel):
 async def upload(
     workspace: str, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> SnapshotView:
+    limits = snapshots.UploadLimits(
+        packed=settings.upload_limit,
+        unpacked=settings.unpacked_limit,
+        files=settings.unpacked_files_limit,
+    )
     sha, size = await snapshots.upload(
-        session, caller, workspace, request.stream(), settings.blobs_dir, settings.upload_limit
+        session, caller, workspace, request.stream(), settings.blobs_dir, limits
     )
     return SnapshotView(sha256=sha, size=size)
 

@@ -18,6 +18,7 @@ from kaon.core.tokens import TOKEN_PREFIX
 
 JOB_TOKEN_PREFIX = "kjob_"
 KEY_FILE = "server.key"
+ADMIN_TOKEN_FILE = "admin-token"  # the first admin token, when no terminal saw it
 
 
 def new_token() -> str:
@@ -38,13 +39,23 @@ def job_token(key: bytes, job_id: str, attempt: int) -> str:
 
 
 def load_token_key(home: Path) -> bytes:
-    """The key that signs job tokens: made once, readable by the server's user only."""
+    """The key that signs job tokens: made once, readable by the server's user only (a
+    key made before that rule is made private on the next start). Whoever reads it can
+    forge any job's token, so it never leaves the control plane's home: workers get
+    tokens, not the key."""
     path = home / KEY_FILE
     if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        os.replace(tmp, path)
+        write_private(path, secrets.token_hex(32))
+    os.chmod(path, 0o600)
     return bytes.fromhex(path.read_text().strip())
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically, readable and writable by this user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path

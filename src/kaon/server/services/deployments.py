@@ -39,7 +39,7 @@ from kaon.server.db.models import (
 )
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import new_id, new_token
-from kaon.server.services import pool, quotas, snapshots
+from kaon.server.services import pool, quotas, secrets, snapshots
 from kaon.server.wake import Wake
 
 CheckpointDir = Callable[[str], Path]
@@ -86,8 +86,10 @@ def _with_warnings(view: DeploymentView, warnings: list[str]) -> DeploymentView:
 async def _validate(
     session: AsyncSession, workspace_id: str, spec: DeploymentSpec, checkpoint_dir: CheckpointDir
 ) -> str | None:
-    """What can be known now: the code exists, the model exists, a replica can fit."""
+    """What can be known now: the code exists, the secrets it names exist, the model
+    exists, a replica can fit."""
     await snapshots.require_for_spec(session, workspace_id, spec.snapshot)
+    await secrets.require_refs(session, workspace_id, spec.env)
     await pool.check_fits(session, spec.resources)
     await quotas.check_fits_quota(session, workspace_id, spec.resources)
     if spec.from_job is None:

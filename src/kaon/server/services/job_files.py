@@ -56,6 +56,7 @@ from kaon.server.services.pool import stored_spec
 from kaon.server.services.snapshots import snapshot_path
 
 CHUNK = 1 << 20
+NAME_MAX = 255  # bytes in one file name (Linux, macOS): longer fails in the file system
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -123,6 +124,8 @@ async def _checkpoint_root(
 
 def _checked_path(path: str) -> str:
     problem = path_problem(path)
+    if problem is None and any(len(part.encode()) > NAME_MAX for part in path.split("/")):
+        problem = f"has a part longer than {NAME_MAX} bytes, more than a file name can hold"
     if problem:
         raise InvalidSpecError(f"checkpoint path {path[:100]!r} {problem}", field="path")
     return path
@@ -330,7 +333,7 @@ class _Sink:
     def finish(self, data: bytes) -> None:
         self.write(data)
         self.file.flush()
-        os.fchmod(self.file.fileno(), 0o644)  # as if written by the job (mkstemp: 0600)
+        os.fchmod(self.file.fileno(), 0o600)  # the home is private (mkstemp makes 0600 too)
         os.fsync(self.file.fileno())
         self.file.close()
 

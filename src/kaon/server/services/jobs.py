@@ -11,18 +11,29 @@ narrow tables and typed by hand.
 
 from __future__ import annotations
 
+import base64
+import hmac
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kaon.core.errors import AuthError, ConflictError, NotFoundError
+from kaon.core.errors import (
+    AuthError,
+    ConflictError,
+    InvalidSpecError,
+    LimitExceededError,
+    NotFoundError,
+)
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricBatch, MetricView, WorkerView
 from kaon.core.tokens import hash_token
 from kaon.server.db.models import Job, Metric, Worker, utcnow
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import new_id
-from kaon.server.services import pool, quotas, snapshots
+from kaon.server.services import pool, quotas, secrets, snapshots
 from kaon.server.services.job_state import request_cancel
 from kaon.server.wake import Wake
 
@@ -31,13 +42,31 @@ CANDIDATES_SHOWN = 5  # ids an ambiguous prefix error names
 CANCELLED_BY_USER = "cancelled by a user"  # true while the workers stop, and after
 
 
+@dataclass(frozen=True)
+class JobLimits:
+    """What one workspace may ask of the server (settings ``max_workers_per_job`` and
+    ``max_queued_jobs``): each worker is a supervised process and each queued job a row
+    every scheduling pass reads, so a member could otherwise flood both."""
+
+    max_workers: int = 128
+    max_queued: int = 1000
+
+
 async def submit(
-    session: AsyncSession, caller: Principal, workspace: str, spec: JobSpec, wake: Wake
+    session: AsyncSession,
+    caller: Principal,
+    workspace: str,
+    spec: JobSpec,
+    wake: Wake,
+    limits: JobLimits | None = None,
 ) -> JobView:
     workspace_id = caller.workspace_id(workspace)
+    if limits is not None:
+        await _check_limits(session, workspace_id, spec, limits)
     await snapshots.require_for_spec(session, workspace_id, spec.snapshot)
     await pool.check_job_fits(session, spec)
     await quotas.check_fits_quota(session, workspace_id, spec.resources, spec.workers)
+    await secrets.require_refs(session, workspace_id, spec.env)
     job = Job(
         id=new_id("j"),
         workspace_id=workspace_id,
@@ -51,6 +80,34 @@ async def submit(
     await session.commit()
     wake.jobs()
     return to_view(job, workspace, [])
+
+
+async def _check_limits(
+    session: AsyncSession, workspace_id: str, spec: JobSpec, limits: JobLimits
+) -> None:
+    """422 naming ``workers`` for a gang over the limit; 429 when the workspace already
+    has as many jobs waiting as it may (it can submit again once some have started)."""
+    if spec.workers > limits.max_workers:
+        raise InvalidSpecError(
+            f"a job may have at most {limits.max_workers} workers on this server "
+            f"(KAON_MAX_WORKERS_PER_JOB); this one asks for {spec.workers}",
+            field="workers",
+        )
+    queued = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.workspace_id == workspace_id,
+            Job.kind == "job",
+            Job.status == JobStatus.QUEUED.value,
+        )
+    )
+    if (queued or 0) >= limits.max_queued:
+        raise LimitExceededError(
+            f"the workspace has {queued} jobs waiting, the most this server allows "
+            "(KAON_MAX_QUEUED_JOBS); submit again once some have started, or cancel some",
+            limit="max_queued_jobs",
+        )
 
 
 def to_view(job: Job, workspace: str, workers: Sequence[Worker]) -> JobView:
@@ -129,21 +186,56 @@ async def get(session: AsyncSession, caller: Principal, workspace: str, job_id: 
     return to_view(job, workspace, await current_workers(session, job))
 
 
-async def list_jobs(
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a workspace's jobs, newest first: `next_cursor` names the page after it
+    (None on the last), `total` counts every job the filter matches."""
+
+    jobs: list[JobView]
+    next_cursor: str | None
+    total: int
+
+
+async def list_page(
     session: AsyncSession,
     caller: Principal,
     workspace: str,
     status: Sequence[JobStatus] = (),
     limit: int = 100,
-) -> list[JobView]:
+    cursor: str | None = None,
+) -> JobPage:
+    """Keyset paging (newest first, ties by id), so page 100 of 10,000 jobs costs what page
+    1 does: the cursor is the last row's (submitted_at, id), never an offset."""
     workspace_id = caller.workspace_id(workspace)
-    query = select(Job).where(Job.workspace_id == workspace_id, Job.kind == "job")
+    where = [Job.workspace_id == workspace_id, Job.kind == "job"]
     if status:
-        query = query.where(Job.status.in_([s.value for s in status]))
-    query = query.order_by(Job.submitted_at.desc(), Job.id).limit(min(limit, MAX_LIST))
-    jobs = list((await session.execute(query)).scalars())
+        where.append(Job.status.in_([s.value for s in status]))
+    total = await session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    if cursor is not None:
+        at, last_id = _decode_cursor(cursor)
+        where.append(or_(Job.submitted_at < at, and_(Job.submitted_at == at, Job.id > last_id)))
+    size = min(limit, MAX_LIST)
+    query = select(Job).where(*where).order_by(Job.submitted_at.desc(), Job.id).limit(size + 1)
+    found = list((await session.execute(query)).scalars())
+    jobs, more = found[:size], len(found) > size
     workers = await _workers_of(session, jobs)
-    return [to_view(j, workspace, workers.get((j.id, j.attempt), [])) for j in jobs]
+    views = [to_view(j, workspace, workers.get((j.id, j.attempt), [])) for j in jobs]
+    return JobPage(views, _encode_cursor(jobs[-1]) if more else None, total)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.submitted_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (submitted_at, id) a cursor names; 422 for one this server did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, last_id = json.loads(raw)
+        return datetime.fromisoformat(at), str(last_id)
+    except (ValueError, TypeError) as e:
+        raise InvalidSpecError("not a cursor this server gave out", field="cursor") from e
 
 
 async def _workers_of(
@@ -188,7 +280,7 @@ async def add_metrics(
         job is None
         or bearer is None
         or job.job_token_hash is None
-        or job.job_token_hash != hash_token(bearer)
+        or not hmac.compare_digest(job.job_token_hash, hash_token(bearer))
     ):
         raise AuthError("invalid job token")
     rows = [

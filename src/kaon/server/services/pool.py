@@ -274,7 +274,9 @@ def _check_sizes(nodes: Sequence[NodeCapacity], resources: Resources) -> None:
     biggest = max(len(n.gpus) for n in nodes)
     if resources.gpus > biggest:
         raise InvalidSpecError(
-            f"no node has {resources.gpus} GPUs (the largest has {biggest})",
+            f"no node has {resources.gpus} GPUs (the largest has {biggest})"
+            if biggest
+            else "the pool has no GPUs (kaon nodes lists its nodes); ask for none to run on CPUs",
             field="resources.gpus",
         )
     cpus = max(n.cpu for n in nodes)

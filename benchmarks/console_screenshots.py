@@ -1,0 +1,198 @@
+"""Screenshots of every console page, for docs/console.md: what a user sees.
+
+Starts a real control plane on a fresh home (one node of 16 CPUs, 64 GiB and four
+declared GPUs), fills it with a small team's day (two workspaces with quotas, a training
+job that reports its loss, a job that waits for GPUs, finished and failed jobs, a
+deployment), then opens each page in Debian's Chromium through Playwright and saves it.
+
+    .venv/bin/python benchmarks/console_screenshots.py [--out docs/img] [--chromium PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import uvicorn
+from playwright.sync_api import Page, sync_playwright
+
+from kaon.sdk.client import Client
+from kaon.server.app import create_app
+from kaon.server.config import Settings, normalize_database_url
+
+TOKEN = "kaon_shots-admin-" + "x" * 24
+TRAIN = """
+import math, random, time, kaon
+for step in range(100000):
+    loss = 2.2 * math.exp(-step / 40) + 0.15 + random.uniform(-0.03, 0.03)
+    acc = 0.97 - 0.85 * math.exp(-step / 50) + random.uniform(-0.01, 0.01)
+    print(f"epoch {step // 20} step {step:5d} loss {loss:.4f} accuracy {acc:.3f}", flush=True)
+    kaon.report(step=step, loss=loss, accuracy=acc)
+    time.sleep(0.05 if step < 150 else 1)
+"""
+SLEEP = [
+    "python",
+    "-c",
+    "import time\nwhile True: print('serving', flush=True); time.sleep(5)",
+]
+SERVICE = """
+import kaon
+
+
+class Model(kaon.Service):
+    @kaon.handler
+    def predict(self, x: list[float]) -> list[float]:
+        return [2 * v for v in x]
+"""
+
+
+def serve(settings: Settings) -> tuple[uvicorn.Server, str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    settings = settings.with_(port=sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    while not server.started:
+        time.sleep(0.01)
+    return server, f"http://127.0.0.1:{settings.port}"
+
+
+def until(check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the scene did not come together")
+        time.sleep(0.2)
+
+
+def stage(url: str, home: Path) -> dict[str, str]:
+    """A team's day on the pool; answers the ids the screenshots open."""
+    admin = Client(url, token=TOKEN)
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"})
+    for ws in ("vision", "nlp"):
+        admin.workspaces.create(ws)
+    http.put("/api/v1/quotas/vision", json={"gpus": 2, "cpus": 8, "memory": "32Gi"})
+    http.put(
+        "/api/v1/quotas/nlp", json={"gpus": 2, "cpus": 8, "memory": "32Gi", "borrow_limit": 1}
+    )
+    vision = Client(url, token=TOKEN, workspace="vision")
+    nlp = Client(url, token=TOKEN, workspace="nlp")
+    py = "python"
+    done = vision.jobs.submit(
+        [py, "-c", "print('preprocessed 50000 images')"], name="prep-imagenet", cpu=2
+    )
+    vision.jobs.wait(done.id, timeout=60)
+    bad = vision.jobs.submit(
+        [py, "-c", "raise SystemExit('CUDA out of memory')"], name="resnet-bs512", cpu=1
+    )
+    vision.jobs.wait(bad.id, timeout=60)
+    train = vision.jobs.submit([py, "-c", TRAIN], name="resnet50", cpu=4, memory="8Gi", gpus=2)
+    nlp.jobs.submit(SLEEP, name="bert-finetune", cpu=4, memory="16Gi", gpus=2)
+    waits = nlp.jobs.submit(SLEEP, name="lr-sweep", cpu=2, memory="8Gi", gpus=2)
+    svc = home / "svc"
+    svc.mkdir()
+    (svc / "model.py").write_text(SERVICE)
+    admin.deployments.create(
+        "doubler",
+        service="model:Model",
+        path=svc,
+        spec={"resources": {"cpu": 0.5, "memory": "1Gi"}},
+    )
+    until(lambda: vision.jobs.get(train.id).status.value == "running")
+    until(lambda: len(vision.jobs.metrics(train.id)) > 200)
+    until(lambda: admin.deployments.get("doubler").ready_replicas >= 1, timeout=120)
+    return {"train": train.id, "waits": waits.id}
+
+
+def shoot(page: Page, url: str, out: Path, name: str, wait_for: str, full: bool = False) -> None:
+    page.goto(url)
+    page.wait_for_selector(wait_for)
+    time.sleep(2.5)  # a few polls: charts gather points, logs fill
+    page.screenshot(path=str(out / f"console-{name}.png"), full_page=full)
+    print(f"saved {out / f'console-{name}.png'}")
+
+
+def main() -> None:
+    # Jobs run `python` from this environment (their specs, on screen, read as a user's do).
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    parser.add_argument("--chromium", default=shutil.which("chromium"))
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="kaon-shots-"))
+    settings = Settings(
+        home=home,
+        database_url=normalize_database_url(str(home / "kaon.db")),
+        bootstrap_token=TOKEN,
+        node_name="gpu-server-1",
+        node_cpus=16.0,
+        node_memory=64 * 2**30,
+        node_gpus="A100:4",
+        labels={"zone": "rack-a"},
+        reconcile_interval_s=0.2,
+        stop_grace_s=1.0,
+    )
+    server, url = serve(settings)
+    ids = stage(url, home)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        page.goto(f"{url}/console/")
+        page.fill("[data-testid=token]", "kaon_…")
+        page.screenshot(path=str(args.out / "console-sign-in.png"))
+        page.fill("[data-testid=token]", TOKEN)
+        page.click("[data-testid=sign-in]")
+        page.wait_for_selector("[data-testid=whoami]")
+        page.select_option("[data-testid=workspace]", "vision")
+        c = f"{url}/console/#"
+        shoot(page, f"{c}/overview", args.out, "overview", "[data-testid=allocation]")
+        shoot(page, f"{c}/nodes", args.out, "nodes", "[data-testid=nodes]")
+        shoot(page, f"{c}/jobs", args.out, "jobs", "[data-testid=jobs]")
+        shoot(
+            page,
+            f"{c}/jobs/{ids['train']}?ws=vision",
+            args.out,
+            "job",
+            "[data-metric=loss]",
+            full=True,
+        )
+        shoot(
+            page,
+            f"{c}/jobs/{ids['waits']}?ws=nlp",
+            args.out,
+            "job-waiting",
+            "[data-testid=waiting-reason]",
+        )
+        page.select_option("[data-testid=workspace]", "default")
+        shoot(page, f"{c}/deployments", args.out, "deployments", "[data-testid=deployments]")
+        shoot(
+            page,
+            f"{c}/deployments/doubler?ws=default",
+            args.out,
+            "deployment",
+            "[data-testid=replicas]",
+        )
+        shoot(page, f"{c}/quotas", args.out, "quotas", "[data-testid=quotas]")
+        browser.close()
+    admin = Client(url, token=TOKEN)
+    admin.deployments.delete("doubler")
+    for ws in ("vision", "nlp"):
+        for job in Client(url, token=TOKEN, workspace=ws).jobs.list():
+            if not job.is_done():
+                Client(url, token=TOKEN, workspace=ws).jobs.cancel(job.id)
+    time.sleep(3)
+    server.should_exit = True
+
+
+if __name__ == "__main__":
+    main()
