@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[train,dev]"
 	touch $(STAMP)
 
-# Ray is an extra: the demo needs only Python; the tests run Kaon on real Ray clusters.
+# Ray and the LLM libraries are extras: the demo needs only Python; the tests (and the type
+# check, which reads their types) run Kaon on real Ray clusters and serve real language models.
 $(RAY_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[train,dev,ray]"
+	@echo "==> Ray, and the LLM extras (transformers, sentence-transformers, openai) for the tests"
+	$(PY) -m pip install -q -e ".[train,dev,ray,llm]"
 	touch $(RAY_STAMP)
 
 install: $(STAMP)
@@ -47,7 +49,7 @@ test: install-ray
 test-fast: install
 	$(PY) -m pytest -n 2 -q -m "not e2e and not ray"
 
-lint: install
+lint: install-ray
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
