@@ -85,7 +85,7 @@ def build(seed: int = 0) -> PoolState:
 def main() -> None:
     pool = build()
     print(f"{NODES} nodes x {GPUS} GPUs, {len(pool.running)} running, {PENDING} pending")
-    for name in ("kaon", "fifo", "easy", "las", "srtf"):
+    for name in ("kaon", "fifo", "easy", "las", "gittins", "srtf", "kueue", "kueue-fair", "kai"):
         policy = get_policy(name)
         times = []
         for _ in range(7):

@@ -1,20 +1,16 @@
-r"""Every policy on the Philly week, on three pool sizes and on each half of the week.
+r"""The tables of docs/scheduler.md: three Philly weeks, three pool sizes, every policy.
 
-Each scenario runs twice: with per-tenant quotas (each tenant's share of the GPU-hours)
-and as one shared queue without them. Runs each replay in its own process (two at a time
-by default), prints a Markdown table per scenario, writes every summary as JSON
-(``--out``) and the queue/utilization plots of the 48 x 8 week (``--plot``; the run
-without quotas gets a ``-no-quotas`` suffix).
+Each week (the three in examples/traces/ by default) is replayed on 40, 48 and 64 nodes
+of 8 GPUs twice: with per-tenant quotas (each tenant's share of the GPU-hours) against
+the quota-aware policies, and as one shared queue (`--no-quotas`) against the policies
+that ignore quotas. Each replay runs in its own process (`--workers` at a time), a
+Markdown table is printed per week and setting, every summary is written as JSON
+(`--out`), and with `--plot DIR` each week's 48-node replays are drawn, one PNG per
+setting (`scheduler_<week>.png`, `scheduler_<week>-no-quotas.png`).
 
-The week is not in the repository (540 kB); examples/traces/README.md says where the
-public trace is and how to cut the week out of it:
+    .venv/bin/python benchmarks/scheduler_week.py --out scheduler_weeks.json
 
-    curl -LO https://raw.githubusercontent.com/petuum/adaptdl/osdi21-artifact/simulator/traces/philly.csv
-    python examples/traces/philly_week.py philly.csv 2017-10-09 > philly_week_2017-10-09.csv
-    .venv/bin/python benchmarks/scheduler_week.py --trace philly_week_2017-10-09.csv \
-        --out scheduler_week.json --plot docs/img/scheduler_week.png
-
-A trace shorter than half a week has no second half: those scenarios are left out.
+The same rows, one command per cell, with `kaon sim --policy a,b,c` (docs/scheduler.md).
 """
 
 from __future__ import annotations
@@ -31,58 +27,45 @@ from kaon.scheduler import get_policy
 from kaon.scheduler.sim.metrics import summarize
 from kaon.scheduler.sim.plot import plot
 from kaon.scheduler.sim.simulator import SimConfig, Simulator
-from kaon.scheduler.sim.trace import TraceError, TraceJob, read_trace
+from kaon.scheduler.sim.trace import TraceError, read_trace
 
-POLICIES = ("kaon", "fifo", "easy", "las", "srtf")
-HALF_S = 3.5 * 86_400.0
+TRACES = Path(__file__).parents[1] / "examples/traces"
+WEEKS = ("2017-10-09", "2017-10-16", "2017-11-06")
+SIZES = (40, 48, 64)
+PLOTTED = 48
+WITH_QUOTAS = ("kaon", "kueue", "kueue-fair", "kai")
+SHARED = ("kaon", "las", "gittins", "srtf", "fifo", "easy")
 COLUMNS = (
-    "avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_queue_delay_s", "p99_queue_delay_s",
-    "arrival_window_utilization", "jain_fairness", "quota_guarantee", "preemptions",
+    "avg_jct_s", "p50_jct_s", "avg_queue_delay_s", "p99_queue_delay_s",
+    "jain_fairness", "quota_guarantee", "preemptions",
 )  # fmt: skip
 
-
-def scenarios(full: list[TraceJob]) -> dict[str, tuple[int, list[TraceJob], bool]]:
-    """Scenario name -> (nodes, jobs, quotas). Halves start their clock at their first
-    submit. Each runs with per-tenant quotas and as one shared queue without them."""
-    first = [j for j in full if j.submit < HALF_S]
-    second = [j for j in full if j.submit >= HALF_S]
-    cases = {
-        "week, 48 x 8 GPUs": (48, full),
-        "week, 40 x 8 GPUs": (40, full),
-        "week, 64 x 8 GPUs": (64, full),
-        "first half, 48 x 8 GPUs": (48, first),
-        "second half, 48 x 8 GPUs": (48, second),
-    }
-    return {
-        f"{name}, {'quotas' if quotas else 'no quotas'}": (nodes, jobs, quotas)
-        for quotas in (True, False)
-        for name, (nodes, jobs) in cases.items()
-        if jobs  # a trace shorter than half a week has no second half
-    }
-
-
-Replay = tuple[str, str, int, list[TraceJob], bool, float, Path | None]
+Replay = tuple[Path, int, bool, str, float, Path | None]
 
 
 def replay(args: Replay) -> dict[str, Any]:
-    scenario, policy, nodes, jobs, quotas, penalty, series_dir = args
+    trace, nodes, quotas, policy, penalty, series = args
     start = time.perf_counter()
     config = SimConfig(nodes=nodes, gpus_per_node=8, restart_penalty_s=penalty, quotas=quotas)
-    result = Simulator(jobs, config, get_policy(policy, restart_penalty_s=penalty)).run()
+    result = Simulator(read_trace(trace), config, get_policy(policy, penalty)).run()
     summary = summarize(result, policy)
-    summary["scenario"], summary["wall_s"] = scenario, time.perf_counter() - start
-    if series_dir is not None:
-        (series_dir / f"{policy}.pickle").write_bytes(pickle.dumps(result))
+    summary.update(trace=trace.name, nodes=nodes, quotas=quotas)
+    summary["wall_s"] = time.perf_counter() - start
+    if series is not None:
+        series.mkdir(parents=True, exist_ok=True)
+        (series / f"{policy}.pickle").write_bytes(pickle.dumps(result))
     return summary
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| policy | " + " | ".join(COLUMNS) + " | replay s |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    head = "| GPUs | policy | " + " | ".join(COLUMNS) + " | replay s |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for r in rows:
         cells = [f"{r[c]:.3f}" if isinstance(r[c], float) and r[c] < 10 else f"{r[c]:,.0f}"
                  for c in COLUMNS]  # fmt: skip
-        lines.append(f"| {r['policy']} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} |")
+        lines.append(
+            f"| {r['gpus']} | {r['policy']} | " + " | ".join(cells) + f" | {r['wall_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,49 +73,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--trace", type=Path, required=True, help="a week of the Philly trace (see above)"
-    )
+    parser.add_argument("--weeks", nargs="*", default=list(WEEKS))
     parser.add_argument("--restart-penalty", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", help="run only the scenarios whose name contains this")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--plot", type=Path, help="a folder for one PNG per week and setting")
     args = parser.parse_args()
-    try:
-        runs = scenarios(read_trace(args.trace))
-    except TraceError as e:
-        parser.error(str(e))
-    if args.only:
-        runs = {k: v for k, v in runs.items() if args.only in k}
-    plotted = {name for name in runs if name.startswith("week, 48")} if args.plot else set()
-    series = {name: args.plot.parent / f".series-{n}" for n, name in enumerate(sorted(plotted))}
-    for d in series.values():
-        d.mkdir(parents=True, exist_ok=True)
-    work = [
-        (name, policy, nodes, jobs, quotas, args.restart_penalty, series.get(name))
-        for name, (nodes, jobs, quotas) in runs.items()
-        for policy in POLICIES
-    ]
+    traces = {week: TRACES / f"philly_week_{week}.csv" for week in args.weeks}
+    for path in traces.values():
+        try:
+            read_trace(path, limit=1)
+        except TraceError as e:
+            parser.error(str(e))
+    work: list[Replay] = []
+    for week, path in traces.items():
+        for nodes in SIZES:
+            for quotas, policies in ((True, WITH_QUOTAS), (False, SHARED)):
+                series = None
+                if args.plot is not None and nodes == PLOTTED:
+                    series = args.plot / f".series-{week}-{quotas}"
+                work += [(path, nodes, quotas, p, args.restart_penalty, series) for p in policies]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(replay, work))
-    for name in runs:
-        print(f"\n### {name}\n\n" + table([r for r in results if r["scenario"] == name]))
+    for week, path in traces.items():
+        for quotas in (True, False):
+            rows = [r for r in results if r["trace"] == path.name and r["quotas"] is quotas]
+            print(f"\n### {week}, {'quotas' if quotas else 'no quotas'}\n\n{table(rows)}")
+            if args.plot is not None:
+                _draw(args.plot, week, quotas)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
-    for name, d in series.items():
-        assert args.plot is not None
-        loaded = {p: pickle.loads((d / f"{p}.pickle").read_bytes()) for p in POLICIES}
-        out = args.plot if name.endswith(", quotas") else _suffixed(args.plot, "-no-quotas")
-        plot(loaded, out, title=f"Philly {name}")
-        print(f"plot: {out.resolve()}")
-        for p in POLICIES:
-            (d / f"{p}.pickle").unlink()
-        d.rmdir()
 
 
-def _suffixed(path: Path, suffix: str) -> Path:
-    return path.with_name(path.stem + suffix + path.suffix)
+def _draw(folder: Path, week: str, quotas: bool) -> None:
+    series = folder / f".series-{week}-{quotas}"
+    policies = WITH_QUOTAS if quotas else SHARED
+    loaded = {p: pickle.loads((series / f"{p}.pickle").read_bytes()) for p in policies}
+    name = f"scheduler_{week}.png" if quotas else f"scheduler_{week}-no-quotas.png"
+    setting = "quotas" if quotas else "no quotas"
+    plot(loaded, folder / name, title=f"Philly week {week}, {PLOTTED} x 8 GPUs, {setting}")
+    print(f"plot: {(folder / name).resolve()}")
+    for p in policies:
+        (series / f"{p}.pickle").unlink()
+    series.rmdir()
 
 
 if __name__ == "__main__":

@@ -257,7 +257,9 @@ class TestOrder:
         assert schedule(s) == schedule(s)
 
     def test_unknown_policy_lists_the_valid_ones(self) -> None:
-        with pytest.raises(ValueError, match="kaon, fifo, easy, las, srtf"):
+        with pytest.raises(
+            ValueError, match="kaon, fifo, easy, las, gittins, srtf, kueue, kueue-fair, kai"
+        ):
             schedule(snap([node("n1")], []), policy="best")
 
 
@@ -340,3 +342,37 @@ def test_a_waiting_reason_speaks_of_the_nodes_the_job_may_use() -> None:
     nowhere = replace(pinned, labels=(("zone", "mars"),))
     reason = schedule(snap([plain, tagged], [nowhere])).waiting["j"]
     assert "no node with zone=mars" in reason
+
+
+class TestConsolidation:
+    """A gang that does not fit although enough GPUs are free moves small jobs aside to
+    the free GPUs elsewhere (Kaon's policy; KAI's consolidation action does the same)."""
+
+    @pytest.mark.parametrize(
+        ("small_gpus", "started", "n2_free", "moves"),
+        [
+            (1, 0.0, 4, True),  # 7 free + a 1-GPU job on n1, 4 free on n2: moved
+            (1, 0.0, 0, False),  # nowhere for it to start again at once: stays
+            (1, 900.0, 4, False),  # ran 100 s, under the minimum run time: stays
+            (4, 0.0, 3, False),  # 4 + 3 free elsewhere: the gang's 8 and its 4 do not fit
+        ],
+    )
+    def test_a_gang_moves_a_small_job_to_free_gpus_elsewhere(
+        self, small_gpus: int, started: float, n2_free: int, moves: bool
+    ) -> None:
+        gpus = tuple(range(small_gpus))
+        small = job("small", small_gpus, on=(("n1", gpus),), started=started, submitted=0.0)
+        gang = job("gang", 8, submitted=10.0)
+        nodes = [node("n1", free=8 - small_gpus), node("n2", free=n2_free)]
+        d = schedule(snap(nodes, [gang], [small], now=1000.0))
+        if moves:
+            assert preempted(d) == ["small"] and placed(d) == {"gang": ["n1"]}
+            assert d.preemptions[0].reason.startswith("moved to another node")
+        else:
+            assert d.preemptions == () and "gang" not in placed(d)
+
+    def test_baselines_without_consolidation_leave_the_gang_waiting(self) -> None:
+        small = job("small", 1, on=(("n1", (0,)),), started=0.0)
+        nodes = [node("n1", free=7), node("n2", free=4)]
+        d = schedule(snap(nodes, [job("gang", 8, submitted=10.0)], [small], now=1000.0), "las")
+        assert d.preemptions == () and d.placements == ()

@@ -14,7 +14,7 @@ from kaon.scheduler.sim.simulator import SimConfig, Simulator, gang_shape, tenan
 from kaon.scheduler.sim.trace import TraceError, TraceJob, read_trace
 
 SAMPLE = Path(__file__).parents[2] / "examples/traces/philly_sample.csv"
-POLICIES = ("kaon", "fifo", "easy", "las", "srtf")
+POLICIES = ("kaon", "fifo", "easy", "las", "gittins", "srtf", "kueue", "kueue-fair", "kai")
 
 
 def heavy_tailed(n: int, seed: int = 1, tenants: int = 3) -> list[TraceJob]:

@@ -26,7 +26,7 @@ def _trace(tmp_path: Path, rows: list[str]) -> Path:
 
 def test_every_policy_replays_the_trace(tmp_path: Path) -> None:
     trace = _trace(tmp_path, ROWS)
-    for policy in ("kaon", "fifo", "easy", "las", "srtf"):
+    for policy in ("kaon", "fifo", "easy", "las", "gittins", "srtf", "kueue", "kueue-fair", "kai"):
         result = CliRunner().invoke(
             app,
             [

@@ -2,12 +2,15 @@
 
 No I/O and no clock of its own, so the control plane's job reconciler and the trace
 simulator call the very same code. `schedule(pool)` runs Kaon's policy; the baselines
-(`fifo`, `easy`, `las`, `srtf`) are selected with `schedule(pool, policy=...)`.
+(`fifo`, `easy`, `las`, `gittins`, `srtf`, and the quota-aware `kueue`, `kueue-fair`
+and `kai`) are selected with `schedule(pool, policy=...)`.
 """
 
 from kaon.scheduler.capacity import fits_anywhere, place_gang
+from kaon.scheduler.catalog import POLICIES, get_policy
 from kaon.scheduler.demand import capacity_demand
 from kaon.scheduler.engine import schedule
+from kaon.scheduler.gittins import GittinsPolicy
 from kaon.scheduler.model import (
     Decisions,
     NodeCapacity,
@@ -19,22 +22,25 @@ from kaon.scheduler.model import (
     Workload,
 )
 from kaon.scheduler.policies import (
-    POLICIES,
     EasyPolicy,
     FifoPolicy,
     KaonPolicy,
     LasPolicy,
     Policy,
     SrtfPolicy,
-    get_policy,
 )
+from kaon.scheduler.sharing import KaiPolicy, KueueFairPolicy, KueuePolicy
 
 __all__ = [
     "POLICIES",
     "Decisions",
     "EasyPolicy",
     "FifoPolicy",
+    "GittinsPolicy",
+    "KaiPolicy",
     "KaonPolicy",
+    "KueueFairPolicy",
+    "KueuePolicy",
     "LasPolicy",
     "NodeCapacity",
     "Placement",

@@ -2,7 +2,9 @@
 
 The queue is sorted once by the policy's key. Each job in turn is checked against its
 workspace's quota, placed on free capacity (best fit, fewest nodes), or, if the policy
-allows, placed by preempting running jobs the policy names as victims. A job that still
+allows, placed by preempting running jobs the policy names as victims (or, for a policy
+that consolidates, by moving small jobs off the nodes a gang needs onto GPUs free
+elsewhere). A job that still
 cannot start gets a human-readable reason and applies the policy's blocking rule to the
 jobs behind it (strict FIFO, skip, an EASY reservation, or a Kaon drain reservation).
 
@@ -18,6 +20,7 @@ from dataclasses import replace
 
 from kaon.scheduler.backfill import drain_reservation, easy_reservation
 from kaon.scheduler.capacity import FreeIndex, place_gang
+from kaon.scheduler.catalog import get_policy
 from kaon.scheduler.model import (
     Decisions,
     Placement,
@@ -26,7 +29,7 @@ from kaon.scheduler.model import (
     WorkerPlacement,
     Workload,
 )
-from kaon.scheduler.policies import DISPLACE, RANK, RECLAIM, KaonPolicy, Key, Policy, get_policy
+from kaon.scheduler.policies import DISPLACE, RANK, RECLAIM, KaonPolicy, Key, Policy
 from kaon.scheduler.preempt import plan
 from kaon.scheduler.quota import QuotaLedger
 
@@ -48,11 +51,11 @@ class Pass:
 
     def __init__(self, pool: PoolState, policy: Policy) -> None:
         self.pool = pool
-        self.policy = policy
+        self.policy = policy.prepare(pool)
         self.now = pool.now
         self.index = FreeIndex(pool.nodes)
         self.ledger: QuotaLedger | None = None
-        if policy.uses_quotas and pool.quotas:
+        if self.policy.uses_quotas and pool.quotas:
             self.ledger = QuotaLedger(pool.quotas, pool.running)
         self.placements: list[Placement] = []
         self.preemptions: list[Preemption] = []
@@ -164,12 +167,22 @@ class Pass:
         if owed:  # quota owed is a promise: look much further (once per shape)
             enough = max(OWED_VICTIM_GPUS_PER_GPU * w.total_gpus, MIN_OWED_VICTIM_GPUS)
         found = 0
+        moves = self._move_budget(w)
+        moved: set[str] = set()  # candidates that would only be moved (they do not count
+        # toward `enough`: a node frees up only when all its small jobs are candidates)
+        # Share-based rules judge each victim as if the ones before it were gone (Kueue's
+        # fair sharing and KAI simulate the removals one by one).
+        sequential = self.policy.sequential_tiers if ledger is not None else frozenset()
+        taken: list[Workload] = []
         for vk, v in victims:
             if found >= enough:
                 break  # plenty to choose nodes from; the rest rank better anyway
             if v.id in self.evicted:
                 continue
             verdict = self.policy.victim(w, k, v, vk, self.now, self.ledger)
+            if verdict is None and moves > 0 and self._movable(w, v, moves):
+                verdict = DISPLACE, f"moved to another node to make room for gang {w.id}"
+                moved.add(v.id)
             if verdict is None:
                 continue
             tier, reasons[v.id] = verdict
@@ -180,13 +193,22 @@ class Pass:
                 if not loan:
                     tier = DISPLACE
             tiers.setdefault(tier, []).append(v)
-            found += v.total_gpus
+            found += 0 if v.id in moved else v.total_gpus
+            if tier in sequential:
+                assert ledger is not None
+                ledger.add(v, -1)
+                taken.append(v)
+        for v in taken:
+            assert ledger is not None
+            ledger.add(v, +1)
         result = None
         eligible: list[Workload] = []
         for tier in sorted(tiers):  # the cheapest kind of victim that makes room
             eligible = [*eligible, *tiers[tier]]
             result = plan(self.index, w, eligible)
             if result is not None and swap and not self._swap_ok(w, *result):
+                result = None
+            if result is not None and not self._moves_ok(w, *result, moved, moves):
                 result = None
             if result is not None:
                 break
@@ -215,8 +237,49 @@ class Pass:
             self.index.claim(v)
         return False
 
+    def _move_budget(self, w: Workload) -> int:
+        """GPUs of small jobs that may be moved to make room for gang `w` (consolidation):
+        what stays free once `w` is placed, so every moved job can start again at once
+        elsewhere. 0 when the policy does not consolidate or `w` has one-GPU workers."""
+        if not self.policy.consolidates or w.gpus < 2:
+            return 0
+        return max(self.index.free_gpus - w.total_gpus, 0)
+
+    def _movable(self, w: Workload, v: Workload, budget: int) -> bool:
+        """May running job `v` be moved aside for gang `w`? Only a one-worker job smaller
+        than one of `w`'s workers (so the move frees more than it costs), not of a higher
+        priority, that has run its minimum run time, that fits the budget and that fits on
+        a node with free GPUs now."""
+        return (
+            v.workers == 1
+            and v.total_gpus < w.gpus
+            and v.total_gpus <= budget
+            and v.priority <= w.priority
+            and v.gpus <= self.index.largest_free()
+            and self.policy.ready(v, self.now)
+        )
+
+    def _moves_ok(
+        self,
+        w: Workload,
+        placed: tuple[WorkerPlacement, ...],
+        released: list[Workload],
+        moved: set[str],
+        budget: int,
+    ) -> bool:
+        """Keep a plan only if the jobs it moves fit in what stays free; else undo it."""
+        if sum(v.total_gpus for v in released if v.id in moved) <= budget:
+            return True
+        self.index.release(replace(w, placement=placed))
+        for v in reversed(released):
+            self.index.claim(v)
+        return False
+
     def _may_preempt(self, k: Key, w: Workload) -> bool:
-        """A cheap necessary condition: does `w` outrank the worst victim, or reclaim?"""
+        """A cheap necessary condition: does `w` outrank the worst victim, reclaim, or
+        fit once small jobs are moved aside?"""
+        if self._move_budget(w) > 0:
+            return True
         if self.worst is not None and self.policy.outranks(k, self.worst):
             return True
         if self.lowest_priority is not None and w.priority > self.lowest_priority:
@@ -261,12 +324,12 @@ class Pass:
     def _sort_victims(self) -> list[tuple[Key, Workload]]:
         victims = self._victims()
         if not self.sorted_victims:
-            ledger = self.ledger
+            ledger, policy = self.ledger, self.policy
 
-            def order(entry: tuple[Key, Workload]) -> tuple[bool, Key, float, str]:
+            def order(entry: tuple[Key, Workload]) -> tuple[object, ...]:
                 vk, v = entry
                 lent = ledger is not None and ledger.borrowing(v.workspace)
-                return (lent, vk, v.started_at or 0.0, v.id)
+                return policy.victim_order(v, vk, lent)
 
             victims.sort(key=order, reverse=True)
             self.sorted_victims = True

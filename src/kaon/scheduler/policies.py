@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from kaon.scheduler.model import Workload
+from kaon.scheduler.model import PoolState, Workload
 from kaon.scheduler.quota import QuotaLedger
 
 Key = tuple[float, ...]
@@ -47,6 +48,12 @@ class Policy:
     preempts: ClassVar[bool] = False
     max_reservations: int = 0
     borrow_by_rank: bool = False  # over-quota work may take the place of lower-ranked loans
+    # Tiers whose victims are judged as if the candidates before them had gone (the
+    # share-based rules of the baselines); Kaon judges each against the pool as it is.
+    sequential_tiers: ClassVar[frozenset[int]] = frozenset()
+    # Consolidation: a gang that does not fit although enough GPUs are free may move
+    # small jobs to the free GPUs elsewhere (each restarts at once, paying one restart).
+    consolidates: ClassVar[bool] = False
 
     def key(self, w: Workload, now: float) -> Key:
         return (-w.priority, w.submitted_at)
@@ -65,6 +72,24 @@ class Policy:
         """Could a waiting job keyed `pk` preempt a running job keyed `vk` by rank? A cheap
         necessary condition for `victim`, checked against the worst-ranked victim."""
         return False
+
+    def prepare(self, pool: PoolState) -> Policy:
+        """The policy bound to one pass's pool. Policies whose order depends on the whole
+        pool (usage per workspace, fair shares) compute it here, once per pass, and
+        return a new object; the others return themselves. The control plane keeps no
+        scheduler memory, so this is derived from the pool alone."""
+        return self
+
+    def learn(self, samples: Sequence[float]) -> Policy:
+        """The policy fitted to the service (GPU-seconds) of past jobs. Only the Gittins
+        baseline uses a distribution; the others ignore it."""
+        return self
+
+    def victim_order(self, v: Workload, vk: Key, lent: bool) -> tuple[object, ...]:
+        """Sort key of running job `v` as a victim, largest first: work borrowed from
+        another workspace's quota, then the worst ranked, then the most recently started
+        (least work lost)."""
+        return (lent, vk, v.started_at or 0.0, v.id)
 
 
 class FifoPolicy(Policy):
@@ -180,6 +205,7 @@ class KaonPolicy(Policy):
     borrow_by_rank: bool = True
     name: ClassVar[str] = "kaon"
     blocking: ClassVar[Blocking] = "reserve"
+    consolidates: ClassVar[bool] = True
     uses_quotas: ClassVar[bool] = True
     preempts: ClassVar[bool] = True
 
@@ -242,22 +268,3 @@ class KaonPolicy(Policy):
         if loans < room and ledger.free_gpus < room:
             return None
         return DISPLACE, f"moved aside for {p.id}, whose workspace needs its quota"
-
-
-POLICIES: dict[str, type[Policy]] = {
-    "kaon": KaonPolicy,
-    "fifo": FifoPolicy,
-    "easy": EasyPolicy,
-    "las": LasPolicy,
-    "srtf": SrtfPolicy,
-}
-
-
-def get_policy(name: str, restart_penalty_s: float = 60.0) -> Policy:
-    """The policy called `name`, with its defaults; ValueError lists the valid names."""
-    cls = POLICIES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICIES)}")
-    if cls in (KaonPolicy, SrtfPolicy):
-        return cls(restart_penalty_s=restart_penalty_s)
-    return cls()
