@@ -35,6 +35,10 @@ import kaon
 HERE = Path(__file__).resolve().parent
 BODY = '{"x": [[0.5, -1.0]]}'
 TOKEN = "bench-token"
+REPLICA_KEY = "krep_bench-replica-key"
+"""Replicas run with a credential, as under the control plane: the gateway adds it to each
+request, and the direct runs send it themselves (`kaon.core.replicas.REPLICA_KEY_HEADER`)."""
+KEY_HEADERS = {"x-kaon-replica-key": REPLICA_KEY}
 
 
 def build_model() -> Any:
@@ -88,14 +92,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> float:
+def wait_http(
+    url: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+) -> float:
     """Seconds until `url` answers 200 (raises after `timeout`)."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=1) as r:
                 if r.status == 200:
                     return time.perf_counter() - start
         except OSError:
@@ -126,17 +136,26 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def start_replica(tmp: Path, service: str = "serve_compare:MLPService") -> tuple[Any, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "kaon.serving.runtime", "--service", service, "--port", str(port)]
-    proc = spawn([*cmd, "--log-level", "warning"], tmp / f"replica-{port}.log")
-    wait_http(f"http://127.0.0.1:{port}/ready", 60, proc)
+    env = {"KAON_REPLICA_KEY": REPLICA_KEY}
+    proc = spawn([*cmd, "--log-level", "warning"], tmp / f"replica-{port}.log", env)
+    wait_http(f"http://127.0.0.1:{port}/ready", 60, proc, KEY_HEADERS)
     return proc, f"http://127.0.0.1:{port}"
 
 
 def start_gateway(tmp: Path, replicas: list[str]) -> tuple[Any, str]:
-    from kaon.core.deployments import Route, RouteTable, hash_token
+    from kaon.core.gateway import Route, RouteTable
+    from kaon.core.tokens import hash_token
 
     table = RouteTable(
         version=1,
-        routes=[Route(name="mlp", replicas=replicas, token_hashes=[hash_token(TOKEN)])],
+        routes=[
+            Route(
+                name="mlp",
+                replicas=replicas,
+                token_hashes=[hash_token(TOKEN)],
+                replica_keys=dict.fromkeys(replicas, REPLICA_KEY),
+            )
+        ],
     )
     routes = tmp / "routes.json"
     routes.write_text(table.model_dump_json())
@@ -243,6 +262,7 @@ wrk.method = "POST"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {token}"
+wrk.headers["X-Kaon-Replica-Key"] = "{key}"
 """
 
 
@@ -277,7 +297,7 @@ def load(
     name: str, url: str, tmp: Path, duration: int, connections: int, pids: list[int] | None = None
 ) -> Result:
     script = tmp / "post.lua"
-    script.write_text(LUA.format(body=BODY, token=TOKEN))
+    script.write_text(LUA.format(body=BODY, token=TOKEN, key=REPLICA_KEY))
     # warm up (connections, caches, lazy imports), then measure
     warm = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", "-d2s", "-s", str(script), url]
     if subprocess.run(warm, capture_output=True, check=False).returncode != 0:
@@ -334,7 +354,8 @@ def bench_kaon(tmp: Path, service: str, tag: str, duration: int, conns: int) -> 
 
 def where_handler_ran(base: str) -> str:
     """From the replica's metrics: on the loop (a cheap def handler), or in the pool."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+    request = urllib.request.Request(f"{base}/metrics", headers=KEY_HEADERS)
+    with urllib.request.urlopen(request, timeout=5) as r:
         text = r.read().decode()
     match = re.search(r'kaon_replica_handler_on_loop\{handler="(\w+)"\} ([\d.]+)', text)
     moves = re.search(r"kaon_replica_handler_moves_total\{[^}]*\} ([\d.]+)", text)

@@ -35,7 +35,9 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     """The real control plane (reconcilers and local executor included) on SQLite, shared
     by a module's tests: starting one per test would cost more than the tests."""
     tmp = tmp_path_factory.mktemp("console")
-    settings = test_settings(tmp / "home", normalize_database_url(str(tmp / "kaon.db")))
+    url = normalize_database_url(str(tmp / "kaon.db"))
+    # Usage sampled every second, so a job's CPU and memory charts show within a test.
+    settings = test_settings(tmp / "home", url, usage_interval_s=1.0)
     with ThreadServer(settings) as running:
         yield running
 

@@ -73,6 +73,10 @@ class TestJobDetail:
         assert log.inner_text().startswith(first.split("\n")[0])
         chart = page.wait_for_selector("[data-testid=chart][data-metric=loss] canvas")
         assert chart.bounding_box()["width"] > 100
+        # Its resource usage, sampled by the worker's supervisor, is charted beside it.
+        page.wait_for_selector('[data-testid=usage] [data-metric="CPU (cores)"] canvas')
+        page.wait_for_selector('[data-testid=usage] [data-metric="memory (GiB)"] canvas')
+        assert page.query_selector('[data-metric="GPU utilisation (%)"]') is None  # no GPU
         page.click("[data-testid=cancel]")
         page.wait_for_selector("[data-testid=state] >> text=cancelled", timeout=30_000)
         assert api.get(f"/api/v1/workspaces/default/jobs/{job}")["status"] == "cancelled"

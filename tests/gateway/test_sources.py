@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as Path
 
 from kaon.core.gateway import Route, RouteTable
+from kaon.core.tokens import hash_token
 from kaon.gateway.app import Gateway
 from kaon.gateway.sources import HttpReportSink, HttpRouteSource
 from tests.serving.helpers import running
@@ -139,3 +140,49 @@ async def _echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
+
+
+class TestUnknownTokens:
+    """A token created a moment ago works at once; a bad one costs the control plane
+    little, however many arrive."""
+
+    async def test_a_token_newer_than_the_table_is_accepted_at_once(
+        self, cp: tuple[ControlPlane, str]
+    ) -> None:
+        plane, url = cp
+        gateway = Gateway(HttpRouteSource(url, GATEWAY_TOKEN, interval_s=5.0))
+        with running(gateway) as gw, running(_echo) as replica:
+            plane.table = RouteTable(version=1, routes=[Route(name="a", replicas=[replica])])
+            await until(lambda: plane.polls == 1)
+            await asyncio.sleep(0.2)  # past the refresh interval since that poll
+            fresh = "kaon_made-a-moment-ago"
+            route = Route(name="a", replicas=[replica], token_hashes=[hash_token(fresh)])
+            plane.table = RouteTable(version=2, routes=[route])  # the next poll is 5 s away
+            async with httpx.AsyncClient(timeout=10) as client:
+                start = asyncio.get_running_loop().time()
+                ok = await client.post(f"{gw}/a/x", headers={"Authorization": f"Bearer {fresh}"})
+                waited = asyncio.get_running_loop().time() - start
+                bad = await client.post(f"{gw}/a/x", headers={"Authorization": "Bearer kaon_bad"})
+        assert (ok.status_code, ok.content) == (200, b"ok")
+        assert waited < 1.0
+        assert bad.status_code == 401
+
+    async def test_a_flood_of_bad_tokens_is_not_a_flood_of_polls(
+        self, cp: tuple[ControlPlane, str]
+    ) -> None:
+        plane, url = cp
+        plane.table = RouteTable(version=1, routes=[Route(name="a")])
+        source = HttpRouteSource(url, GATEWAY_TOKEN, interval_s=5.0, min_refresh_s=0.2)
+        with running(Gateway(source)) as gw:
+            await until(lambda: plane.polls == 1)
+            headers = {"Authorization": "Bearer kaon_bad"}
+            async with httpx.AsyncClient(timeout=10) as client:
+                start = asyncio.get_running_loop().time()
+                for _ in range(5):  # waves of 40 at once
+                    wave = [client.post(f"{gw}/a/x", headers=headers) for _ in range(40)]
+                    replies = await asyncio.gather(*wave)
+                    assert {r.status_code for r in replies} == {401}
+                spent = asyncio.get_running_loop().time() - start
+        # one fetch shared by each wave, spaced at least 0.2 s apart
+        assert plane.polls - 1 <= spent / 0.2 + 1
+        assert plane.polls - 1 <= 6

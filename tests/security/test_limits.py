@@ -158,7 +158,13 @@ class TestCancelDuringLaunch:
             return view.status is JobStatus.CANCELLED
 
         await step_until(plane, cancelled, "the cancelled job to end")
+        # A supervisor may outlive its worker's exit by a moment (it writes the exit status,
+        # then exits): wait for that, well short of the 60 s a worker left running sleeps.
+        deadline = time.monotonic() + 15
         alive = [path.parent.name for path in started if _runs(path.parent)]
+        while alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            alive = [path.parent.name for path in started if _runs(path.parent)]
         assert alive == [], f"workers {alive} still run"
 
 

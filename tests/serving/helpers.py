@@ -54,11 +54,13 @@ def running(app: Any) -> Iterator[str]:
         sock.close()
 
 
-def wait_ready(url: str, timeout: float = 20.0, path: str = "/ready") -> None:
+def wait_ready(
+    url: str, timeout: float = 20.0, path: str = "/ready", headers: dict[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + path, timeout=1).status_code == 200:
+            if httpx.get(url + path, headers=headers, timeout=1).status_code == 200:
                 return
         time.sleep(0.02)
     raise TimeoutError(f"{url}{path} not ready after {timeout} s")

@@ -171,3 +171,22 @@ class TestBatching:
             r = httpx.post(f"{base}/sums", json={"x": 1, "y": 2, "z": 3})
         assert r.status_code == 422
         assert r.json()["detail"][0]["loc"] == ["body", "z"]
+
+
+class TestCredential:
+    """A replica given a credential answers only requests that carry it (the gateway's,
+    the control plane's probes); without one (`kaon serve`) it is open, as above."""
+
+    def test_refuses_every_route_without_its_key(self) -> None:
+        key = "krep_the-replicas-own"
+        with running(ReplicaApp(Classifier(), key=key)) as base:
+            own = {"x-kaon-replica-key": key}
+            wait_ready(base, headers=own)
+            body = {"x": [[0.5, -1.0]]}
+            assert httpx.post(f"{base}/predict", json=body, headers=own).json() == [0.5]
+            for headers in ({}, {"x-kaon-replica-key": "krep_wrong"},
+                            {"x-kaon-replica-key": key[:-1]}):  # fmt: skip
+                r = httpx.post(f"{base}/predict", json=body, headers=headers)
+                assert r.status_code == 403, r.text
+                for path in ("/ready", "/healthz", "/metrics", "/docs", "/nowhere"):
+                    assert httpx.get(f"{base}{path}", headers=headers).status_code == 403

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -361,12 +360,6 @@ def delete(name: str, client: ClientOpt = None) -> None:
     err.print(f"deleting {name}: replicas are draining")
 
 
-# A gateway learns of a new token when it next reads its route table: every 0.5 s at most
-# (0.25 s under `kaon up`). `kaon deploy token` waits this long before it prints, so a
-# script's `curl` right after it is not refused with "invalid token".
-GATEWAY_ROUTES_S = 1.0
-
-
 @app.command()
 def token(
     name: str,
@@ -377,13 +370,13 @@ def token(
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Create a token that can call only this deployment (shown once).
+    """Create a token that can call only this deployment (shown once); it works at once
+    (a gateway that does not know a token yet fetches its route table before refusing it).
 
     TOKEN=$(kaon deploy token classifier -q)
     """
     with exit_on_error():
         created = make_client(client).deployments.create_token(name, token_name)
-    time.sleep(GATEWAY_ROUTES_S)
     if json_:
         print_json(created)
     elif quiet:

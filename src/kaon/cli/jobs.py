@@ -28,8 +28,10 @@ from kaon.cli.render import (
     metrics_table,
     print_json,
     status_text,
+    usage_table,
 )
 from kaon.core.jobs import JobStatus, JobView
+from kaon.core.usage import JobUsage
 from kaon.sdk.client import Client
 
 app = typer.Typer(help="Run and manage jobs.", no_args_is_help=True)
@@ -278,6 +280,44 @@ def metrics(
         console.print(metrics_table(points))
     else:  # a table of headers only reads as a display bug
         err.print(f"job {job_id} has reported no metrics (a job sends them with kaon.report())")
+
+
+@app.command()
+def top(
+    job_id: str,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="refresh until the job ends (Ctrl-C stops)")
+    ] = False,
+    every: Annotated[float, typer.Option(help="seconds between refreshes with --watch")] = 2.0,
+    client: ClientOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show each worker's CPU, memory and GPU use (its latest sample; the series is in
+    --json). Workers are sampled every few seconds while they run; usage stays readable
+    for a while after the job ends."""
+    kaon = make_client(client)
+    with exit_on_error():
+        usage = kaon.jobs.usage(job_id)
+        if json_:
+            print_json(usage)
+            return
+        if not watch:
+            _print_usage(usage)
+            return
+        from rich.live import Live
+
+        with Live(usage_table(usage), console=console, auto_refresh=False) as live:
+            while not usage.status.is_terminal():
+                time.sleep(every)
+                usage = kaon.jobs.usage(usage.job_id)
+                live.update(usage_table(usage), refresh=True)
+
+
+def _print_usage(usage: JobUsage) -> None:
+    if usage.workers:
+        console.print(usage_table(usage))
+    else:  # a table of headers only reads as a display bug
+        err.print(f"job {usage.job_id} has no usage yet (workers send it every few seconds)")
 
 
 def _no_such_metric(kaon: Client, job_id: str, name: str) -> str:

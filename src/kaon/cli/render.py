@@ -20,6 +20,7 @@ from rich.table import Table
 from kaon.core.jobs import JobStatus, JobView, MetricView
 from kaon.core.nodes import NodeView
 from kaon.core.resources import format_memory
+from kaon.core.usage import JobUsage
 
 console = Console()
 err = Console(stderr=True)
@@ -178,6 +179,28 @@ def metrics_table(points: Sequence[MetricView]) -> Table:
             str(worker),
             "-" if step is None else str(step),
             *(f"{values[n]:.6g}" if n in values else "" for n in names),
+        )
+    return table
+
+
+def usage_table(usage: JobUsage) -> Table:
+    """`kaon job top`: each worker's latest sample. GPU columns say "-" where nothing was
+    measured (no GPU, or GPUs only declared), never a made-up zero."""
+    table = _table()
+    for header in ("WORKER", "CPU (cores)", "MEMORY (GiB)", "GPU UTIL", "GPU MEM (GiB)", "AGE"):
+        column(table, header)
+    now = datetime.now(UTC).timestamp()
+    for w in usage.workers:
+        s = w.latest
+        if s is None:  # pragma: no cover - a worker is listed once it sent a sample
+            continue
+        table.add_row(
+            str(w.worker),
+            "-" if s.cpu is None else f"{s.cpu:.2f}",
+            "-" if s.rss_bytes is None else f"{s.rss_bytes / 2**30:.2f}",
+            "-" if s.gpu_util is None else f"{s.gpu_util:.0f}%",
+            "-" if s.gpu_mem_bytes is None else f"{s.gpu_mem_bytes / 2**30:.2f}",
+            f"{max(0.0, now - s.time):.0f}s ago",
         )
     return table
 

@@ -11,7 +11,9 @@ gateway polls it and routes requests. Each gateway in turn reports the load it s
 arrives for a deployment with no ready replica), which feeds the autoscaler.
 
 Tokens never travel in plaintext: a route carries sha256 hex digests
-(`kaon.core.tokens.hash_token`), and the gateway hashes the bearer it receives.
+(`kaon.core.tokens.hash_token`), and the gateway hashes the bearer it receives. The one
+secret a route does carry is each replica's own credential (``replica_keys``), which the
+gateway must send as it is; the table is served only to the gateway's token.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class Route(BaseModel):
         default_factory=list,
         description="sha256 hex of every token allowed to call it (deployment and workspace)",
     )
+    replica_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="replica URL -> the credential the gateway adds to each request it "
+        "forwards there (`kaon.core.replicas.REPLICA_KEY_HEADER`); a replica without one "
+        "gets none",
+    )
     public: bool = False
     request_timeout_s: float = Field(default=60.0, gt=0)
     max_queue: int = Field(default=100, ge=0)
@@ -60,6 +68,14 @@ class Route(BaseModel):
         for url in value:
             if not url.startswith("http://"):
                 raise ValueError(f"replica URL {url!r} must start with http://")
+        return value
+
+    @field_validator("replica_keys")
+    @classmethod
+    def _replica_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value.values():  # it goes into a header line as it is
+            if not key or not key.isascii() or not key.isprintable() or " " in key:
+                raise ValueError("replica keys must be printable ASCII without spaces")
         return value
 
 

@@ -30,6 +30,15 @@ ENV_NODE_ADDRESS = "KAON_NODE_ADDRESS"
 address at which other nodes (the gateway among them) reach that node. A replica listens
 there."""
 
+ENV_REPLICA_KEY = "KAON_REPLICA_KEY"
+REPLICA_KEY_HEADER = "x-kaon-replica-key"
+"""A replica's own credential, and the header that carries it. The control plane derives
+one per replica attempt and hands it to the replica process in its environment (never in a
+file); the gateway adds it to every request it forwards, and the control plane to its
+health probes. A replica started with one refuses every request without it, so a local
+process cannot call a replica's port directly and skip the gateway's token check. Without
+one (``kaon serve``, no control plane) a replica is open."""
+
 
 class ReplicaStatus(enum.StrEnum):
     """Lifecycle of one replica. Only READY replicas are in the gateway's route table."""

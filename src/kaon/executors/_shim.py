@@ -9,14 +9,17 @@ psutil only when it first checks memory. It:
 - fetches the values of the job's secrets from the control plane with the job's token,
   when the launch names variables that hold secrets (``KAON_SECRET_ENV``), and hands them
   to the worker's environment only: no value is ever written into the worker's folder;
-- takes the job's token from ``WORKER_DIR/handed.json`` and deletes that file, so no file
-  holds the token once the worker runs (``launch.json`` never does);
+- takes the job's token (and a replica's own credential) from ``WORKER_DIR/handed.json``
+  and deletes that file, so no file holds them once the worker runs (``launch.json`` never
+  does);
 - starts the worker's command in a process group of its own, output into ``WORKER_DIR/log``
   (0600), as the workspace's own user when the launch names a ``uid`` (a root control
   plane with ``KAON_WORKER_UIDS``);
 - enforces the worker's memory limit by watching the resident memory of the whole process
   tree, and stops an offender with a reason a user can read;
 - on SIGTERM forwards SIGTERM to the group, waits the grace period, then sends SIGKILL;
+- samples the worker's resource usage (CPU, memory, GPUs) every few seconds and sends it
+  to the control plane with the job's token, never making the worker wait (`_usage`);
 - writes the true exit status to ``WORKER_DIR/exit.json`` (atomically) when the worker ends,
   so a control plane that restarts later still learns how the worker ended.
 
@@ -189,10 +192,21 @@ def _spawn(spec: dict[str, Any], log_fd: int) -> int:
     return pid
 
 
+def _start_usage(child_pid: int, env: dict[str, str]) -> Any:
+    """The worker's usage reporter (`_usage.UsageReporter`), or None when it has nowhere to
+    report or cannot start: usage is an extra, the worker runs the same without it."""
+    try:
+        from kaon.executors._usage import UsageReporter  # loaded already under the spawner
+
+        return UsageReporter.start(child_pid, env)
+    except Exception:
+        return None
+
+
 def _with_handed(worker_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
     """The launch spec with the credentials the executor left beside it (the job's
-    token, kept out of launch.json) in its env; their file is deleted as it is read, so
-    they live on only in the worker's environment."""
+    token and a replica's credential, kept out of launch.json) in its env; their file is
+    deleted as it is read, so they live on only in the worker's environment."""
     path = os.path.join(worker_dir, HANDED_FILE)
     try:
         handed = _read_json(path)
@@ -225,6 +239,7 @@ def main(worker_dir: str) -> int:
         _write_json(exit_path, {"exit_code": 127, "reason": f"cannot start: {e}"})
         return 0
     _write_json(os.path.join(worker_dir, "child.json"), {"pid": child_pid})
+    usage = _start_usage(child_pid, spec["env"])
 
     done = threading.Event()
     status: dict[str, int] = {}
@@ -270,6 +285,8 @@ def main(worker_dir: str) -> int:
     ended = {"exit_code": None if state["lost"] else code, "reason": state["reason"] or reason}
     if state["lost"]:
         ended["lost"] = True
+    elif usage is not None:
+        usage.close()  # the last samples, while the attempt's token is still good
     _write_json(os.path.join(worker_dir, "exit.json"), ended)
     return 0
 

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 
-from kaon.executors import _shim  # loaded once, used by every fork
+from kaon.executors import _shim, _usage  # noqa: F401  # loaded once, used by every fork
 
 IDLE_EXIT_S = 2.0  # no connection and no living supervisor for this long: leave
 TICK_S = 1.0  # a supervisor's end wakes the loop at once (SIGCHLD); this is for idling

@@ -33,13 +33,14 @@ import psutil
 
 from kaon.core.errors import PermanentBackendError
 from kaon.core.nodes import GpuInfo
+from kaon.core.replicas import ENV_REPLICA_KEY
 from kaon.executors.base import GangLaunch, NodeInventory, WorkerLaunch, WorkerState
 from kaon.executors.env import worker_env
 from kaon.executors.spawner import SpawnerClient
 
 SHIM = Path(__file__).with_name("_shim.py")
 HANDED_FILE = "handed.json"  # kaon.executors._shim reads and deletes it
-HANDED_ENV = ("KAON_JOB_TOKEN",)  # credentials kept out of launch.json
+HANDED_ENV = ("KAON_JOB_TOKEN", ENV_REPLICA_KEY)  # credentials kept out of launch.json
 RUN_AS_ENV = "KAON_RUN_AS"  # "UID": run the workers as this user and group (root only)
 TRAVERSE = 0o711  # a folder other users may pass through to their own, never list
 _SERVER_DIRS = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",

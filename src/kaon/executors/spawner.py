@@ -30,7 +30,7 @@ CALL_S = 5.0
 
 def _digest() -> str:
     digest = hashlib.sha256()
-    for name in ("_spawner.py", "_shim.py"):
+    for name in ("_spawner.py", "_shim.py", "_usage.py"):
         digest.update((HERE / name).read_bytes())
     return digest.hexdigest()[:12]
 

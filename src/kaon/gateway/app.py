@@ -5,7 +5,8 @@ read the body within the route's limit, take a replica slot (`DeploymentState.ac
 forward the request, give the slot back. Answers of its own:
 
 =====  ==============================================================================
-401    no bearer token, or one that no deployment accepts
+401    no bearer token, or one that no deployment accepts (an unknown one only after a
+       fresh route table was fetched for it, within `TOKEN_WAIT_S`)
 404    no such deployment, or the token may not call it (the two look the same)
 413    body over the route's ``max_body_bytes``
 429    the deployment's queue is full (Retry-After)
@@ -20,7 +21,9 @@ Deployment handlers are expected to be safe to run twice in that case, as model 
 is; one that is not should be idempotent by a request id of its own.
 
 The bearer token is stripped before forwarding: replicas run user code and never see a
-caller's credentials.
+caller's credentials. Each replica's own credential (from the route table) is added
+instead, and a client's header of that name is dropped, so only the gateway can speak to a
+replica (`kaon.core.replicas.REPLICA_KEY_HEADER`).
 
 Streamed replies (the replica answers with chunked transfer: a generator handler, server-
 sent events) are forwarded chunk by chunk as they arrive, never gathered: the head as soon as
@@ -45,9 +48,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kaon.core.gateway import GatewayReport, RouteTable
+from kaon.core.replicas import REPLICA_KEY_HEADER
 from kaon.core.tokens import hash_token
 from kaon.gateway.routing import DeploymentState, NoReplicaError, QueueFullError, Replica
-from kaon.gateway.sources import ReportSink, RouteSource, SupportsHurry
+from kaon.gateway.sources import ReportSink, RouteSource, SupportsHurry, SupportsRefresh
 from kaon.gateway.stats import GatewayMetrics, StreamTimer
 from kaon.gateway.upstream import UpstreamError, UpstreamPool, UpstreamReply, UpstreamStream
 from kaon.serving import asgi
@@ -58,11 +62,14 @@ logger = logging.getLogger("kaon.gateway")
 
 _DROP_HEADERS = frozenset(
     {b"host", b"content-length", b"authorization", b"connection", b"keep-alive",
-     b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization", b"expect"}
+     b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization", b"expect",
+     REPLICA_KEY_HEADER.encode()}
 )  # fmt: skip
 _FIRST_SEGMENT = re.compile(rb"^/[^/?]*")  # the deployment name, as sent
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _BEARER = (b"www-authenticate", b"Bearer")
+TOKEN_WAIT_S = 1.0
+"""How long a request with an unknown token waits for a fresh route table before its 401."""
 
 
 class _Answer(Exception):
@@ -89,6 +96,7 @@ class Incoming:
     headers: list[tuple[bytes, bytes]]  # names lowercase
     client: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    unverified: bytes | None = None  # a bearer the last table did not know: checked again
 
 
 class Gateway:
@@ -193,10 +201,13 @@ class Gateway:
             state = self._authorize(req)
         except _Answer as answer:
             return answer.reply()
-        self.metrics.arrived(state.name)
+        if req.unverified is None:  # an unverified one counts once it is known
+            self.metrics.arrived(state.name)
         return state
 
     def too_large(self, state: DeploymentState, req: Incoming) -> UpstreamReply:
+        if req.unverified is not None:  # not worth a refresh of the route table
+            return _Answer(401, "invalid token", _BEARER).reply()
         limit = state.route.max_body_bytes
         reply = _Answer(413, f"body over {limit} bytes").reply()
         self.metrics.answered(state.name, 413, time.perf_counter() - req.started)
@@ -204,6 +215,12 @@ class Gateway:
 
     async def forward(self, state: DeploymentState, req: Incoming, body: bytes) -> UpstreamReply:
         """Send the request to a replica of `state` and return its answer (or ours)."""
+        if req.unverified is not None:
+            try:
+                state = await self._verify(state, req.unverified)
+            except _Answer as answer:  # not the deployment's traffic: kept out of its load
+                return answer.reply()
+            self.metrics.arrived(state.name)
         try:
             reply = await self._forward(state, req, body)
         except _Answer as answer:
@@ -224,9 +241,27 @@ class Gateway:
             raise _Answer(401, "missing bearer token", _BEARER)
         allowed = self._allowed(token)
         if allowed is None:
-            raise _Answer(401, "invalid token", _BEARER)
+            if state is None or not isinstance(self._source, SupportsRefresh):
+                raise _Answer(401, "invalid token", _BEARER)
+            req.unverified = token  # perhaps made a moment ago: `forward` checks it again
+            return state
         if state is None or name not in allowed:
             raise _Answer(404, f"no deployment named {name!r}")
+        return state
+
+    async def _verify(self, state: DeploymentState, token: bytes) -> DeploymentState:
+        """A token the last route table did not know may have been created since (a
+        deployment token a moment old): ask the source for a fresh table and check again,
+        waiting at most `TOKEN_WAIT_S`. The source shares one fetch between all who wait
+        and spaces them out, so a flood of bad tokens costs the control plane little; each
+        bad token waits for that fetch before its 401."""
+        assert isinstance(self._source, SupportsRefresh)
+        await self._source.refresh(TOKEN_WAIT_S)
+        allowed = self._allowed(token)
+        if allowed is None:
+            raise _Answer(401, "invalid token", _BEARER)
+        if state.name not in allowed or self.deployments.get(state.name) is not state:
+            raise _Answer(404, f"no deployment named {state.name!r}")
         return state
 
     def _allowed(self, token: bytes) -> frozenset[str] | None:
@@ -301,6 +336,7 @@ class Gateway:
         body: bytes,
     ) -> UpstreamReply:
         timeout = state.route.request_timeout_s
+        headers += replica.key_line
         try:
             return await self._pool.request(
                 replica.host, replica.port, method, target, headers, body, timeout

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from kaon.core.gateway import Route
+from kaon.core.replicas import REPLICA_KEY_HEADER
 
 __all__ = ["DeploymentState", "NoReplicaError", "QueueFullError", "Replica"]
 
@@ -50,6 +51,11 @@ class Replica:
     port: int
     outstanding: int = 0
     ejected_until: float = 0.0
+    key_line: bytes = b""  # the header line with its credential, added to each request
+
+    def set_key(self, key: str | None) -> None:
+        """Built once per route table, not per request: the gateway's budget is tight."""
+        self.key_line = b"%s: %s\r\n" % (REPLICA_KEY_HEADER.encode(), key.encode()) if key else b""
 
     @classmethod
     def parse(cls, url: str) -> Replica:
@@ -91,6 +97,8 @@ class DeploymentState:
         self.replicas = [
             known.pop(url) if url in known else Replica.parse(url) for url in route.replicas
         ]
+        for replica in self.replicas:  # a replica restarted at the same URL has a new one
+            replica.set_key(route.replica_keys.get(replica.url))
         self._dispatch()
         return list(known.values())
 

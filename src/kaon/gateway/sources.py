@@ -7,6 +7,10 @@ Two small protocols keep the gateway ignorant of the control plane's internals:
   gateway calls it when a request is held for a deployment with no ready replica, and the
   source then polls every `hurry_interval_s` until nothing is held, so the replica that
   the control plane starts for it is used within ~50 ms of being ready, not 0.25-0.5 s.
+  It may also support `refresh`: the gateway awaits it when a bearer token is unknown, so a
+  token created a moment ago works at once instead of after the next poll. Refreshes share
+  the one poll loop (never two fetches at once) and are at most one per `min_refresh_s`,
+  so a flood of bad tokens cannot make the gateway hammer the control plane.
 - `ReportSink.send(report)` delivers one `GatewayReport`.
 
 The HTTP versions poll ``GET {cp}/api/v1/gateway/routes`` and post to
@@ -37,6 +41,7 @@ __all__ = [
     "RouteSource",
     "StaticRouteSource",
     "SupportsHurry",
+    "SupportsRefresh",
 ]
 
 logger = logging.getLogger("kaon.gateway")
@@ -56,6 +61,13 @@ class RouteSource(Protocol):
 class SupportsHurry(Protocol):
     def hurry(self, waiting: Callable[[], bool]) -> None:
         """Fetch soon, and often while `waiting()` is true (requests are held)."""
+
+
+@runtime_checkable
+class SupportsRefresh(Protocol):
+    async def refresh(self, timeout_s: float) -> None:
+        """Return once a table fetched after this call was applied (or found unchanged),
+        or after `timeout_s`, whichever comes first."""
 
 
 class ReportSink(Protocol):
@@ -109,14 +121,21 @@ class HttpRouteSource:
         interval_s: float = 0.5,
         client: httpx.AsyncClient | None = None,
         hurry_interval_s: float = 0.05,
+        min_refresh_s: float = 0.1,
     ) -> None:
         self._url = control_plane.rstrip("/") + ROUTES_PATH
         self._headers = {"Authorization": f"Bearer {token}"}
         self._interval_s = interval_s
         self._hurry_interval_s = min(hurry_interval_s, interval_s)
+        self._min_refresh_s = min_refresh_s
         self._client = client
         self._waiting: Callable[[], bool] = _never
         self._wake: asyncio.Event | None = None
+        self._started = 0  # fetches begun
+        self._done = 0  # fetches finished (applied, unchanged, or failed)
+        self._last_start = float("-inf")  # loop time of the last fetch's start
+        self._fetched = asyncio.Event()  # set (and replaced) as each fetch finishes
+        self._refresh_wanted = False  # someone awaits `refresh`
 
     def hurry(self, waiting: Callable[[], bool]) -> None:
         """Poll at once, then every `hurry_interval_s` while `waiting()` (on the loop)."""
@@ -124,16 +143,40 @@ class HttpRouteSource:
         if self._wake is not None:
             self._wake.set()
 
+    async def refresh(self, timeout_s: float) -> None:
+        """Wait for a fetch that starts after this call (at most `timeout_s`).
+
+        The poll loop is woken to fetch at once, but never sooner than `min_refresh_s`
+        after its last fetch began: however many callers wait, they share one fetch.
+        """
+        wake = self._wake
+        if wake is None:
+            return
+        target = self._started + 1
+        self._refresh_wanted = True
+        wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._done < target:
+                    await self._fetched.wait()
+
     async def run(self, apply: Apply) -> None:
         client = self._client or httpx.AsyncClient(timeout=5.0)
         self._wake = asyncio.Event()
+        self._fetched = asyncio.Event()  # bound to the serving loop
+        loop = asyncio.get_running_loop()
         version: int | None = None
         try:
             while True:
+                self._started += 1
+                self._last_start = loop.time()
                 table = await self._fetch(client)
                 if table is not None and table.version != version:
                     version = table.version
                     apply(table)
+                self._done = self._started
+                fetched, self._fetched = self._fetched, asyncio.Event()
+                fetched.set()
                 await self._pause(self._wake)
         finally:
             self._wake = None
@@ -141,13 +184,30 @@ class HttpRouteSource:
                 await client.aclose()
 
     async def _pause(self, wake: asyncio.Event) -> None:
+        """Until the next fetch: the poll interval (shorter while hurried), cut short by
+        `hurry` at once and by `refresh` once `min_refresh_s` has passed since the last
+        fetch began."""
         hurried = self._waiting()
         if not hurried:
             self._waiting = _never
         wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._hurry_interval_s if hurried else self._interval_s):
-                await wake.wait()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (self._hurry_interval_s if hurried else self._interval_s)
+        while True:
+            if self._refresh_wanted:
+                until = min(until, self._last_start + self._min_refresh_s)
+            remaining = until - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await wake.wait()
+            except TimeoutError:
+                break
+            wake.clear()
+            if not self._refresh_wanted:
+                break  # hurry(): fetch now
+        self._refresh_wanted = False
 
     async def _fetch(self, client: httpx.AsyncClient) -> RouteTable | None:
         try:

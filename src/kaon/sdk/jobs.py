@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kaon.core.errors import NotFoundError
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricView
+from kaon.core.usage import JobUsage
 from kaon.sdk.snapshot import pack
 
 if TYPE_CHECKING:
@@ -121,6 +122,13 @@ class Jobs:
             "GET", self._c.ws_path(f"/jobs/{job_id}/metrics"), params=params
         )
         return [MetricView.model_validate(m) for m in response.json()]
+
+    def usage(self, job_id: str) -> JobUsage:
+        """CPU, memory and GPU use of each worker over time (``workers[i].series``) and
+        its latest sample (``workers[i].latest``), as the workers' supervisors sampled
+        them; GPU values are None where nothing could measure them."""
+        response = self._c.request("GET", self._c.ws_path(f"/jobs/{job_id}/usage"))
+        return JobUsage.model_validate(response.json())
 
     def wait(
         self,

@@ -36,6 +36,7 @@ from kaon.server.middleware import BodyLimit, RefuseNul
 from kaon.server.reconcilers.deployments import DeploymentReconciler
 from kaon.server.reconcilers.jobs import JobReconciler, LaunchConfig
 from kaon.server.reconcilers.pools import PoolReconciler
+from kaon.server.reconcilers.usage import UsageRetention
 from kaon.server.routers import audit as audit_router
 from kaon.server.routers import auth as auth_router
 from kaon.server.routers import console as console_router
@@ -113,6 +114,7 @@ def build_plane(settings: Settings) -> ControlPlane:
         stop_grace_s=settings.stop_grace_s,
         aborts=aborts,
         worker_uids=settings.worker_uids,
+        usage_interval_s=settings.usage_interval_s,
     )
     jobs = JobReconciler(db, executor, config, interval_s=settings.reconcile_interval_s)
     loads = LoadBoard()
@@ -122,9 +124,10 @@ def build_plane(settings: Settings) -> ControlPlane:
         executor=executor,
         jobs=jobs,
         pools=PoolReconciler(db, executor, _executor_factory(settings), jobs.poke),
-        deployments=DeploymentReconciler(db, loads, jobs.poke),
+        deployments=DeploymentReconciler(db, loads, jobs.poke, token_key=config.token_key),
         loads=loads,
         routes=RouteVersions(),
+        usage=UsageRetention(db, settings.usage_retention_s, settings.usage_cleanup_interval_s),
     )
 
 
@@ -214,6 +217,7 @@ async def _lifespan(plane: ControlPlane, run_reconcilers: bool) -> AsyncIterator
             asyncio.create_task(plane.jobs.run_forever(), name="jobs"),
             asyncio.create_task(plane.pools.run_forever(), name="pools"),
             asyncio.create_task(plane.deployments.run_forever(), name="deployments"),
+            asyncio.create_task(plane.usage.run_forever(), name="usage"),
         ]
     try:
         yield

@@ -69,6 +69,11 @@ class Settings:
     shutdown_deadline_s: float | None = None
     ray_node_dir: str = "~/.kaon/nodes"  # on each Ray node: run folders, code, checkpoints
     audit_log: bool = True  # KAON_AUDIT_LOG=off turns the audit log off (benchmarks only)
+    # Each worker's supervisor samples its CPU, memory and GPUs this often (0: never); the
+    # samples of a job are kept this long after it ends, and looked for this often.
+    usage_interval_s: float = 5.0
+    usage_retention_s: float = 7 * 86400.0
+    usage_cleanup_interval_s: float = 600.0
 
     @property
     def runs_dir(self) -> Path:
@@ -120,6 +125,8 @@ class Settings:
             ray_address=env.get("KAON_RAY_ADDRESS") or None,
             ray_node_dir=env.get("KAON_RAY_NODE_DIR") or "~/.kaon/nodes",
             audit_log=env.get("KAON_AUDIT_LOG", "on").lower() not in ("off", "0", "false"),
+            usage_interval_s=float(env.get("KAON_USAGE_INTERVAL_S", "5")),
+            usage_retention_s=float(env.get("KAON_USAGE_RETENTION_DAYS", "7")) * 86400.0,
         )
         if "database_url" in overrides and isinstance(overrides["database_url"], str):
             overrides["database_url"] = normalize_database_url(overrides["database_url"])

@@ -11,6 +11,7 @@ from kaon.server.db.session import Database
 from kaon.server.reconcilers.deployments import DeploymentReconciler
 from kaon.server.reconcilers.jobs import JobReconciler
 from kaon.server.reconcilers.pools import PoolReconciler
+from kaon.server.reconcilers.usage import UsageRetention
 from kaon.server.services.gateway import RouteVersions
 from kaon.server.wake import Wake
 
@@ -29,6 +30,7 @@ class ControlPlane:
     deployments: DeploymentReconciler
     loads: LoadBoard
     routes: RouteVersions
+    usage: UsageRetention
 
     @property
     def wake(self) -> Wake:

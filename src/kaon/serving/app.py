@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import sys
@@ -48,7 +49,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from kaon.core.errors import KaonError
-from kaon.core.replicas import ReplicaStatus
+from kaon.core.replicas import REPLICA_KEY_HEADER, ReplicaStatus
 from kaon.serving import asgi
 from kaon.serving.batching import Batcher
 from kaon.serving.endpoint import Endpoint, build_endpoint, error_details
@@ -66,6 +67,7 @@ _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
 
 
+_KEY_HEADER = REPLICA_KEY_HEADER.encode()
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 _END = object()  # what a stream's next item is once it has none
 
@@ -192,6 +194,11 @@ class ReplicaApp:
 
     ``on_setup_failed`` is called (on the loop) after setup() raised; the runtime uses it to
     stop the process a little later, so the control plane sees a crash and restarts it.
+
+    With ``key`` (the replica's credential, `kaon.core.replicas.ENV_REPLICA_KEY`), every
+    request without it in `REPLICA_KEY_HEADER` is refused with 403, health and metrics
+    included (the control plane's probes carry it too): only the gateway, which adds it,
+    reaches the handlers. Without one (``kaon serve``) the replica is open.
     """
 
     def __init__(
@@ -201,8 +208,10 @@ class ReplicaApp:
         title: str | None = None,
         threads: int = 32,
         on_setup_failed: Callable[[str], None] | None = None,
+        key: str | None = None,
     ) -> None:
         self.service = service
+        self._key = key.encode() if key else None
         self.title = title or type(service).__name__
         self.state = ReplicaStatus.STARTING
         self.reason = "setup() is running"
@@ -246,6 +255,10 @@ class ReplicaApp:
             await asgi.lifespan(receive, send, self.startup, self.shutdown)
 
     async def _http(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if self._key is not None and not self._from_gateway(scope["headers"]):
+            reply = _error(403, "this replica takes requests only from the gateway")
+            await asgi.respond(send, reply.status, reply.body)
+            return
         key = (scope["method"], scope["path"])
         runner = self._runners.get(key)
         if runner is None:
@@ -260,6 +273,13 @@ class ReplicaApp:
         else:
             reply = _error(404, f"no handler at {scope['path']}")
         await asgi.respond(send, reply.status, reply.body, extra=reply.extra)
+
+    def _from_gateway(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the request carries this replica's credential, compared in constant
+        time so that its timing tells a guesser nothing."""
+        assert self._key is not None
+        given = next((v for k, v in headers if k == _KEY_HEADER), b"")
+        return hmac.compare_digest(given, self._key)
 
     def _runner_for(self, key: tuple[str, str]) -> _Runner | None:
         ep = self._endpoints.get(key)

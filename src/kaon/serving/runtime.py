@@ -27,6 +27,7 @@ from kaon.core.replicas import (
     ENV_NODE_ADDRESS,
     ENV_PORT,
     ENV_REPLICA_ID,
+    ENV_REPLICA_KEY,
     ReplicaStatus,
 )
 from kaon.serving.app import ReplicaApp
@@ -59,14 +60,18 @@ def build_app(
     exit_after_setup_failure_s: float | None = None,
 ) -> ReplicaApp:
     """The replica app for `service`; with `exit_after_setup_failure_s`, a failed setup()
-    stops the process (exit code 1) after that many seconds."""
+    stops the process (exit code 1) after that many seconds.
+
+    The replica's credential, when the control plane gave one, is taken out of the
+    environment here, so no process the service starts inherits it."""
     instance = load_service(service, path) if isinstance(service, str) else service
     title = os.environ.get(ENV_DEPLOYMENT) or type(instance).__name__
     on_failed = None
     if exit_after_setup_failure_s is not None:
         delay = exit_after_setup_failure_s
         on_failed = lambda _reason: _exit_later(delay)  # noqa: E731
-    return ReplicaApp(instance, title=title, on_setup_failed=on_failed)
+    key = os.environ.pop(ENV_REPLICA_KEY, None)
+    return ReplicaApp(instance, title=title, on_setup_failed=on_failed, key=key)
 
 
 def _exit_later(delay: float) -> None:

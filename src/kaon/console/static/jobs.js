@@ -75,6 +75,7 @@ export function JobPage({ workspace, id }) {
   const base = `${ws(workspace)}/jobs/${encodeURIComponent(id)}`;
   const job = usePoll((signal) => get(base, signal), [base]);
   const metrics = usePoll((signal) => get(`${base}/metrics`, signal), [base], 2000);
+  const usage = usePoll((signal) => get(`${base}/usage`, signal), [base], 2000);
   const [actionError, setActionError] = useState(null);
   const j = job.data;
   if (!j) return html`<section><${ErrorLine} error=${job.error} />${!job.error && html`<${Loading} />`}</section>`;
@@ -106,6 +107,8 @@ export function JobPage({ workspace, id }) {
     </dl>
     <h2>Metrics</h2>
     <${Metrics} points=${metrics.data} />
+    <h2>Resource usage</h2>
+    <${Usage} usage=${usage.data} />
     <h2>Logs</h2>
     <${Logs} base=${base} workers=${j.spec.workers} />
     <h2>Workers (current attempt)</h2>
@@ -146,6 +149,43 @@ function chartsOf(points) {
     });
     return { title: name, x: xs, series, xLabel: useStep ? "step" : "seconds" };
   });
+}
+
+// CPU and memory over time (and the GPUs' where NVML measured them), one line per worker,
+// from the samples each worker's supervisor sends every few seconds.
+// Each chart's y axis starts at zero, so a steady use reads as steady, not as noise.
+const FROM_ZERO = (u, min, max) => [0, max > 0 ? max * 1.15 : 1];
+const USAGE_CHARTS = [
+  { title: "CPU (cores)", field: "cpu", scale: 1, yRange: FROM_ZERO },
+  { title: "memory (GiB)", field: "rss_bytes", scale: 2 ** -30, yRange: FROM_ZERO },
+  { title: "GPU utilisation (%)", field: "gpu_util", scale: 1, yRange: [0, 100] },
+  { title: "GPU memory (GiB)", field: "gpu_mem_bytes", scale: 2 ** -30, yRange: FROM_ZERO },
+];
+
+function Usage({ usage }) {
+  const charts = useMemo(() => usageCharts(usage ? usage.workers : []), [usage]);
+  if (!usage) return html`<p class="muted">loading…</p>`;
+  if (charts.length === 0) return html`<p class="muted" data-testid="no-usage">no usage sampled yet (workers send it every few seconds)</p>`;
+  return html`<div class="charts" data-testid="usage">${charts.map((c) => html`<${Chart} key=${c.title} ...${c} />`)}</div>`;
+}
+
+function usageCharts(workers) {
+  const samples = workers.flatMap((w) => w.series);
+  if (samples.length === 0) return [];
+  const t0 = Math.min(...samples.map((s) => s.time));
+  const xs = [...new Set(samples.map((s) => s.time - t0))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  return USAGE_CHARTS.filter((c) => samples.some((s) => s[c.field] != null)).map((c) => ({
+    title: c.title,
+    yRange: c.yRange,
+    x: xs,
+    xLabel: "seconds",
+    series: workers.map((w) => {
+      const values = xs.map(() => null);
+      for (const s of w.series) if (s[c.field] != null) values[index.get(s.time - t0)] = s[c.field] * c.scale;
+      return { label: `worker ${w.worker}`, values };
+    }),
+  }));
 }
 
 // A worker's log, streamed as it is written, with a filter that keeps matching lines.

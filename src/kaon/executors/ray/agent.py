@@ -61,10 +61,10 @@ def code_fingerprint() -> str:
     as it starts), so it describes the code in memory, not files changed since."""
     import hashlib
 
-    from kaon.executors import _shim, local, node_sync
+    from kaon.executors import _shim, _usage, local, node_sync
 
     digest = hashlib.sha256(__version__.encode())
-    for module in (_shim, local, node_sync, wire, sys.modules[__name__]):
+    for module in (_shim, _usage, local, node_sync, wire, sys.modules[__name__]):
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 

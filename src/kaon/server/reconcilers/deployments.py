@@ -32,7 +32,7 @@ from kaon.server.db.session import Database
 from kaon.server.reconcilers.deployment_steps import DeploymentFacts, Plan, ReplicaFacts, plan
 from kaon.server.reconcilers.loop import Loop
 from kaon.server.reconcilers.probes import ProbeTarget, probe_all
-from kaon.server.security.tokens import new_id
+from kaon.server.security.tokens import new_id, replica_key
 from kaon.server.services.job_state import request_cancel
 
 logger = logging.getLogger("kaon.reconciler.deployments")
@@ -62,8 +62,12 @@ class DeploymentReconciler(Loop):
         clock: Callable[[], datetime] = utcnow,
         interval_s: float = 0.5,
         drain_s: float = 1.5,
+        token_key: bytes | None = None,
     ) -> None:
+        """`token_key` derives each replica's credential for its probes (the one the launch
+        gave it, `security.tokens.replica_key`); without it probes carry none."""
         super().__init__()
+        self.token_key = token_key
         self.db = db
         self.loads = loads
         self.poke_jobs = poke_jobs
@@ -95,7 +99,9 @@ class DeploymentReconciler(Loop):
     async def _probe(self, deployments: list[Deployment], rows: list[_Row]) -> dict[str, bool]:
         specs = {d.id: DeploymentSpec.model_validate(d.spec) for d in deployments}
         targets = [
-            ProbeTarget(r.replica.job_id, r.url, specs[r.replica.deployment_id].health_check)
+            ProbeTarget(
+                r.replica.job_id, r.url, specs[r.replica.deployment_id].health_check, self._key(r)
+            )
             for r in rows
             if r.url and r.state.is_live() and r.replica.deployment_id in specs
         ]
@@ -103,6 +109,11 @@ class DeploymentReconciler(Loop):
             return await probe_all(self._http, targets)
         async with httpx.AsyncClient() as http:  # run_once() driven by hand, as tests do
             return await probe_all(http, targets)
+
+    def _key(self, row: _Row) -> str | None:
+        if self.token_key is None:
+            return None
+        return replica_key(self.token_key, row.job.id, row.job.attempt)
 
     async def _reconcile(self, d: Deployment, rows: list[_Row], probes: dict[str, bool]) -> bool:
         spec = DeploymentSpec.model_validate(d.spec)

@@ -22,12 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.errors import PermanentBackendError, TemporaryBackendError
 from kaon.core.jobs import JobStatus, StopReason
+from kaon.core.replicas import ENV_REPLICA_KEY
 from kaon.core.secrets import SECRET_ENV_MARKER, EnvValue, plain_env, secret_refs
 from kaon.executors.base import Executor, GangLaunch, WorkerLaunch, WorkerState
 from kaon.executors.local import RUN_AS_ENV, LaunchAborts
 from kaon.server.db.models import Job, Worker, Workspace
 from kaon.server.db.session import Database
-from kaon.server.security.tokens import job_token
+from kaon.server.security.tokens import job_token, replica_key
 from kaon.server.security.uids import workspace_uids
 from kaon.server.services.job_state import guarded_update
 from kaon.server.services.pool import active_workers, stored_spec
@@ -47,6 +48,7 @@ class LaunchConfig:
     stop_grace_s: float = 10.0
     aborts: LaunchAborts | None = None  # where a launch in progress is told to stop
     worker_uids: tuple[int, int] | None = None  # each workspace's workers as its own uid
+    usage_interval_s: float = 5.0  # how often supervisors sample usage (KAON_USAGE_INTERVAL_S)
 
 
 async def launch(
@@ -153,6 +155,13 @@ async def _stop_requested(db: Database, job_id: str) -> bool:
     return reason is not None
 
 
+def _replica_key_env(job: Job, key: bytes) -> dict[str, str]:
+    """A replica's own credential (`security.tokens.replica_key`); other jobs get none."""
+    if job.kind != "replica":
+        return {}
+    return {ENV_REPLICA_KEY: replica_key(key, job.id, job.attempt)}
+
+
 def gang(
     job: Job, workers: list[Worker], config: LaunchConfig, uid: int | None = None
 ) -> GangLaunch:
@@ -169,6 +178,8 @@ def gang(
         "KAON_API_URL": config.api_url,
         "KAON_JOB_TOKEN": job_token(config.token_key, job.id, job.attempt),
         "KAON_RESTART_COUNT": str(job.restart_count),
+        "KAON_USAGE_INTERVAL_S": str(config.usage_interval_s),
+        **_replica_key_env(job, config.token_key),
         **({RUN_AS_ENV: str(uid)} if uid is not None else {}),
     }
     snapshot = None

@@ -1,7 +1,9 @@
 """Health probes of replicas: ``GET <url><path>`` within the check's timeout, 200 or not.
 
 All replicas of a pass are probed at once over one pooled HTTP client, so a pass costs
-one timeout at most however many replicas run.
+one timeout at most however many replicas run. A probe carries the replica's own credential
+(`kaon.core.replicas.REPLICA_KEY_HEADER`) like the gateway's requests, so a replica needs no
+open endpoint, whichever path its health check names.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from kaon.core.deployments import HealthCheck
+from kaon.core.replicas import REPLICA_KEY_HEADER
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class ProbeTarget:
     job_id: str
     url: str
     check: HealthCheck
+    key: str | None = None  # the replica's credential, sent as the gateway sends it
 
 
 async def probe_all(http: httpx.AsyncClient, targets: list[ProbeTarget]) -> dict[str, bool]:
@@ -26,7 +30,9 @@ async def probe_all(http: httpx.AsyncClient, targets: list[ProbeTarget]) -> dict
 
     async def probe(t: ProbeTarget) -> tuple[str, bool]:
         try:
-            response = await http.get(f"{t.url}{t.check.path}", timeout=t.check.timeout_s)
+            headers = {REPLICA_KEY_HEADER: t.key} if t.key else None
+            url = f"{t.url}{t.check.path}"
+            response = await http.get(url, headers=headers, timeout=t.check.timeout_s)
         except httpx.HTTPError:
             return t.job_id, False
         return t.job_id, response.status_code == 200

@@ -7,16 +7,25 @@ import time
 from fastapi import APIRouter, Response
 
 from kaon.core.gateway import GatewayReport, RouteTable
-from kaon.server.deps import CallerDep, LoadBoardDep, RouteVersionsDep, SessionDep, WakeDep
+from kaon.server.deps import (
+    CallerDep,
+    LoadBoardDep,
+    PlaneDep,
+    RouteVersionsDep,
+    SessionDep,
+    WakeDep,
+)
 from kaon.server.services import gateway
 
 router = APIRouter(prefix="/api/v1/gateway", tags=["gateway"])
 
 
 @router.get("/routes", response_model=RouteTable)
-async def routes(caller: CallerDep, session: SessionDep, versions: RouteVersionsDep) -> RouteTable:
+async def routes(
+    caller: CallerDep, session: SessionDep, versions: RouteVersionsDep, plane: PlaneDep
+) -> RouteTable:
     """Every deployment and its ready replicas, for the gateways to poll."""
-    return await gateway.route_table(session, caller, versions)
+    return await gateway.route_table(session, caller, versions, plane.jobs.config.token_key)
 
 
 @router.post("/report", status_code=204)

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from kaon.core.jobs import MAX_WORKERS, JobSpec, JobStatus, JobView, MetricBatch, MetricView
+from kaon.core.usage import JobUsage
 from kaon.server.deps import CallerDep, DbDep, ExecutorDep, SessionDep, SettingsDep, WakeDep
 from kaon.server.security.principal import bearer
-from kaon.server.services import jobs, logs
+from kaon.server.services import jobs, logs, usage
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace}/jobs", tags=["jobs"])
 report_router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -68,6 +69,15 @@ async def metrics(
     workspace: str, job_id: JobId, caller: CallerDep, session: SessionDep, name: str | None = None
 ) -> list[MetricView]:
     return await jobs.metrics(session, caller, workspace, job_id, name)
+
+
+@router.get("/{job_id}/usage", response_model=JobUsage)
+async def job_usage(
+    workspace: str, job_id: JobId, caller: CallerDep, session: SessionDep
+) -> JobUsage:
+    """CPU, memory and GPU use of each worker over time, sampled by its supervisor; kept
+    for the server's retention after the job ends."""
+    return await usage.job_usage(session, caller, workspace, job_id)
 
 
 @router.get("/{job_id}/logs")

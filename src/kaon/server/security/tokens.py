@@ -17,6 +17,7 @@ from pathlib import Path
 from kaon.core.tokens import TOKEN_PREFIX
 
 JOB_TOKEN_PREFIX = "kjob_"
+REPLICA_KEY_PREFIX = "krep_"
 KEY_FILE = "server.key"
 ADMIN_TOKEN_FILE = "admin-token"  # the first admin token, when no terminal saw it
 
@@ -36,6 +37,15 @@ def job_token(key: bytes, job_id: str, attempt: int) -> str:
     """The token the workers of one attempt of a job use to call back (metrics)."""
     mac = hmac.new(key, f"{job_id}:{attempt}".encode(), hashlib.sha256).hexdigest()
     return f"{JOB_TOKEN_PREFIX}{mac}"
+
+
+def replica_key(key: bytes, job_id: str, attempt: int) -> str:
+    """The credential of one attempt of a replica: the gateway adds it to each request it
+    forwards, and the replica refuses any request without it. Derived like `job_token`
+    (nothing to store, the same after a crash), from a message of its own so that it never
+    equals a job token."""
+    mac = hmac.new(key, f"replica:{job_id}:{attempt}".encode(), hashlib.sha256).hexdigest()
+    return f"{REPLICA_KEY_PREFIX}{mac}"
 
 
 def load_token_key(home: Path) -> bytes:

@@ -14,8 +14,16 @@ from kaon.autoscaling import LoadBoard
 from kaon.core.deployments import DeploymentSpec
 from kaon.core.gateway import GatewayReport, Route, RouteTable
 from kaon.core.replicas import ReplicaStatus
-from kaon.server.db.models import Deployment, DeploymentToken, Replica, Token, TokenWorkspace
+from kaon.server.db.models import (
+    Deployment,
+    DeploymentToken,
+    Job,
+    Replica,
+    Token,
+    TokenWorkspace,
+)
 from kaon.server.security.principal import Principal
+from kaon.server.security.tokens import replica_key
 from kaon.server.wake import Wake
 
 
@@ -38,12 +46,19 @@ class RouteVersions:
         return table.model_copy(update={"version": self.version})
 
 
-def route_for(spec: DeploymentSpec, replicas: list[str], token_hashes: list[str]) -> Route:
-    """The route of one deployment: its READY replicas and the tokens that may call it."""
+def route_for(
+    spec: DeploymentSpec,
+    replicas: list[str],
+    token_hashes: list[str],
+    replica_keys: dict[str, str] | None = None,
+) -> Route:
+    """The route of one deployment: its READY replicas (with the credential each expects
+    from the gateway) and the tokens that may call it."""
     return Route(
         name=spec.name,
         replicas=replicas,
         token_hashes=token_hashes,
+        replica_keys=replica_keys or {},
         public=spec.public,
         request_timeout_s=spec.request_timeout_s,
         max_queue=spec.max_queue,
@@ -53,13 +68,14 @@ def route_for(spec: DeploymentSpec, replicas: list[str], token_hashes: list[str]
 
 
 async def route_table(
-    session: AsyncSession, caller: Principal, versions: RouteVersions
+    session: AsyncSession, caller: Principal, versions: RouteVersions, token_key: bytes
 ) -> RouteTable:
-    """Every deployment, its READY replicas, and the hashes of the tokens that may call it:
-    its own deployment tokens and the live tokens of its workspace's members."""
+    """Every deployment, its READY replicas with their credentials (derived from
+    `token_key`, see `security.tokens.replica_key`), and the hashes of the tokens that may
+    call it: its own deployment tokens and the live tokens of its workspace's members."""
     caller.require_gateway()
     deployments = list((await session.execute(select(Deployment))).scalars())
-    urls = await _ready_urls(session)
+    urls, keys = await _ready_replicas(session, token_key)
     own = await _deployment_token_hashes(session)
     members = await _member_token_hashes(session)
     routes = []
@@ -68,7 +84,8 @@ async def route_table(
             continue
         allowed = sorted(set(own.get(d.id, []) + members.get(d.workspace_id, [])))
         spec = DeploymentSpec.model_validate(d.spec)
-        routes.append(route_for(spec, sorted(urls.get(d.id, [])), allowed))
+        mine = sorted(urls.get(d.id, []))
+        routes.append(route_for(spec, mine, allowed, {url: keys[url] for url in mine}))
     return versions.stamp(RouteTable(routes=routes))
 
 
@@ -82,13 +99,24 @@ def record_report(
         wake.deployments()
 
 
-async def _ready_urls(session: AsyncSession) -> dict[str, list[str]]:
+async def _ready_replicas(
+    session: AsyncSession, token_key: bytes
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Deployment id -> URLs of its READY replicas; URL -> that replica's credential (of
+    its job's current attempt, the one its process was started with)."""
     rows = await session.execute(
-        select(Replica.deployment_id, Replica.url).where(
-            Replica.state == ReplicaStatus.READY.value, Replica.url.is_not(None)
-        )
+        select(Replica.deployment_id, Replica.url, Job.id, Job.attempt)
+        .join(Job, Job.id == Replica.job_id)
+        .where(Replica.state == ReplicaStatus.READY.value, Replica.url.is_not(None))
     )
-    return _grouped(rows.tuples())
+    urls: dict[str, list[str]] = {}
+    keys: dict[str, str] = {}
+    for deployment_id, url, job_id, attempt in rows.tuples():
+        if url is None:
+            continue
+        urls.setdefault(deployment_id, []).append(url)
+        keys[url] = replica_key(token_key, job_id, attempt)
+    return urls, keys
 
 
 async def _deployment_token_hashes(session: AsyncSession) -> dict[str, list[str]]:

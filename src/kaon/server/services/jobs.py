@@ -30,6 +30,7 @@ from kaon.core.errors import (
 )
 from kaon.core.jobs import JobSpec, JobStatus, JobView, MetricBatch, MetricView, WorkerView
 from kaon.core.tokens import hash_token
+from kaon.core.usage import USAGE_PREFIX
 from kaon.server.db.models import Job, Metric, Worker, utcnow
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import new_id
@@ -148,6 +149,12 @@ async def _load(session: AsyncSession, caller: Principal, workspace: str, job_id
     if job is not None and job.workspace_id == workspace_id:
         return job
     return await _by_prefix(session, workspace_id, job_id)
+
+
+async def load_job(session: AsyncSession, caller: Principal, workspace: str, job_id: str) -> Job:
+    """The caller's job, found as every read of a job finds it (for the services of a
+    job's parts: its usage, its files)."""
+    return await _load(session, caller, workspace, job_id)
 
 
 async def _by_prefix(session: AsyncSession, workspace_id: str, prefix: str) -> Job:
@@ -307,6 +314,8 @@ async def metrics(
     query = select(Metric).where(Metric.job_id == job.id)
     if name:
         query = query.where(Metric.name == name)
+    else:  # resource usage (sys/...) has its own answer: it would crowd out the reports
+        query = query.where(~Metric.name.startswith(USAGE_PREFIX, autoescape=True))
     query = query.order_by(Metric.time, Metric.id).limit(100_000)
     return [
         MetricView(worker=m.worker, step=m.step, time=m.time, name=m.name, value=m.value)
