@@ -40,9 +40,20 @@ class FreeIndex:
         self.domains = sorted({n.domain for n in nodes})
         self.only_domain: str | None = None  # set while a gang is spread over one domain
         self.free_gpus = 0
+        self._hosts: dict[str, tuple[Workload, tuple[int, ...]]] = {}
         for i, n in enumerate(nodes):
             if n.schedulable:
                 self._list(i)
+
+    def hosts(self, w: Workload) -> tuple[int, ...]:
+        """The positions of the nodes running workload `w` hosts workers on, each once.
+        Remembered per workload: each preemption plan of a pass asks it of every candidate
+        victim, and placements of running work do not change within a pass."""
+        entry = self._hosts.get(w.id)
+        if entry is None or entry[0] is not w:
+            nodes = {self.by_id[wp.node_id] for wp in w.placement if wp.node_id in self.by_id}
+            entry = self._hosts[w.id] = (w, tuple(nodes))
+        return entry[1]
 
     # -- bucket bookkeeping ---------------------------------------------------------
 

@@ -44,6 +44,9 @@ OWED_VICTIM_GPUS_PER_GPU, MIN_OWED_VICTIM_GPUS = 64, 512
 # Jobs of one shape later in the queue rank no better, so they cannot find victims an
 # earlier one missed; whether the job is owed quota or must swap decides the rules.
 _Shape = tuple[int, int, float, int, bool, bool]
+# The quota's refusal (why, and whether it is soft) or None, and whether the job is owed.
+_QuotaAnswer = tuple[tuple[str, bool] | None, bool]
+_NO_QUOTA: _QuotaAnswer = (None, False)
 
 
 class Pass:
@@ -68,8 +71,7 @@ class Pass:
         self.failures = 0
         self.preempting = 0  # jobs placed by preemption in this pass
         self.reservation_tries = 0
-        self.refusals: dict[tuple[int, str, int, int, float, int], tuple[str, bool] | None]
-        self.refusals = {}
+        self.quota_answers: dict[tuple[int, str, int, int, float, int], _QuotaAnswer] = {}
         self.no_room: dict[tuple[int, int, int, int], str] = {}
         self.worst: Key | None = None  # the worst-ranked victim that may go now
         self.lowest_priority: int | None = None  # of any running preemptible job
@@ -102,14 +104,20 @@ class Pass:
         if self.blocker is not None:
             self.short.append(w.id)
             return _behind(self.blocker, w)
-        refusal = self._refusal(w) if self.ledger is not None else None
+        ledger = self.ledger
+        if ledger is None:
+            refusal, owed = _NO_QUOTA
+        else:  # the cache looked up here: every waiting job asks, nearly always a hit
+            shape = (ledger.version, w.workspace, w.workers, w.gpus, w.cpu, w.memory)
+            refusal, owed = self.quota_answers.get(shape) or self._quota(w)
         swappable = self.policy.preempts and self.policy.borrow_by_rank
         if refusal is not None and not (refusal[1] and swappable):
             return refusal[0]
         swap = refusal is not None  # may only take the place of borrowed work
         placed = None if swap else self._place(w)
-        if placed is None and self.policy.preempts:
-            placed = self._preempt(k, w, swap)
+        if placed is None and self.policy.preempts and self.preempting < MAX_PREEMPTING:
+            # (the cap checked here too: once it is reached, most of the queue stops here)
+            placed = self._preempt(k, w, swap, owed)
         if placed is None:
             if refusal is not None:
                 return refusal[0]
@@ -122,14 +130,18 @@ class Pass:
             self.started.append(replace(w, placement=placed, started_at=self.now))
         return None
 
-    def _refusal(self, w: Workload) -> tuple[str, bool] | None:
-        """The quota's answer, cached until the ledger changes (a full pool leaves long
-        runs of jobs of one workspace and shape that all get the same answer)."""
-        assert self.ledger is not None
-        key = (self.ledger.version, w.workspace, w.workers, w.gpus, w.cpu, w.memory)
-        if key not in self.refusals:
-            self.refusals[key] = self.ledger.refusal(w)
-        return self.refusals[key]
+    def _quota(self, w: Workload) -> _QuotaAnswer:
+        """The quota's answer (a refusal, or None) and whether `w` is owed quota (inside
+        its workspace's nominal share), cached until the ledger changes: a full pool leaves
+        long runs of jobs of one workspace and shape that all get the same answers."""
+        ledger = self.ledger
+        assert ledger is not None
+        key = (ledger.version, w.workspace, w.workers, w.gpus, w.cpu, w.memory)
+        answer = self.quota_answers.get(key)
+        if answer is None:
+            owed = ledger.limited(w.workspace) and ledger.within_nominal(w)
+            answer = self.quota_answers[key] = (ledger.refusal(w), owed)
+        return answer
 
     def _place(self, w: Workload) -> tuple[WorkerPlacement, ...] | None:
         placed = place_gang(self.index, w)
@@ -144,13 +156,15 @@ class Pass:
 
     # -- preemption ---------------------------------------------------------------------
 
-    def _preempt(self, k: Key, w: Workload, swap: bool) -> tuple[WorkerPlacement, ...] | None:
+    def _preempt(
+        self, k: Key, w: Workload, swap: bool, owed: bool
+    ) -> tuple[WorkerPlacement, ...] | None:
         """Place `w` by preempting victims the policy names, the cheapest tier first. With
-        `swap` the cohort is full, so the victims must give back at least what `w` takes."""
+        `swap` the cohort is full, so the victims must give back at least what `w` takes;
+        `owed`: `w` is inside its workspace's quota, so its owner may reclaim loans."""
         if self.preempting >= MAX_PREEMPTING:
             return None
         ledger = self.ledger
-        owed = ledger is not None and ledger.limited(w.workspace) and ledger.within_nominal(w)
         shape = (w.workers, w.gpus, w.cpu, w.memory, owed, swap)
         if shape in self.failed_shapes or (self.failures >= GIVE_UP_AFTER and not owed):
             return None
@@ -174,19 +188,21 @@ class Pass:
         # fair sharing and KAI simulate the removals one by one).
         sequential = self.policy.sequential_tiers if ledger is not None else frozenset()
         taken: list[Workload] = []
+        evicted, judge, now = self.evicted, self.policy.victim, self.now  # the loop is hot
         for vk, v in victims:
             if found >= enough:
                 break  # plenty to choose nodes from; the rest rank better anyway
-            if v.id in self.evicted:
+            if v.id in evicted:
                 continue
-            verdict = self.policy.victim(w, k, v, vk, self.now, self.ledger)
+            verdict = judge(w, k, v, vk, now, ledger)
             if verdict is None and moves > 0 and self._movable(w, v, moves):
                 verdict = DISPLACE, f"moved to another node to make room for gang {w.id}"
                 moved.add(v.id)
             if verdict is None:
                 continue
             tier, reasons[v.id] = verdict
-            if self._lent_out(w, v):
+            # Another quota-bound workspace's work: only its loan may be taken.
+            if ledger is not None and v.workspace != w.workspace and ledger.limited(v.workspace):
                 loan = self._within_loan(v, lent, strict=tier != RECLAIM)
                 if not loan and tier == RANK:
                     continue  # rank never takes from another workspace's own share
@@ -290,17 +306,14 @@ class Pass:
         # Owed quota: reclaim loans, or move small jobs aside onto free GPUs elsewhere.
         return self.index.free_gpus > 0 or any(ws != w.workspace for ws in ledger.lenders())
 
-    def _lent_out(self, w: Workload, v: Workload) -> bool:
-        """Is `v` another quota-bound workspace's work, so only its loan may be taken?"""
-        ledger = self.ledger
-        return ledger is not None and v.workspace != w.workspace and ledger.limited(v.workspace)
-
     def _within_loan(self, v: Workload, lent: dict[str, float], strict: bool) -> bool:
         """Take from another workspace only what it borrows: by rank, never below its
         nominal quota (else it would reclaim at once and the two would thrash); by
         reclaim, while it still borrows (at most one job below its nominal)."""
         assert self.ledger is not None
-        left = lent.setdefault(v.workspace, self.ledger.borrowed_gpus(v.workspace))
+        left = lent.get(v.workspace)
+        if left is None:  # asked once per workspace and search, not once per victim
+            left = lent[v.workspace] = self.ledger.borrowed_gpus(v.workspace)
         if left <= 1e-9 or (strict and left + 1e-9 < v.total_gpus):
             return False
         lent[v.workspace] = left - v.total_gpus
@@ -324,12 +337,15 @@ class Pass:
     def _sort_victims(self) -> list[tuple[Key, Workload]]:
         victims = self._victims()
         if not self.sorted_victims:
-            ledger, policy = self.ledger, self.policy
+            ledger, victim_order = self.ledger, self.policy.victim_order
+            lent: dict[str, bool] = {}  # per workspace: asked once, not once per victim
+            for _, v in victims:
+                if v.workspace not in lent:
+                    lent[v.workspace] = ledger is not None and ledger.borrowing(v.workspace)
 
             def order(entry: tuple[Key, Workload]) -> tuple[object, ...]:
                 vk, v = entry
-                lent = ledger is not None and ledger.borrowing(v.workspace)
-                return policy.victim_order(v, vk, lent)
+                return victim_order(v, vk, lent[v.workspace])
 
             victims.sort(key=order, reverse=True)
             self.sorted_victims = True

@@ -25,6 +25,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, Literal
 
 from kaon.scheduler.model import PoolState, Workload
@@ -209,8 +210,9 @@ class KaonPolicy(Policy):
     uses_quotas: ClassVar[bool] = True
     preempts: ClassVar[bool] = True
 
-    @property
+    @cached_property
     def min_run(self) -> float:
+        """Asked of every running job in every pass (`ready`): computed once per policy."""
         return max(self.min_run_s, self.min_run_factor * self.restart_penalty_s)
 
     def level(self, w: Workload, now: float) -> int:
@@ -227,11 +229,14 @@ class KaonPolicy(Policy):
         # Called for every job in every pass: the common cases are inlined (a waiting job's
         # service is its stamp; level 0 needs no logarithm).
         attained = w.attained_gpu_s if not w.placement else w.attained(now)
-        level = 0 if attained < self.las_base_gpu_s else self._level(attained)
-        ran = attained / (w.gpus * w.workers or 1)
-        waited = now - w.submitted_at - ran  # frozen while it runs
-        aged = waited / self.age_s if waited > 0.0 else 0.0
-        return (-w.priority, level - aged, w.submitted_at)
+        base = self.las_base_gpu_s
+        if attained < base:
+            level = 0
+        else:  # `_level`, inlined: a third of a pass's keys need the logarithm
+            level = min(int(math.log(attained / base, self.las_ratio)) + 1, self.las_levels - 1)
+        submitted = w.submitted_at
+        waited = now - submitted - attained / (w.gpus * w.workers or 1)  # frozen while it runs
+        return (-w.priority, level - (waited / self.age_s if waited > 0.0 else 0.0), submitted)
 
     def ready(self, v: Workload, now: float) -> bool:
         return v.started_at is None or now - v.started_at >= self.min_run
@@ -264,7 +269,7 @@ class KaonPolicy(Policy):
         if not (ledger.limited(p.workspace) and ledger.within_nominal(p)):
             return None
         room = v.total_gpus + p.total_gpus  # enough for both, wherever `p` lands
-        loans = sum(ledger.borrowed_gpus(ws) for ws in ledger.lenders())
+        loans = ledger.loans()
         if loans < room and ledger.free_gpus < room:
             return None
         return DISPLACE, f"moved aside for {p.id}, whose workspace needs its quota"

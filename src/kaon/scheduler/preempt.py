@@ -26,13 +26,12 @@ def plan(
 
     On success `index` holds `w`'s placement and no longer holds the chosen victims.
     """
-    by_node: dict[int, list[Workload]] = defaultdict(list)
-    rank = {v.id: n for n, v in enumerate(victims)}
-    for v in victims:
-        for i in {index.by_id[wp.node_id] for wp in v.placement if wp.node_id in index.by_id}:
+    by_node: dict[int, list[tuple[int, Workload]]] = defaultdict(list)  # (rank, victim)
+    for rank, v in enumerate(victims):
+        for i in index.hosts(v):
             if index.listed[i]:
-                by_node[i].append(v)
-    options = [opt for i, vs in by_node.items() if (opt := _node_option(index, w, i, vs, rank))]
+                by_node[i].append((rank, v))
+    options = [opt for i, vs in by_node.items() if (opt := _node_option(index, w, i, vs))]
     if not options:
         return None
     elsewhere = 0
@@ -65,7 +64,7 @@ _Option = tuple[tuple[int, int, float], int, list[Workload]]  # (cost, workers, 
 
 
 def _node_option(
-    index: FreeIndex, w: Workload, i: int, vs: list[Workload], rank: dict[str, int]
+    index: FreeIndex, w: Workload, i: int, vs: list[tuple[int, Workload]]
 ) -> _Option | None:
     """The fewest victims on node `i` (a prefix, in victim order) that make the most room.
 
@@ -73,17 +72,21 @@ def _node_option(
     GPUs taken away; so the cheapest node is the one that hurts the fewest, least
     deserving jobs."""
     gpus, cpu, memory = len(index.gpus[i]), index.cpu[i], index.memory[i]
+    node_id = index.nodes[i].id
     best: _Option | None = None
     taken: list[Workload] = []
-    for v in vs:
-        share = sum(1 for wp in v.placement if wp.node_id == index.nodes[i].id)
+    taken_gpus = 0
+    for rank, v in vs:
+        # workers of `v` on this node: it has one here, and most victims have one worker
+        share = 1 if len(v.placement) == 1 else sum(wp.node_id == node_id for wp in v.placement)
         gpus += v.gpus * share
         cpu += v.cpu * share
         memory += v.memory * share
         taken.append(v)
+        taken_gpus += v.total_gpus
         hosted = _hosted(w, gpus, cpu, memory)
         if hosted and (best is None or hosted > best[1]):
-            cost = (len(taken), rank[v.id], float(sum(t.total_gpus for t in taken)))
+            cost = (len(taken), rank, float(taken_gpus))
             best = (cost, hosted, list(taken))
         if hosted >= w.workers:
             break
@@ -91,14 +94,16 @@ def _node_option(
 
 
 def _hosted(w: Workload, gpus: int, cpu: float, memory: int) -> int:
+    """Workers of `w` that fit in this much room. Called once per candidate victim on
+    every node a plan looks at, so comparisons stand in for `min` and `max` calls."""
     cap = w.workers
-    if w.gpus:
-        cap = min(cap, gpus // w.gpus)
-    if w.cpu > 0:
-        cap = min(cap, int((cpu + _EPS) // w.cpu))
-    if w.memory > 0:
-        cap = min(cap, memory // w.memory)
-    return max(cap, 0)
+    if w.gpus and gpus // w.gpus < cap:
+        cap = gpus // w.gpus
+    if w.cpu > 0 and int((cpu + _EPS) // w.cpu) < cap:
+        cap = int((cpu + _EPS) // w.cpu)
+    if w.memory > 0 and memory // w.memory < cap:
+        cap = memory // w.memory
+    return cap if cap > 0 else 0
 
 
 def _choose(options: list[_Option], workers: int) -> list[Workload] | None:

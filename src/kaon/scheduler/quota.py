@@ -40,6 +40,15 @@ class QuotaLedger:
         # GPUs free in the pool right now, kept up to date by the pass: a job moved aside
         # can start again on them at once, so moving it does not cost its owner its quota.
         self.free_gpus = 0
+        # Answers that depend only on usage, kept until the next `add` (the victim search
+        # asks them once per running job, and usage changes only a few times a pass).
+        self._answers_at = -1
+        self._borrowing: dict[str, bool] = {}
+        self._lenders: list[str] | None = None
+        self._loans: float | None = None
+        self._nominal_of: Workload | None = None  # `within_nominal`'s last question
+        self._nominal_at = -1
+        self._nominal = False
         for nominal_quota in quotas.values():
             total = self.cohort_nominal[nominal_quota.cohort]
             for d, value in enumerate(_nominal(nominal_quota)):
@@ -72,23 +81,54 @@ class QuotaLedger:
                 cohort[d] += sign * value
 
     def within_nominal(self, w: Workload) -> bool:
-        """Would `w` fit inside its workspace's guaranteed share? True when unlimited."""
+        """Would `w` fit inside its workspace's guaranteed share? True when unlimited.
+        The last answer is kept until usage changes: a victim search asks it of one
+        waiting job once per candidate victim."""
+        if w is self._nominal_of and self._nominal_at == self.version:
+            return self._nominal
         q = self.quotas.get(w.workspace)
         if q is None:
             return True
         used = self.used[w.workspace]
-        return (
+        answer = (
             used[0] + w.gpus * w.workers <= q.gpus + _EPS
             and used[1] + w.cpu * w.workers <= q.cpu + _EPS
             and used[2] + w.memory * w.workers <= q.memory + _EPS
         )
+        self._nominal_of, self._nominal_at, self._nominal = w, self.version, answer
+        return answer
+
+    def _fresh(self) -> None:
+        """Forget the cached answers if usage changed since they were given."""
+        if self._answers_at != self.version:
+            self._answers_at = self.version
+            self._borrowing.clear()
+            self._lenders = None
+            self._loans = None
 
     def lenders(self) -> list[str]:
         """Workspaces that borrow now (their borrowed work may be reclaimed)."""
-        return [ws for ws in self.used if self.borrowing(ws)]
+        self._fresh()
+        if self._lenders is None:
+            self._lenders = [ws for ws in self.used if self.borrowing(ws)]
+        return list(self._lenders)
+
+    def loans(self) -> float:
+        """GPUs lent out in all: what every borrowing workspace uses beyond its quota."""
+        self._fresh()
+        if self._loans is None:
+            self._loans = sum(self.borrowed_gpus(ws) for ws in self.lenders())
+        return self._loans
 
     def borrowing(self, workspace: str) -> bool:
         """Is the workspace using more than its nominal quota in any resource?"""
+        self._fresh()
+        answer = self._borrowing.get(workspace)
+        if answer is None:
+            answer = self._borrowing[workspace] = self._is_borrowing(workspace)
+        return answer
+
+    def _is_borrowing(self, workspace: str) -> bool:
         q = self.quotas.get(workspace)
         if q is None:
             return False

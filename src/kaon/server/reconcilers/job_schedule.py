@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
 from kaon.core.errors import BackendError
 from kaon.core.jobs import JobStatus, StopReason
@@ -25,7 +25,7 @@ from kaon.server.db.models import Job, Worker
 from kaon.server.db.session import Database
 from kaon.server.security.tokens import job_token
 from kaon.server.services.job_state import guarded_update
-from kaon.server.services.pool import load_pass, stored_spec
+from kaon.server.services.pool import QueuedJob, load_pass
 from kaon.server.services.quotas import scheduler_quotas
 
 logger = logging.getLogger("kaon.reconciler.jobs")
@@ -73,10 +73,10 @@ async def schedule(
     if not inputs.state.pending:
         return False
     for placement in decisions.placements:
-        await _place(db, inputs.jobs[placement.workload_id], placement.workers, token_key)
+        await _place(db, inputs.queued[placement.workload_id], placement.workers, token_key)
     for preemption in decisions.preemptions:
-        await _preempt(db, inputs.jobs[preemption.workload_id], preemption.reason)
-    queued = [j for j in inputs.jobs.values() if j.status == JobStatus.QUEUED.value]
+        await _preempt(db, inputs.holding[preemption.workload_id], preemption.reason)
+    queued = list(inputs.queued.values())
     waiting = dict(decisions.waiting)
     growing = sorted(capacity.pools.elastic()) if capacity is not None else []
     if growing:
@@ -88,24 +88,28 @@ async def schedule(
 
 
 async def _place(
-    db: Database, job: Job, placement: tuple[WorkerPlacement, ...], token_key: bytes
+    db: Database, queued: QueuedJob, placement: tuple[WorkerPlacement, ...], token_key: bytes
 ) -> None:
-    spec = stored_spec(job)
-    attempt = job.attempt + 1
+    spec = queued.spec
+    attempt = queued.attempt + 1
     values: dict[str, object] = {
         "status": JobStatus.STARTING.value,
         "attempt": attempt,
         "waiting_reason": None,
-        "job_token_hash": hash_token(job_token(token_key, job.id, attempt)),
+        "job_token_hash": hash_token(job_token(token_key, queued.id, attempt)),
         "message": "starting workers",
     }
     async with db.session() as s:
+        job = await s.get(Job, queued.id)  # the pass read columns; write under its version
+        if job is None or job.version != queued.version:  # cancelled meanwhile, say
+            logger.info("job %s changed meanwhile; dropping a stale write", queued.id)
+            return
         if not await guarded_update(s, job, values):
             return
         for index, wp in enumerate(placement):
             s.add(
                 Worker(
-                    job_id=job.id,
+                    job_id=queued.id,
                     attempt=attempt,
                     index=index,
                     node_id=wp.node_id,
@@ -128,7 +132,7 @@ async def _preempt(db: Database, job: Job, reason: str) -> None:
         await guarded_update(s, job, values)
 
 
-async def _note_waiting(db: Database, queued: list[Job], waiting: dict[str, str]) -> None:
+async def _note_waiting(db: Database, queued: list[QueuedJob], waiting: dict[str, str]) -> None:
     """Store why each queued job waits, where that changed. Not a version bump: the reason
     is advice for people, and must not make a concurrent write of the job's state stale."""
     changed = [
@@ -136,10 +140,13 @@ async def _note_waiting(db: Database, queued: list[Job], waiting: dict[str, str]
     ]
     if not changed:
         return
+    statement = (
+        update(Job)
+        .where(Job.id == bindparam("job_id"), Job.version == bindparam("seen"))
+        .values(waiting_reason=bindparam("reason"))
+    )
+    rows = [{"job_id": j.id, "seen": j.version, "reason": reason} for j, reason in changed]
     async with db.session() as s:
-        for job, reason in changed:
-            await s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.version == job.version)
-                .values(waiting_reason=reason)
-            )
+        # One statement executed for many rows on the connection (a Core executemany): a
+        # first pass over 10,000 queued jobs writes them all, one round trip each otherwise.
+        await (await s.connection()).execute(statement, rows)

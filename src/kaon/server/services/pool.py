@@ -125,10 +125,76 @@ def demand(
     )
 
 
-def workload(job: Job, workers: Sequence[Worker] = ()) -> Workload:
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """A queued job as a scheduling pass reads it: the columns it needs, not an ORM object.
+    A pass reads every queued job on every tick, and with 10,000 of them building and
+    tracking ORM objects (and collecting them) cost several times the decision itself."""
+
+    id: str
+    workspace_id: str
+    priority: int
+    submitted_at: datetime
+    attained_gpu_seconds: float
+    not_before: datetime | None
+    started_at: datetime | None
+    version: int
+    attempt: int
+    waiting_reason: str | None
+    spec: JobSpec
+
+
+_QUEUED_COLUMNS = (
+    Job.id,
+    Job.workspace_id,
+    Job.priority,
+    Job.submitted_at,
+    Job.attained_gpu_seconds,
+    Job.not_before,
+    Job.started_at,
+    Job.version,
+    Job.attempt,
+    Job.waiting_reason,
+)
+
+
+async def queued_jobs(session: AsyncSession) -> list[QueuedJob]:
+    """Every queued job. A spec never changes after submit, so only the specs not parsed
+    yet are read and parsed (in chunks, to keep each `IN` list short); a tick over a long
+    queue reads them once, not on every pass."""
+    query = select(*_QUEUED_COLUMNS).where(Job.status == JobStatus.QUEUED.value)
+    rows = (await session.execute(query)).all()
+    specs = {row.id: spec for row in rows if (spec := _specs.get(row.id)) is not None}
+    missing = [row.id for row in rows if row.id not in specs]
+    for start in range(0, len(missing), 5000):
+        chunk = select(Job.id, Job.spec).where(Job.id.in_(missing[start : start + 5000]))
+        for job_id, raw in await session.execute(chunk):
+            if len(_specs) >= _SPEC_CACHE_MAX:
+                _specs.clear()
+            specs[job_id] = _specs[job_id] = JobSpec.model_validate(raw)
+    return [
+        QueuedJob(
+            id=row.id,
+            workspace_id=row.workspace_id,
+            priority=row.priority,
+            submitted_at=row.submitted_at,
+            attained_gpu_seconds=row.attained_gpu_seconds,
+            not_before=row.not_before,
+            started_at=row.started_at,
+            version=row.version,
+            attempt=row.attempt,
+            waiting_reason=row.waiting_reason,
+            spec=specs[row.id],
+        )
+        for row in rows
+        if row.id in specs  # else deleted between the two reads: gone from the queue too
+    ]
+
+
+def workload(job: Job | QueuedJob, workers: Sequence[Worker] = ()) -> Workload:
     """A stored job as the scheduler sees it; `workers` are its live ones, if it runs."""
-    spec = stored_spec(job)
-    shape = demand(spec.resources, spec.workers, spec.labels)
+    spec = job.spec if isinstance(job, QueuedJob) else stored_spec(job)
+    resources = spec.resources  # the shape `demand` gives, without its throwaway Workload
     placement = tuple(
         WorkerPlacement(w.node_id, tuple(w.gpus)) for w in sorted(workers, key=lambda w: w.index)
     )
@@ -136,14 +202,14 @@ def workload(job: Job, workers: Sequence[Worker] = ()) -> Workload:
     return Workload(
         id=job.id,
         workspace=job.workspace_id,
-        workers=shape.workers,
-        cpu=shape.cpu,
-        memory=shape.memory,
-        gpus=shape.gpus,
+        workers=spec.workers,
+        cpu=resources.cpu,
+        memory=resources.memory,
+        gpus=resources.gpus,
         submitted_at=job.submitted_at.timestamp(),
         priority=job.priority,
-        gpu_type=shape.gpu_type,
-        labels=shape.labels,
+        gpu_type=resources.gpu_type,
+        labels=tuple(sorted(spec.labels.items())),
         attained_gpu_s=job.attained_gpu_seconds,
         placement=placement,
         not_before=_ts(job.not_before),
@@ -161,7 +227,8 @@ class PassInputs:
     """One scheduling pass's view of the pool, and the rows it was built from."""
 
     state: PoolState
-    jobs: dict[str, Job]  # queued and holding jobs by id
+    queued: dict[str, QueuedJob]  # by id
+    holding: dict[str, Job]  # jobs that hold resources, by id
 
 
 async def load_pass(
@@ -169,9 +236,7 @@ async def load_pass(
 ) -> PassInputs | None:
     """Everything one scheduling pass needs, or None when nothing is queued (unless
     `always`: an elastic pool's request must go on counting the work that runs)."""
-    queued = list(
-        (await session.execute(select(Job).where(Job.status == JobStatus.QUEUED.value))).scalars()
-    )
+    queued = await queued_jobs(session)
     if not queued and not always:
         return None
     live = Node.state.not_in(["gone", "removed"])  # left the pool for good
@@ -186,7 +251,7 @@ async def load_pass(
         running=tuple(workload(j, active.get(j.id, [])) for j in holding),
         quotas=quotas,
     )
-    return PassInputs(state, {j.id: j for j in [*queued, *holding]})
+    return PassInputs(state, {j.id: j for j in queued}, {j.id: j for j in holding})
 
 
 # --- submit-time checks ---------------------------------------------------------------------
