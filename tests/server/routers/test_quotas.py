@@ -65,6 +65,8 @@ class TestQuotaEnforced:
             time.sleep(0.05)
         # The node has 8 CPUs free, but the workspace's quota (2, no borrowing) is used up.
         assert admin.jobs.get(second.id).status is JobStatus.QUEUED
-        assert "quota" in (admin.jobs.get(second.id).waiting_reason or "")
+        reason = admin.jobs.get(second.id).waiting_reason or ""
+        assert "quota: workspace default would use" in reason  # its name, never its id
+        assert "ws-" not in reason
         release.touch()
         assert admin.jobs.wait(second.id, timeout=30).status is JobStatus.SUCCEEDED

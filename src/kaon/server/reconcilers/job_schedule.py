@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, select, update
 
 from kaon.core.errors import BackendError
 from kaon.core.jobs import JobStatus, StopReason
@@ -21,7 +22,7 @@ from kaon.core.tokens import hash_token
 from kaon.executors.pools import Pools
 from kaon.scheduler import Decisions, PoolState, WorkerPlacement, capacity_demand
 from kaon.scheduler import schedule as decide
-from kaon.server.db.models import Job, Worker
+from kaon.server.db.models import Job, Worker, Workspace
 from kaon.server.db.session import Database
 from kaon.server.security.tokens import job_token
 from kaon.server.services.job_state import guarded_update
@@ -74,10 +75,12 @@ async def schedule(
         return False
     for placement in decisions.placements:
         await _place(db, inputs.queued[placement.workload_id], placement.workers, token_key)
+    names = await _workspace_names(db, decisions)
     for preemption in decisions.preemptions:
-        await _preempt(db, inputs.holding[preemption.workload_id], preemption.reason)
+        reason = with_names(preemption.reason, names)
+        await _preempt(db, inputs.holding[preemption.workload_id], reason)
     queued = list(inputs.queued.values())
-    waiting = dict(decisions.waiting)
+    waiting = {job_id: with_names(why, names) for job_id, why in decisions.waiting.items()}
     growing = sorted(capacity.pools.elastic()) if capacity is not None else []
     if growing:
         asked = f"; asked the autoscaler of pool {', '.join(growing)} for nodes"
@@ -85,6 +88,25 @@ async def schedule(
             waiting[job_id] = waiting.get(job_id, "waiting for capacity") + asked
     await _note_waiting(db, queued, waiting)
     return bool(decisions.preemptions)
+
+
+_WORKSPACE_ID = re.compile(r"\bws-[0-9a-f]{6,}\b")
+
+
+def with_names(reason: str, names: Mapping[str, str]) -> str:
+    """The scheduler knows workspaces by id (its inputs are keyed so); people know them by
+    name: every id in a reason becomes the name, an unknown one stays as it is."""
+    return _WORKSPACE_ID.sub(lambda m: names.get(m.group(0), m.group(0)), reason)
+
+
+async def _workspace_names(db: Database, decisions: Decisions) -> dict[str, str]:
+    """Workspace names by id, read only when a reason of this pass names a workspace."""
+    reasons = [*decisions.waiting.values(), *(p.reason for p in decisions.preemptions)]
+    if not any(_WORKSPACE_ID.search(r) for r in reasons):
+        return {}
+    async with db.session() as s:
+        rows = await s.execute(select(Workspace.id, Workspace.name))
+    return {str(i): str(n) for i, n in rows}
 
 
 async def _place(
