@@ -37,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 MEMORY_CHECK_S = 0.2
@@ -49,9 +50,10 @@ class SecretsUnavailable(Exception):
     """The job's secrets could not be fetched; the worker is not started."""
 
 
-def _fetch_secrets(env: dict[str, str]) -> dict[str, str]:
+def _fetch_secrets(env: dict[str, str], stopped: Callable[[], bool]) -> dict[str, str]:
     """Variable -> value for the job's secrets, asked of the control plane with the job's
-    token (retried while the control plane cannot be reached, not when it refuses)."""
+    token (retried while the control plane cannot be reached, not when it refuses, and
+    not once the worker was asked to stop: then nothing, since it will not start)."""
     import urllib.error
     import urllib.request
 
@@ -60,7 +62,7 @@ def _fetch_secrets(env: dict[str, str]) -> dict[str, str]:
     request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight there
     deadline, delay = time.monotonic() + SECRETS_WAIT_S, 0.2
-    while True:
+    while not stopped():
         try:
             with opener.open(request, timeout=10) as response:
                 values: dict[str, str] = json.load(response)["env"]
@@ -74,16 +76,17 @@ def _fetch_secrets(env: dict[str, str]) -> dict[str, str]:
                 raise SecretsUnavailable(f"the control plane cannot be reached: {e}") from e
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
+    return {}
 
 
-def _with_secrets(spec: dict[str, Any]) -> dict[str, Any]:
+def _with_secrets(spec: dict[str, Any], stopped: Callable[[], bool]) -> dict[str, Any]:
     """The launch spec with the secrets' values in its env (in memory only)."""
     env: dict[str, str] = dict(spec["env"])
     names = env.pop(SECRET_ENV, "")
     if not names:
         return spec
     wanted = set(names.split(","))
-    values = _fetch_secrets(env)
+    values = _fetch_secrets(env, stopped)
     env.update({k: v for k, v in values.items() if k in wanted})
     return {**spec, "env": env}
 
@@ -217,19 +220,43 @@ def _with_handed(worker_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(worker_dir: str) -> int:
+    # A stop may come at any moment, even before the worker exists (a cancel while the
+    # secrets are fetched, or before this process got to install a handler on a busy
+    # machine): SIGTERM's default action would kill the supervisor with no exit status
+    # written, and the worker would read as lost. So the handler comes first; it stops
+    # the worker once there is one.
+    state: dict[str, Any] = {"kill_at": None, "reason": None, "lost": False, "child": None}
+    grace = {"s": 10.0}
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        if state["kill_at"] is None:
+            stop_file = os.path.join(worker_dir, "stop.json")
+            grace_s = grace["s"]
+            if os.path.exists(stop_file):
+                grace_s = float(_read_json(stop_file).get("grace_s", grace_s))
+            state["kill_at"] = time.monotonic() + grace_s
+            if state["child"] is not None:
+                _killpg(state["child"], signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     spec = _with_handed(worker_dir, _read_json(os.path.join(worker_dir, "launch.json")))
     watch_pid = spec.get("watch_pid")
-    grace_s = float(spec.get("grace_s", 10.0))
+    grace["s"] = float(spec.get("grace_s", 10.0))
     memory_limit = int(spec.get("memory", 0))
     appending = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     log_fd = os.open(os.path.join(worker_dir, "log"), appending, 0o600)
     log = open(log_fd, "ab", buffering=0)  # 0600: a worker of another user cannot read it
     try:
-        spec = _with_secrets(spec)
+        spec = _with_secrets(spec, lambda: state["kill_at"] is not None)
     except SecretsUnavailable as e:
         log.write(f"kaon: cannot read the job's secrets: {e}\n".encode())
         exit_path = os.path.join(worker_dir, "exit.json")
         _write_json(exit_path, {"exit_code": 1, "reason": f"cannot read its secrets: {e}"})
+        return 0
+    if state["kill_at"] is not None:
+        exit_path = os.path.join(worker_dir, "exit.json")
+        _write_json(exit_path, {"exit_code": None, "reason": "stopped before it started"})
         return 0
     try:
         child_pid = _spawn(spec, log.fileno())
@@ -238,6 +265,9 @@ def main(worker_dir: str) -> int:
         exit_path = os.path.join(worker_dir, "exit.json")
         _write_json(exit_path, {"exit_code": 127, "reason": f"cannot start: {e}"})
         return 0
+    state["child"] = child_pid
+    if state["kill_at"] is not None:  # asked to stop while the worker was being started
+        _killpg(child_pid, signal.SIGTERM)
     _write_json(os.path.join(worker_dir, "child.json"), {"pid": child_pid})
     usage = _start_usage(child_pid, spec["env"])
 
@@ -250,19 +280,6 @@ def main(worker_dir: str) -> int:
         done.set()
 
     threading.Thread(target=wait_child, daemon=True).start()
-    state: dict[str, Any] = {"kill_at": None, "reason": None, "lost": False}
-
-    def on_term(_sig: int, _frame: Any) -> None:
-        if state["kill_at"] is None:
-            stop_file = os.path.join(worker_dir, "stop.json")
-            grace = grace_s
-            if os.path.exists(stop_file):
-                grace = float(_read_json(stop_file).get("grace_s", grace_s))
-            state["kill_at"] = time.monotonic() + grace
-            _killpg(child_pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
     while not done.wait(MEMORY_CHECK_S):
         if state["kill_at"] is not None and time.monotonic() >= state["kill_at"]:
             _killpg(child_pid, signal.SIGKILL)
