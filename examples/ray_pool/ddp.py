@@ -37,6 +37,7 @@ def main() -> None:
     node = os.environ["KAON_NODE_ADDRESS"]
     where = f"node rank {os.environ['NODE_RANK']} ({socket.gethostname()}, {node})"
     print(f"rank {rank}/{world} on {where}: loss {loss.item():.4f}, weights {fingerprint}")
+    dist.barrier()  # leave together: gloo can abort when a peer tears down mid-talk
     dist.destroy_process_group()
 
 

@@ -35,7 +35,8 @@ for step in range(20):
 out = os.path.join(os.environ["KAON_CHECKPOINT_DIR"], f"rank{rank}.pt")
 torch.save(model.module.state_dict(), out)
 print(f"rank {rank} done loss={loss.item():.4f}", flush=True)
-dist.destroy_process_group()
+dist.barrier()  # leave together: a rank that tears gloo down while its peer still talks
+dist.destroy_process_group()  # can abort ("terminate called without an active exception")
 """
 
 
