@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import uvicorn
+from typer.testing import CliRunner
 
 from kaon.sdk.client import Client
 from kaon.server.app import create_app
@@ -175,3 +176,19 @@ def client(server: RunningServer) -> Iterator[Client]:
 
 
 PY = sys.executable
+
+
+@pytest.fixture
+def kaon(
+    sqlite_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> CliRunner:
+    """A CLI runner pointed at the SQLite test server, with its own KAON_HOME and cwd
+    (the `kaon` command in-process, for the CLI tests of every package)."""
+    home = tmp_path / "client-home"
+    home.mkdir()
+    monkeypatch.setenv("KAON_URL", sqlite_server.url)
+    monkeypatch.setenv("KAON_TOKEN", sqlite_server.token)
+    monkeypatch.setenv("KAON_HOME", str(home))
+    monkeypatch.delenv("KAON_WORKSPACE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()

@@ -11,25 +11,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from kaon.cli.main import app
-from tests.conftest import RunningServer, free_port
+from tests.conftest import free_port
 
 PY = sys.executable
 EXIT_FAILED, EXIT_INPUT, EXIT_AUTH, EXIT_UNREACHABLE = 1, 2, 4, 5
-
-
-@pytest.fixture
-def kaon(
-    sqlite_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> CliRunner:
-    """A CLI runner pointed at the test server, with its own KAON_HOME and cwd."""
-    home = tmp_path / "client-home"
-    home.mkdir()
-    monkeypatch.setenv("KAON_URL", sqlite_server.url)
-    monkeypatch.setenv("KAON_TOKEN", sqlite_server.token)
-    monkeypatch.setenv("KAON_HOME", str(home))
-    monkeypatch.delenv("KAON_WORKSPACE", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return CliRunner()
 
 
 def run(runner: CliRunner, *args: str) -> Result:

@@ -21,21 +21,6 @@ PY = sys.executable
 EXIT_INPUT, EXIT_NOT_FOUND = 2, 3
 
 
-@pytest.fixture
-def kaon(
-    sqlite_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> CliRunner:
-    """A CLI runner pointed at the test server, with its own KAON_HOME and cwd."""
-    home = tmp_path / "client-home"
-    home.mkdir()
-    monkeypatch.setenv("KAON_URL", sqlite_server.url)
-    monkeypatch.setenv("KAON_TOKEN", sqlite_server.token)
-    monkeypatch.setenv("KAON_HOME", str(home))
-    monkeypatch.delenv("KAON_WORKSPACE", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return CliRunner()
-
-
 def run(runner: CliRunner, *args: str) -> Result:
     return runner.invoke(app, list(args))
 

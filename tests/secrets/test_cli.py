@@ -11,24 +11,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from kaon.cli.main import app
-from tests.conftest import RunningServer
 
 PY = sys.executable
 VALUE = "cli-canary-3b7e0d"
-
-
-@pytest.fixture
-def kaon(
-    sqlite_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> CliRunner:
-    home = tmp_path / "client-home"
-    home.mkdir()
-    monkeypatch.setenv("KAON_URL", sqlite_server.url)
-    monkeypatch.setenv("KAON_TOKEN", sqlite_server.token)
-    monkeypatch.setenv("KAON_HOME", str(home))
-    monkeypatch.delenv("KAON_WORKSPACE", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return CliRunner()
 
 
 def run(runner: CliRunner, *args: str, stdin: str | None = None) -> Result:
