@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # check, which reads their types) run Kaon on real Ray clusters and serve real language models.
 $(RAY_STAMP): $(STAMP)
 	@echo "==> Ray, and the LLM extras (transformers, sentence-transformers, openai) for the tests"
-	$(PY) -m pip install -q -e ".[train,dev,ray,llm]"
+	$(PY) -m pip install -q -e ".[train,dev,ray,llm,s3]"
 	touch $(RAY_STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,23 @@
+"""artifacts and models: content-addressed blobs, versioned artifacts, the model registry
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-30 06:30:00.000000
+"""
+
+from __future__ import annotations
+
+from alembic import op  # noqa: F401
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

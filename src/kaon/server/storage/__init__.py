@@ -1,0 +1,1 @@
+"""Where Kaon keeps bytes that are not rows: artifact blobs (`blobstore`)."""
