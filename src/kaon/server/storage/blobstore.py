@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 CHUNK = 1 << 20
 
@@ -104,10 +104,7 @@ class LocalBlobStore:
                     yield key
 
 
-def _read(handle: object) -> Iterator[bytes]:
-    from io import BufferedReader
-
-    assert isinstance(handle, BufferedReader)
+def _read(handle: BinaryIO) -> Iterator[bytes]:
     with handle:
         while chunk := handle.read(CHUNK):
             yield chunk
