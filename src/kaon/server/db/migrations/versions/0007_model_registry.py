@@ -1,7 +1,7 @@
-"""artifacts and models: content-addressed blobs, versioned artifacts, the model registry
+"""models: the model registry (versions, aliases)
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-30 06:30:00.000000
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from alembic import op  # noqa: F401
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
