@@ -5,6 +5,7 @@ value in its environment and shows it masked in its log."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 
 import httpx
@@ -98,6 +99,29 @@ class TestSecretInAJob:
         view = client.request("GET", client.ws_path(f"/jobs/{job.id}")).json()
         assert view["spec"]["env"] == {"API_KEY": {"secret": "openai-key"}, "PLAIN": "x"}
         assert VALUE not in str(client.request("GET", client.ws_path("/jobs")).json())
+
+    def test_a_secret_as_a_file_is_private_in_memory_and_gone_after(self, client: Client) -> None:
+        client.secrets.set("tls-key", VALUE)
+        digest = hashlib.sha256(VALUE.encode()).hexdigest()
+        code = (
+            "import hashlib, os, stat; p = os.environ['KEY_FILE']; st = os.stat(p); "
+            "print('sha', hashlib.sha256(open(p).read().encode()).hexdigest()); "
+            "print('mode', oct(stat.S_IMODE(st.st_mode)), "
+            "oct(stat.S_IMODE(os.stat(os.path.dirname(p)).st_mode))); print('path', p)"
+        )
+        env = {"KEY_FILE": secret("tls-key", file=True), "API_KEY": secret("tls-key")}
+        job = client.jobs.submit([PY, "-c", code], env=env, cpu=0.5)
+        done = client.jobs.wait(job.id, timeout=60)
+        logs = client.jobs.logs(job.id)
+        assert done.status is JobStatus.SUCCEEDED, logs
+        assert f"sha {digest}" in logs
+        assert "mode 0o400 0o700" in logs
+        path = logs.split("path ", 1)[1].split()[0]
+        assert path.startswith("/dev/shm/kaon-secrets-")
+        assert not os.path.exists(path)  # removed when the worker's supervisor ended
+        view = client.request("GET", client.ws_path(f"/jobs/{job.id}")).json()
+        assert view["spec"]["env"]["KEY_FILE"] == {"secret": "tls-key", "file": True}
+        assert view["spec"]["env"]["API_KEY"] == {"secret": "tls-key"}
 
     def test_a_secret_deleted_before_start_fails_the_worker_with_the_reason(
         self, client: Client

@@ -8,7 +8,13 @@ from pydantic import ValidationError
 
 from kaon.core.deployments import DeploymentSpec, replica_job_spec
 from kaon.core.jobs import JobSpec
-from kaon.core.secrets import SECRET_ENV_MARKER, SecretRef, plain_env, secret_refs
+from kaon.core.secrets import (
+    SECRET_ENV_MARKER,
+    SECRET_FILES_MARKER,
+    SecretRef,
+    plain_env,
+    secret_refs,
+)
 from kaon.server.db.models import Job
 from kaon.server.reconcilers.job_launch import LaunchConfig, gang
 
@@ -43,10 +49,17 @@ class TestSpecEnv:
 
 
 def test_the_launch_environment_names_the_variables_only() -> None:
-    spec = JobSpec(command=["x"], env={"A": "1", "K2": {"secret": "b"}, "K1": {"secret": "a"}})
+    env = {
+        "A": "1",
+        "K2": {"secret": "b"},
+        "K1": {"secret": "a"},
+        "F": {"secret": "a", "file": True},
+    }
+    spec = JobSpec(command=["x"], env=env)
     job = Job(id="j-1", name=None, spec=spec.model_dump(mode="json"), attempt=1)
     job.system_env, job.restart_count = {}, 0
     launch = gang(job, [], LaunchConfig(api_url="http://x", blobs_dir="/b", token_key=b"k"))
     assert launch.env["A"] == "1"
-    assert launch.env[SECRET_ENV_MARKER] == "K1,K2"
-    assert "K1" not in launch.env and "K2" not in launch.env
+    assert launch.env[SECRET_ENV_MARKER] == "F,K1,K2"
+    assert launch.env[SECRET_FILES_MARKER] == "F"
+    assert "K1" not in launch.env and "K2" not in launch.env and "F" not in launch.env

@@ -6,6 +6,7 @@ A spec never holds a secret's value, only a reference to it by name:
 env:
   LOG_LEVEL: debug                 # a plain value, stored in the spec as is
   API_KEY: {secret: openai-key}    # a reference: the spec stores only the name
+  TLS_KEY: {secret: tls-key, file: true}  # the value in a file; the variable holds its path
 ```
 
 The value is looked up when a worker starts, and reaches only that worker's process
@@ -19,7 +20,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+)
 
 from kaon.core.validation import check_env, check_name
 
@@ -28,16 +36,30 @@ SECRET_ENV_MARKER = "KAON_SECRET_ENV"
 that hold secrets: the worker's supervisor asks the control plane for their values just
 before it starts the worker, so no value is ever written into a launch file."""
 
+SECRET_FILES_MARKER = "KAON_SECRET_FILES"
+"""The subset of `SECRET_ENV_MARKER`'s variables that get their value as a file: the
+supervisor writes each value into a private folder in memory (tmpfs) and the variable
+holds the file's path."""
+
 MAX_SECRET_LENGTH = 64 * 1024  # characters of a value
 MASK = "***"
 
 
 class SecretRef(BaseModel):
-    """``{secret: NAME}``: an environment variable whose value is a workspace's secret."""
+    """``{secret: NAME}``: an environment variable whose value is a workspace's secret;
+    ``{secret: NAME, file: true}``: one whose value is the path of a file holding it (for
+    programs that read keys and certificates from files)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     secret: str = Field(description="the name of a secret of the job's workspace")
+    file: bool = Field(default=False, description="deliver the value as a file's contents")
+
+    @model_serializer
+    def _as_written(self) -> dict[str, object]:
+        """The reference as a spec writes it: ``file`` only when set, so the specs stored
+        before files existed read back unchanged."""
+        return {"secret": self.secret, "file": True} if self.file else {"secret": self.secret}
 
 
 def check_secret_name(value: str) -> str:
@@ -68,6 +90,11 @@ def plain_env(env: Mapping[str, EnvValue]) -> dict[str, str]:
 def secret_refs(env: Mapping[str, EnvValue]) -> dict[str, str]:
     """Variable name -> secret name, for the variables that reference secrets."""
     return {k: v.secret for k, v in env.items() if isinstance(v, SecretRef)}
+
+
+def secret_files(env: Mapping[str, EnvValue]) -> list[str]:
+    """The variables whose secret is delivered as a file, sorted."""
+    return sorted(k for k, v in env.items() if isinstance(v, SecretRef) and v.file)
 
 
 class SetSecret(BaseModel):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -43,6 +44,8 @@ from typing import Any
 MEMORY_CHECK_S = 0.2
 HANDED_FILE = "handed.json"  # kaon.executors.local.HANDED_FILE
 SECRET_ENV = "KAON_SECRET_ENV"  # kaon.core.secrets.SECRET_ENV_MARKER
+SECRET_FILES = "KAON_SECRET_FILES"  # kaon.core.secrets.SECRET_FILES_MARKER
+IN_MEMORY = "/dev/shm"  # tmpfs: a secret file never reaches a disk
 SECRETS_WAIT_S = 60.0  # a control plane that restarts meanwhile is waited for this long
 
 
@@ -79,16 +82,49 @@ def _fetch_secrets(env: dict[str, str], stopped: Callable[[], bool]) -> dict[str
     return {}
 
 
-def _with_secrets(spec: dict[str, Any], stopped: Callable[[], bool]) -> dict[str, Any]:
-    """The launch spec with the secrets' values in its env (in memory only)."""
+def _with_secrets(
+    spec: dict[str, Any], stopped: Callable[[], bool], folders: list[str]
+) -> dict[str, Any]:
+    """The launch spec with the secrets' values in its env (in memory only), or, for the
+    variables the launch names in ``KAON_SECRET_FILES``, the paths of files that hold them
+    (in a folder added to `folders`, for the caller to remove when the worker ends)."""
     env: dict[str, str] = dict(spec["env"])
     names = env.pop(SECRET_ENV, "")
+    as_files = set(filter(None, env.pop(SECRET_FILES, "").split(",")))
     if not names:
         return spec
     wanted = set(names.split(","))
-    values = _fetch_secrets(env, stopped)
-    env.update({k: v for k, v in values.items() if k in wanted})
+    values = {k: v for k, v in _fetch_secrets(env, stopped).items() if k in wanted}
+    if as_files & values.keys():
+        folder = _secret_folder(spec.get("uid"))
+        folders.append(folder)
+        for var in as_files & values.keys():
+            values[var] = _secret_file(folder, var, values[var], spec.get("uid"))
+    env.update(values)
     return {**spec, "env": env}
+
+
+def _secret_folder(uid: int | None) -> str:
+    """A folder only the worker's user can enter, in memory where there is a tmpfs. The
+    supervisor removes it when the worker ends (one killed outright leaves it to the
+    tmpfs, which a reboot clears)."""
+    import tempfile
+
+    root = IN_MEMORY if os.path.isdir(IN_MEMORY) else None
+    folder = tempfile.mkdtemp(prefix="kaon-secrets-", dir=root)  # 0700
+    if uid is not None:
+        os.chown(folder, int(uid), int(uid))
+    return folder
+
+
+def _secret_file(folder: str, var: str, value: str, uid: int | None) -> str:
+    """Write one value (0400, the worker's user) and answer its path."""
+    path = os.path.join(folder, var)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "w") as f:
+        f.write(value)
+    if uid is not None:
+        os.chown(path, int(uid), int(uid))
+    return path
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
@@ -241,14 +277,31 @@ def main(worker_dir: str) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     spec = _with_handed(worker_dir, _read_json(os.path.join(worker_dir, "launch.json")))
-    watch_pid = spec.get("watch_pid")
     grace["s"] = float(spec.get("grace_s", 10.0))
-    memory_limit = int(spec.get("memory", 0))
     appending = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     log_fd = os.open(os.path.join(worker_dir, "log"), appending, 0o600)
     log = open(log_fd, "ab", buffering=0)  # 0600: a worker of another user cannot read it
+    folders: list[str] = []
     try:
-        spec = _with_secrets(spec, lambda: state["kill_at"] is not None)
+        return _supervise(worker_dir, spec, state, log, folders)
+    finally:
+        _remove(folders)  # when the worker could not start; done already when it ran
+
+
+def _remove(folders: list[str]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    folders.clear()
+
+
+def _supervise(
+    worker_dir: str, spec: dict[str, Any], state: dict[str, Any], log: Any, folders: list[str]
+) -> int:
+    """Fetch the secrets, start the worker, watch it until it ends, write its exit."""
+    watch_pid = spec.get("watch_pid")
+    memory_limit = int(spec.get("memory", 0))
+    try:
+        spec = _with_secrets(spec, lambda: state["kill_at"] is not None, folders)
     except SecretsUnavailable as e:
         log.write(f"kaon: cannot read the job's secrets: {e}\n".encode())
         exit_path = os.path.join(worker_dir, "exit.json")
@@ -304,6 +357,7 @@ def main(worker_dir: str) -> int:
         ended["lost"] = True
     elif usage is not None:
         usage.close()  # the last samples, while the attempt's token is still good
+    _remove(folders)  # the secret files go before the job reads as ended
     _write_json(os.path.join(worker_dir, "exit.json"), ended)
     return 0
 

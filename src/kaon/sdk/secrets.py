@@ -26,10 +26,11 @@ if TYPE_CHECKING:
     from kaon.sdk.client import Client
 
 
-def secret(name: str) -> dict[str, str]:
+def secret(name: str, file: bool = False) -> dict[str, Any]:
     """An env value that references a secret: ``env={"API_KEY": secret("openai-key")}``
-    (the same as ``{"secret": "openai-key"}``)."""
-    return SecretRef(secret=name).model_dump()
+    (the same as ``{"secret": "openai-key"}``); with ``file=True`` the variable holds the
+    path of a file with the value (``{"secret": "tls-key", "file": true}``)."""
+    return SecretRef(secret=name, file=file).model_dump()
 
 
 class Secrets:

@@ -23,7 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kaon.core.errors import PermanentBackendError, TemporaryBackendError
 from kaon.core.jobs import JobStatus, StopReason
 from kaon.core.replicas import ENV_REPLICA_KEY
-from kaon.core.secrets import SECRET_ENV_MARKER, EnvValue, plain_env, secret_refs
+from kaon.core.secrets import (
+    SECRET_ENV_MARKER,
+    SECRET_FILES_MARKER,
+    EnvValue,
+    plain_env,
+    secret_files,
+    secret_refs,
+)
 from kaon.executors.base import Executor, GangLaunch, WorkerLaunch, WorkerState
 from kaon.executors.local import RUN_AS_ENV, LaunchAborts
 from kaon.server.db.models import Job, Worker, Workspace
@@ -123,7 +130,10 @@ def _secret_marker(env: dict[str, EnvValue]) -> dict[str, str]:
     their values with the job's token just before it starts the worker, so no value is
     written into a launch file or passed through an executor."""
     refs = secret_refs(env)
-    return {SECRET_ENV_MARKER: ",".join(sorted(refs))} if refs else {}
+    marker = {SECRET_ENV_MARKER: ",".join(sorted(refs))} if refs else {}
+    if files := secret_files(env):
+        marker[SECRET_FILES_MARKER] = ",".join(files)
+    return marker
 
 
 async def _launch_watched(
