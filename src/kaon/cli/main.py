@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -20,9 +21,12 @@ import typer.main
 from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from kaon.cli import artifacts as artifacts_cli
 from kaon.cli import audit as audit_cli
+from kaon.cli import backup as backup_cli
 from kaon.cli import deploy as deploy_cli
 from kaon.cli import jobs as jobs_cli
+from kaon.cli import models as models_cli
 from kaon.cli import pools as pools_cli
 from kaon.cli import quotas as quotas_cli
 from kaon.cli import secrets as secrets_cli
@@ -45,7 +49,10 @@ from kaon.cli.daemon import (
     says_address_in_use,
 )
 from kaon.cli.render import console, err, nodes_table, print_json, rows_table
+from kaon.core.auth import parse_expiry
 from kaon.core.errors import KaonError
+from kaon.core.writable import unwritable_message
+from kaon.sdk.admin import Tokens
 from kaon.sdk.client import Client
 from kaon.sdk.config import (
     ClientConfig,
@@ -71,6 +78,9 @@ app.add_typer(pools_cli.app, name="pool")
 app.add_typer(secrets_cli.app, name="secret")
 app.add_typer(secrets_cli.admin_app, name="admin")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(artifacts_cli.app, name="artifact")
+app.add_typer(backup_cli.app, name="backup")
+app.add_typer(models_cli.app, name="model")
 app.command("serve")(deploy_cli.serve)
 token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
 workspace_app = typer.Typer(
@@ -134,7 +144,11 @@ def up(
         daemon = _server_daemon()  # ours, maybe still starting
         _await(daemon, "control plane", port, lambda: _health(probe) is not None, timeout)
     else:
+        problem = unwritable_message(home())  # before a log or pid file is written there
+        if problem is not None:
+            _fail(problem, EXIT_INPUT)
         env = _server_env(port, host, database_url, ray_address)
+        env["KAON_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"  # the console's "try it"
         _start_server(probe, env, timeout)
     _record_instance(probe)
     config = load_config()
@@ -233,9 +247,11 @@ def _start_gateway(url: str, token: str | None, port: int, gateway_port: int) ->
         return gateway_url
     if not token:
         return None
-    name = f"gateway-{secrets.token_hex(3)}"
+    name = f"{GATEWAY_TOKEN_PREFIX}{secrets.token_hex(3)}"
     with exit_on_error():
-        secret = Client(url, token=token).tokens.create(name, role="gateway").token
+        tokens = Client(url, token=token).tokens
+        secret = tokens.create(name, role="gateway").token
+        _revoke_old_gateway_tokens(tokens, keep=name)
     offset = daemon.log_size()
     daemon.start(
         {"KAON_GATEWAY_TOKEN": secret, "KAON_HOME": str(home())},  # its home, for `describe`
@@ -245,6 +261,22 @@ def _start_gateway(url: str, token: str | None, port: int, gateway_port: int) ->
     hint = functools.partial(_other_gateway_port, port, gateway_port)
     _await(daemon, "gateway", gateway_port, ready, 30, offset, hint)
     return gateway_url
+
+
+GATEWAY_TOKEN_PREFIX = "gateway-"  # the names `kaon up` gives its gateway's tokens
+
+
+def _revoke_old_gateway_tokens(tokens: Tokens, keep: str) -> None:
+    """The tokens of gateways this command started before (no gateway of this home runs
+    now): revoked, so that each `kaon up` leaves one live gateway token, not one more."""
+    for old in tokens.list():
+        if (
+            old.role == "gateway"
+            and old.revoked_at is None
+            and old.name.startswith(GATEWAY_TOKEN_PREFIX)
+            and old.name != keep
+        ):
+            tokens.revoke(old.id)
 
 
 def _await(
@@ -414,12 +446,21 @@ def token_create(
         list[str] | None, typer.Option("--workspace", "-w", help="repeatable")
     ] = None,
     role: Annotated[str, typer.Option(help="member or admin")] = "member",
+    expires: Annotated[
+        str | None,
+        typer.Option(help="when it stops working: 7d, 12h, 30m or a date, 2026-12-31 (UTC)"),
+    ] = None,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Create a token (its secret is shown once)."""
+    """Create a token (its secret is shown once). It can do no more than the token that
+    creates it, never outlives it, and is revoked with it."""
+    try:
+        expires_at = parse_expiry(expires, datetime.now(UTC)) if expires else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires") from None
     with exit_on_error():
-        created = make_client(client).tokens.create(name, workspace, role)
+        created = make_client(client).tokens.create(name, workspace, role, expires_at)
     if json_:
         print_json(created)
     else:
@@ -443,17 +484,23 @@ def token_list(client: ClientOpt = None, json_: JsonOpt = False) -> None:
             t.role,
             ",".join(t.workspaces),
             "revoked" if t.revoked_at else "active",
+            _when(t.expires_at),
         )
         for t in tokens
     ]
-    console.print(rows_table(("ID", "NAME", "PREFIX", "ROLE", "WORKSPACES", "STATE"), rows))
+    header = ("ID", "NAME", "PREFIX", "ROLE", "WORKSPACES", "STATE", "EXPIRES")
+    console.print(rows_table(header, rows))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
 
 
 @token_app.command("revoke")
 def token_revoke(
     ref: Annotated[str, typer.Argument(help="token id or name")], client: ClientOpt = None
 ) -> None:
-    """Revoke a token; it stops working at once."""
+    """Revoke a token and every token it created; they stop working at once."""
     with exit_on_error():
         token = make_client(client).tokens.revoke(ref)
     console.print(f"revoked token {token.name} ({token.id})")

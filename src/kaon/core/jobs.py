@@ -8,6 +8,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kaon.core.artifacts import JobInput
 from kaon.core.errors import IllegalTransitionError
 from kaon.core.resources import Resources
 from kaon.core.secrets import SpecEnv
@@ -108,6 +109,11 @@ class JobSpec(BaseModel):
     )
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
     labels: dict[str, str] = Field(default_factory=dict, description="node labels required")
+    inputs: list[JobInput] = Field(
+        default_factory=list,
+        max_length=64,
+        description="artifacts the workers find, read-only, in their working folder",
+    )
 
     @field_validator("command", mode="before")
     @classmethod
@@ -136,6 +142,17 @@ class JobSpec(BaseModel):
     def _name(cls, value: str | None) -> str | None:
         if value is not None and not _JOB_NAME.match(value):
             raise ValueError("name must be 1-63 characters of a-z, 0-9, '.', '_' or '-'")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: list[JobInput]) -> list[JobInput]:
+        """Each input at a path of its own, none inside another's."""
+        paths = [i.path.rstrip("/") for i in value]
+        for i, path in enumerate(paths):
+            for other in paths[:i]:
+                if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
+                    raise ValueError(f"inputs {other!r} and {path!r} overlap")
         return value
 
     @model_validator(mode="after")

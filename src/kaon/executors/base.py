@@ -66,6 +66,9 @@ class GangLaunch:
     # The rendezvous of a gang that spans nodes, chosen on worker 0's node by executors
     # that know other machines; None lets a one-machine executor pick it.
     master: tuple[str, int] | None = None
+    # Artifact versions the workers find in their working folder: (relative path there,
+    # the node's verified read-only copy). The local executor links them in.
+    inputs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

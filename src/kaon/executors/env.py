@@ -24,6 +24,7 @@ def worker_env(
     node_address: str,
     port: int,
     checkpoint_dir: str,
+    output_dir: str | None = None,
 ) -> dict[str, str]:
     """`base` (the host's environment, less Kaon's own settings), then the job's env,
     then the distributed layout and the worker's place, which the job cannot override."""
@@ -51,6 +52,8 @@ def worker_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if output_dir is not None:  # kept as an artifact when the job succeeds
+        env["KAON_OUTPUT_DIR"] = output_dir
     return env
 
 

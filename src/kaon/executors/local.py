@@ -47,6 +47,7 @@ _SERVER_DIRS = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE
                 "XDG_RUNTIME_DIR", "TMP", "TEMP")  # fmt: skip
 LOST_AFTER_S = 30.0  # a launch claimed but never started is declared lost after this
 DETACH_WAIT_S = 10.0  # for a detached supervisor to write its pid
+OUTPUTS = "outputs"  # runs/JOB/outputs: KAON_OUTPUT_DIR, kept as an artifact on success
 
 
 def local_nodes(
@@ -155,6 +156,10 @@ class LocalExecutor:
     def checkpoint_dir(self, job_id: str) -> Path:
         return self.checkpoints_dir / job_id
 
+    def output_dir(self, job_id: str) -> Path:
+        """The job's KAON_OUTPUT_DIR, one for all its workers and attempts."""
+        return self.runs_dir / job_id / OUTPUTS
+
     def launch(self, gang: GangLaunch) -> list[WorkerState]:
         for w in gang.workers:
             if w.node_id not in {n.id for n in self.nodes}:
@@ -167,6 +172,7 @@ class LocalExecutor:
         attempt_dir = self.runs_dir / gang.job_id / str(gang.attempt)
         attempt_dir.mkdir(parents=True, exist_ok=True)
         cwd = self._working_dir(gang)
+        self.output_dir(gang.job_id).mkdir(exist_ok=True)
         uid = run_as(gang)
         if uid is not None:
             self._open_to(uid, gang.job_id, attempt_dir, cwd)
@@ -197,6 +203,11 @@ class LocalExecutor:
                     f"cannot unpack the job's working directory: {e}"
                 ) from e
         try:
+            link_inputs(tmp, gang.inputs, copy=run_as(gang) is not None)
+        except PermanentBackendError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
             tmp.rename(code)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another launch won the race
@@ -211,7 +222,7 @@ class LocalExecutor:
             os.chmod(folder, TRAVERSE)
         ckpt = self.checkpoint_dir(job_id)
         ckpt.mkdir(parents=True, exist_ok=True)
-        for folder in (code, ckpt):
+        for folder in (code, ckpt, self.output_dir(job_id)):
             _give(folder, uid)
 
     def gang_port(self, job_id: str, attempt: int) -> int:
@@ -260,6 +271,7 @@ class LocalExecutor:
             node_address=self.node.address,
             port=own_port,
             checkpoint_dir=str(ckpt),
+            output_dir=str(self.output_dir(gang.job_id)),
         )
         handed = {name: env.pop(name) for name in HANDED_ENV if name in env}
         env.pop(RUN_AS_ENV, None)
@@ -436,6 +448,26 @@ def run_as(gang: GangLaunch) -> int | None:
             "this node cannot run workers as another user: it does not run as root"
         )
     return int(value)
+
+
+def link_inputs(workdir: Path, inputs: tuple[tuple[str, str], ...], copy: bool = False) -> None:
+    """Make each input appear at its path in `workdir`: a link to the node's read-only,
+    verified copy, or (`copy`, workers run as other users, who cannot enter the home's
+    cache) a read-only copy of it. A path the code already uses, or one that would pass
+    through a link of the code's, is refused rather than followed."""
+    for rel, source in inputs:
+        path = Path(rel.rstrip("/"))
+        target = workdir / path
+        walked = [workdir / p for p in (path, *path.parents) if p != Path(".")]
+        if any(p.is_symlink() for p in walked) or target.exists():
+            raise PermanentBackendError(
+                f"input path {rel!r} is taken in the job's working directory"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if copy:
+            shutil.copytree(source, target, symlinks=False)
+        else:
+            target.symlink_to(source, target_is_directory=True)
 
 
 def _give(folder: Path, uid: int) -> None:

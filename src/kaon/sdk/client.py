@@ -30,9 +30,11 @@ from kaon.core.errors import (
 )
 from kaon.core.quotas import QuotaSpec
 from kaon.sdk.admin import Nodes, Pools, Quotas, Tokens, Workspaces
+from kaon.sdk.artifacts import Artifacts
 from kaon.sdk.config import load_config
 from kaon.sdk.deployments import Deployments
 from kaon.sdk.jobs import Jobs
+from kaon.sdk.models import Models
 from kaon.sdk.secrets import Admin, Audit, Secrets
 
 _ERRORS: dict[int, type[KaonError]] = {
@@ -91,8 +93,10 @@ class Client:
         self.deployments = Deployments(self)
         self.pools = Pools(self)
         self.secrets = Secrets(self)
+        self.models = Models(self)
         self.audit = Audit(self)
         self.admin = Admin(self)
+        self.artifacts = Artifacts(self)
 
     def close(self) -> None:
         self._http.close()
@@ -121,6 +125,14 @@ class Client:
                 response.read()
                 _raise_for(response)
             yield from response.iter_text()
+
+    def stream_bytes(self, path: str) -> Iterator[bytes]:
+        """A streamed GET of a large body (a blob), as bytes while they arrive; no timeout."""
+        with self._http.stream("GET", path, timeout=None) as response:
+            if not response.is_success:
+                response.read()
+                _raise_for(response)
+            yield from response.iter_raw()
 
     def whoami(self) -> WhoAmI:
         return WhoAmI.model_validate(self.request("GET", "/api/v1/whoami").json())

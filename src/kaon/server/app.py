@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from kaon._version import __version__
 from kaon.autoscaling import LoadBoard
+from kaon.core.ratelimit import FailureLimiter
 from kaon.executors.base import Executor
 from kaon.executors.gpus import declared_gpus, discover_gpus
 from kaon.executors.local import LaunchAborts, LocalExecutor, local_nodes
@@ -37,6 +38,7 @@ from kaon.server.reconcilers.deployments import DeploymentReconciler
 from kaon.server.reconcilers.jobs import JobReconciler, LaunchConfig
 from kaon.server.reconcilers.pools import PoolReconciler
 from kaon.server.reconcilers.usage import UsageRetention
+from kaon.server.routers import artifacts as artifacts_router
 from kaon.server.routers import audit as audit_router
 from kaon.server.routers import auth as auth_router
 from kaon.server.routers import console as console_router
@@ -45,6 +47,7 @@ from kaon.server.routers import gateway as gateway_router
 from kaon.server.routers import job_files as job_files_router
 from kaon.server.routers import jobs as jobs_router
 from kaon.server.routers import metrics as metrics_router
+from kaon.server.routers import models as models_router
 from kaon.server.routers import nodes as nodes_router
 from kaon.server.routers import pools as pools_router
 from kaon.server.routers import quotas as quotas_router
@@ -53,11 +56,15 @@ from kaon.server.routers import snapshots as snapshots_router
 from kaon.server.security.audit import AuditTrail
 from kaon.server.security.home import make_home_private
 from kaon.server.security.keys import KeyRing, load_master_keys
+from kaon.server.security.ratelimit import AuthFailureLimit
 from kaon.server.security.tokens import ADMIN_TOKEN_FILE, load_token_key, write_private
+from kaon.server.services import artifacts as artifact_store
 from kaon.server.services import auth, pools
 from kaon.server.services import secrets as secret_store
 from kaon.server.services.audit import AuditAppender, record_in_transactions
 from kaon.server.services.gateway import RouteVersions
+from kaon.server.services.timeline import DeploymentTimeline
+from kaon.server.storage import open_blob_store
 from kaon.server.telemetry import ApiMetrics, Telemetry
 
 JSON_BODY_LIMIT = 8 * 2**20
@@ -75,18 +82,23 @@ ROUTERS = (
     gateway_router.router,
     metrics_router.router,
     console_router.router,
+    console_router.api,
     secrets_router.router,
     secrets_router.worker_router,
     secrets_router.admin_router,
+    models_router.router,
     audit_router.router,
+    artifacts_router.router,
 )
 
 
 def streams_its_body(path: str) -> bool:
     """Uploads that their service streams to disk under a limit of its own (snapshots,
     checkpoint files), exempt from the JSON body limit."""
-    return path.rstrip("/").endswith("/snapshots") or bool(
-        job_files_router.UPLOAD_PATH.fullmatch(path)
+    return (
+        path.rstrip("/").endswith("/snapshots")
+        or bool(job_files_router.UPLOAD_PATH.fullmatch(path))
+        or bool(artifacts_router.UPLOAD_PATH.fullmatch(path))
     )
 
 
@@ -95,6 +107,10 @@ def build_plane(settings: Settings) -> ControlPlane:
     make_home_private(settings.home, passable=settings.worker_uids is not None)
     db = Database(settings.database_url, settings.db_busy_timeout_s)
     secret_store.attach_keys(db, KeyRing(load_master_keys(settings.home)))
+    blobs = open_blob_store(
+        settings.artifact_store, settings.artifacts_dir, settings.s3_endpoint_url
+    )
+    artifact_store.attach_store(db, blobs, settings.artifact_cache_dir)
     gpus = declared_gpus(settings.node_gpus) if settings.node_gpus else discover_gpus()
     nodes = local_nodes(
         settings.node_name,
@@ -118,16 +134,20 @@ def build_plane(settings: Settings) -> ControlPlane:
     )
     jobs = JobReconciler(db, executor, config, interval_s=settings.reconcile_interval_s)
     loads = LoadBoard()
+    timeline = DeploymentTimeline()
     return ControlPlane(
         settings=settings,
         db=db,
         executor=executor,
         jobs=jobs,
         pools=PoolReconciler(db, executor, _executor_factory(settings), jobs.poke),
-        deployments=DeploymentReconciler(db, loads, jobs.poke, token_key=config.token_key),
+        deployments=DeploymentReconciler(
+            db, loads, jobs.poke, token_key=config.token_key, timeline=timeline
+        ),
         loads=loads,
         routes=RouteVersions(),
         usage=UsageRetention(db, settings.usage_retention_s, settings.usage_cleanup_interval_s),
+        timeline=timeline,
     )
 
 
@@ -169,6 +189,7 @@ def create_app(settings: Settings, run_reconcilers: bool = True) -> FastAPI:
     app.state.telemetry = telemetry = Telemetry()  # read by /metrics
     for loop in (plane.jobs, plane.pools, plane.deployments):
         telemetry.watch(loop)
+    app.add_middleware(AuthFailureLimit, limiter=FailureLimiter.from_env())
     app.add_middleware(ApiMetrics, telemetry=telemetry)  # outermost: it sees every answer
     # Outside even that: no layer (the audit log, the metrics) sees a name with a NUL,
     # which PostgreSQL cannot store.

@@ -74,6 +74,11 @@ class Settings:
     usage_interval_s: float = 5.0
     usage_retention_s: float = 7 * 86400.0
     usage_cleanup_interval_s: float = 600.0
+    # Where artifact blobs go: None for a folder of the home (``artifacts/``), or
+    # ``s3://bucket/prefix`` (KAON_ARTIFACT_STORE) at KAON_S3_ENDPOINT_URL (None: AWS).
+    artifact_store: str | None = None
+    s3_endpoint_url: str | None = None
+    artifact_blob_limit: int = 64 * 2**30  # bytes of one uploaded blob (one file)
 
     @property
     def runs_dir(self) -> Path:
@@ -82,6 +87,16 @@ class Settings:
     @property
     def blobs_dir(self) -> Path:
         return self.home / "blobs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The local blob store's folder (when no KAON_ARTIFACT_STORE is set)."""
+        return self.home / "artifacts"
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        """This node's verified, read-only copies of artifact versions, by digest."""
+        return self.home / "cache" / "artifacts"
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -127,6 +142,9 @@ class Settings:
             audit_log=env.get("KAON_AUDIT_LOG", "on").lower() not in ("off", "0", "false"),
             usage_interval_s=float(env.get("KAON_USAGE_INTERVAL_S", "5")),
             usage_retention_s=float(env.get("KAON_USAGE_RETENTION_DAYS", "7")) * 86400.0,
+            artifact_store=env.get("KAON_ARTIFACT_STORE") or None,
+            s3_endpoint_url=env.get("KAON_S3_ENDPOINT_URL") or None,
+            artifact_blob_limit=parse_memory(env.get("KAON_ARTIFACT_BLOB_LIMIT", "64Gi")),
         )
         if "database_url" in overrides and isinstance(overrides["database_url"], str):
             overrides["database_url"] = normalize_database_url(overrides["database_url"])

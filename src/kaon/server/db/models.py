@@ -74,6 +74,12 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # the token that minted this one: revoking it revokes this one too (a cascade at
+    # revoke time, so authentication stays one lookup by hash)
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tokens.id"), default=None, index=True
+    )
 
 
 class TokenWorkspace(Base):
@@ -348,3 +354,103 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Blob(Base):
+    """A content-addressed blob of a workspace: its value, sealed with the workspace's data
+    key, is in the blob store under ``<workspace id>/<sha256>``. The row is written only
+    once the stored value is whole and its plaintext's sha256 checked."""
+
+    __tablename__ = "blobs"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    stored_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Artifact(Base):
+    """One version of a named artifact: a manifest of files (path, sha256, size, mode),
+    each a blob of the workspace. Versions are immutable; deleting one removes its row
+    (and the blobs no other version uses)."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("workspace_id", "name", "version"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    manifest: Mapped[list[Any]] = mapped_column()
+    size: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    source_job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+
+
+class ArtifactBlob(Base):
+    """Which blobs a version names: what a delete looks up to collect the blobs no version
+    uses any more, without reading every manifest."""
+
+    __tablename__ = "artifact_blobs"
+    __table_args__ = (Index("ix_artifact_blobs_blob", "workspace_id", "sha256"),)
+
+    artifact_id: Mapped[str] = mapped_column(
+        ForeignKey("artifacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(String(32))
+
+
+class Model(Base):
+    """A registered model of a workspace: a name whose versions are immutable."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """One version of a model: an artifact (the weights' folder) plus where it came from
+    (the job, its code snapshot, the last value of each metric the job reported).
+    `artifact_ref` repeats the artifact's ``name:version`` so a listing needs no join."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    artifact_id: Mapped[str] = mapped_column(String(32))
+    artifact_ref: Mapped[str] = mapped_column(String(96))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    snapshot: Mapped[str | None] = mapped_column(String(64), default=None)
+    source_job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_by: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAlias(Base):
+    """A movable name for one version of a model (``production`` -> version 3)."""
+
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    updated_by: Mapped[str] = mapped_column(String(63))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

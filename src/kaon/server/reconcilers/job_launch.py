@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from kaon.server.db.models import Job, Worker, Workspace
 from kaon.server.db.session import Database
 from kaon.server.security.tokens import job_token, replica_key
 from kaon.server.security.uids import workspace_uids
+from kaon.server.services.artifacts import inputs_for
 from kaon.server.services.job_state import guarded_update
 from kaon.server.services.pool import active_workers, stored_spec
 from kaon.server.services.snapshots import snapshot_path
@@ -99,6 +100,8 @@ async def _launch_one(
     """False when the job could not start and was stopped with the reason."""
     try:
         launching = gang(job, workers, config, uid)
+        inputs = await inputs_for(db, job, [w.node_id for w in workers])
+        launching = replace(launching, inputs=inputs) if inputs else launching
         states = await _launch_watched(db, executor, config, job, launching)
     except TemporaryBackendError as e:
         message = f"waiting to start: {e}"

@@ -10,6 +10,7 @@ only once none of its workers is alive.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -22,10 +23,12 @@ from kaon.executors.base import Executor, WorkerState
 from kaon.server.db.models import Job, Worker
 from kaon.server.db.session import Database
 from kaon.server.reconcilers.job_steps import JobFacts, Step, check_path, next_step
+from kaon.server.services.artifacts import keep_job_outputs
 from kaon.server.services.job_state import guarded_update
 from kaon.server.services.pool import HOLDING, active_workers, stored_spec
 
 RETRY_BACKOFF_S = (1, 5, 15, 30, 60)
+logger = logging.getLogger("kaon.reconciler.jobs")
 
 
 async def observe(
@@ -51,8 +54,20 @@ async def observe(
             # Its pool cannot be reached now: nothing is known, so nothing is decided.
             await _note(db, job, f"cannot see its workers now: {e}")
             continue
+        if step.status is JobStatus.SUCCEEDED and job.status != JobStatus.SUCCEEDED.value:
+            await _keep_outputs(db, executor, job)
         await _apply(db, job, mine, states, step, clock())
     return False
+
+
+async def _keep_outputs(db: Database, executor: Executor, job: Job) -> None:
+    """A succeeding job's outputs become an artifact before the job says it succeeded (a
+    crash in between repeats this, which finds the version it made). A failure to keep
+    them is logged, and does not hold the job back."""
+    try:
+        await keep_job_outputs(db, executor, job)
+    except Exception:
+        logger.exception("could not keep the outputs of job %s", job.id)
 
 
 async def _note(db: Database, job: Job, message: str) -> None:

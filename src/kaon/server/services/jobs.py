@@ -34,7 +34,7 @@ from kaon.core.usage import USAGE_PREFIX
 from kaon.server.db.models import Job, Metric, Worker, utcnow
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import new_id
-from kaon.server.services import pool, quotas, secrets, snapshots
+from kaon.server.services import artifacts, pool, quotas, secrets, snapshots
 from kaon.server.services.job_state import request_cancel
 from kaon.server.wake import Wake
 
@@ -68,6 +68,9 @@ async def submit(
     await pool.check_job_fits(session, spec)
     await quotas.check_fits_quota(session, workspace_id, spec.resources, spec.workers)
     await secrets.require_refs(session, workspace_id, spec.env)
+    if spec.inputs:  # each one pinned to a version now
+        pinned = await artifacts.require_inputs(session, workspace_id, spec.inputs)
+        spec = spec.model_copy(update={"inputs": pinned})
     job = Job(
         id=new_id("j"),
         workspace_id=workspace_id,

@@ -109,6 +109,12 @@ def _open_key(ring: KeyRing, key: WorkspaceKey) -> bytes:
     return ring.data_key(WrappedKey(key.master_key_id, key.wrapped), key.workspace_id)
 
 
+async def workspace_data_key(session: AsyncSession, ring: KeyRing, workspace_id: str) -> bytes:
+    """The workspace's data key in the clear (made on first use; the caller commits), for
+    the other things sealed with it: artifact blobs."""
+    return _open_key(ring, await _data_key(session, ring, workspace_id))
+
+
 async def put_secret(
     session: AsyncSession,
     ring: KeyRing,

@@ -12,6 +12,7 @@ values through this interface, as stored, so they work the same for both.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,10 +44,14 @@ class BlobStore(Protocol):
         ...
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
 def check_key(key: str) -> str:
-    """Keys are two plain path segments: no way out of the store's folder or bucket."""
+    """Keys are two plain path segments (letters, digits, '-' and '_', as workspace ids and
+    hex digests are): no way out of the store's folder or bucket."""
     parts = key.split("/")
-    if len(parts) != 2 or not all(p and p not in (".", "..") and p.isalnum() for p in parts):
+    if len(parts) != 2 or not all(_SEGMENT.fullmatch(p) for p in parts):
         raise ValueError(f"bad blob key {key!r}")
     return key
 
