@@ -87,6 +87,23 @@ ServiceOpt = Annotated[str | None, typer.Option(help="module:Class of a kaon.Ser
 FromJobOpt = Annotated[
     str | None, typer.Option("--from-job", help="serve a kaon.train job's model")
 ]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="serve a registered model: NAME:VERSION, NAME:ALIAS or NAME"),
+]
+LlmOpt = Annotated[
+    bool,
+    typer.Option(
+        "--llm", help="serve the model as an OpenAI-compatible LLM (kaon.llm.ready:ModelDirLLM)"
+    ),
+]
+HfPathOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--hf-path", help="with --llm: register this Hugging Face folder as a model and serve it"
+    ),
+]
+LLM_SERVICE = "kaon.llm.ready:ModelDirLLM"
 MinOpt = Annotated[int | None, typer.Option("--min", help="fewest replicas (0: scale to zero)")]
 MaxOpt = Annotated[int | None, typer.Option("--max", help="most replicas")]
 CpuOpt = Annotated[float | None, typer.Option(help="CPUs per replica")]
@@ -103,16 +120,40 @@ LOG_TAIL = 20  # lines of a crashed replica's log shown when a wait fails: its t
 
 
 def _check_source(data: dict[str, Any]) -> None:
-    """Exactly one of service and from_job, checked before anything is uploaded: the
-    server checks too, but only after the upload, and in the words of its model."""
+    """Exactly one of service and from_job (or a registered model), checked before
+    anything is uploaded: the server checks too, but only after the upload, and in the
+    words of its model."""
     has_service, has_job = bool(data.get("service")), bool(data.get("from_job"))
     if has_service and has_job:
         _input_error("give either --service or --from-job, not both")
-    if not has_service and not has_job:
+    if not has_service and not has_job and not data.get("model"):
         _input_error(
             "give --service module:Class to serve a kaon.Service from --path, "
-            "or --from-job JOB to serve a job's model"
+            "or --from-job JOB to serve a job's model, "
+            "or --model NAME:VERSION to serve a registered one"
         )
+
+
+def _llm_source(
+    kaon: Client, name: str, data: dict[str, Any], hf_path: Path | None, json_: bool
+) -> None:
+    """`--llm`: the ready-made LLM service over a registered model version. A job's
+    checkpoints or a Hugging Face folder are registered first, as model `name`."""
+    sources = [s for s in (data.get("from_job"), data.get("model"), hf_path) if s]
+    if len(sources) != 1 or data.get("service"):
+        _input_error("--llm needs exactly one of --from-job, --model and --hf-path")
+    if hf_path is not None:
+        if not hf_path.is_dir():
+            _input_error(f"--hf-path {hf_path} is not a folder")
+        with err.status(f"uploading {hf_path} as model {name} ..."):
+            version = kaon.models.push(name, hf_path)
+        data["model"] = version.ref
+    elif data.get("from_job"):
+        version = kaon.models.register(name, from_job=data.pop("from_job"))
+        data["model"] = version.ref
+    if not json_:
+        err.print(f"serving model {data['model']}", highlight=False)
+    data["service"] = LLM_SERVICE
 
 
 def _input_error(message: str) -> NoReturn:
@@ -127,6 +168,9 @@ def create(
     path: PathOpt = None,
     service: ServiceOpt = None,
     from_job: FromJobOpt = None,
+    model: ModelOpt = None,
+    llm: LlmOpt = False,
+    hf_path: HfPathOpt = None,
     min_replicas: MinOpt = None,
     max_replicas: MaxOpt = None,
     cpu: CpuOpt = None,
@@ -143,16 +187,25 @@ def create(
 
     kaon deploy create clf --path examples/binary_classifier --service serve:Classifier
     kaon deploy create clf --from-job j-3f9c2a7b1d04
+    kaon deploy create clf --model clf:production       # follows the alias
+    kaon deploy create chat --llm --hf-path ./tiny-llama
     """
     data, file_path = _spec(
         file, service, from_job, min_replicas, max_replicas, cpu, memory, gpus, public, env
     )
-    _check_source(data)
+    if model:
+        data["model"] = model
+    if hf_path is not None and not llm:
+        _input_error("--hf-path serves a Hugging Face folder as an LLM: add --llm")
+    if not llm:
+        _check_source(data)
     folder = path or file_path
-    if folder is None and "from_job" not in data:
+    if folder is None and "from_job" not in data and "model" not in data and not llm:
         folder = Path(".")
     kaon = make_client(client)
     with exit_on_error():
+        if llm:
+            _llm_source(kaon, name, data, hf_path, json_)
         with err.status("uploading and creating ..."):
             view = kaon.deployments.create(name, path=folder, spec=data)
         _warn(view)
@@ -197,6 +250,7 @@ def update(
             current.pop("from_job", None)
         if "from_job" in changes:
             current.pop("service", None)
+            current.pop("model", None)
         current.update(changes)
         view = kaon.deployments.update(name, current, path=path or file_path)
         _warn(view)
@@ -367,14 +421,25 @@ def token(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="print the token only: TOKEN=$(kaon ... -q)")
     ] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="list its tokens (names and prefixes) instead")
+    ] = False,
+    revoke: Annotated[
+        str | None, typer.Option("--revoke", help="revoke its token with this id or name")
+    ] = None,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Create a token that can call only this deployment (shown once); it works at once
     (a gateway that does not know a token yet fetches its route table before refusing it).
+    With --list, its tokens; with --revoke, revoke one (the gateway refuses it within a
+    route poll).
 
     TOKEN=$(kaon deploy token classifier -q)
     """
+    if list_ or revoke is not None:
+        _list_or_revoke_tokens(name, revoke, client, json_)
+        return
     with exit_on_error():
         created = make_client(client).deployments.create_token(name, token_name)
     if json_:
@@ -383,6 +448,28 @@ def token(
         print(created.token)
     else:
         console.print(f"token for {name}: [bold]{created.token}[/]")
+
+
+def _list_or_revoke_tokens(name: str, revoke: str | None, client: str | None, json_: bool) -> None:
+    with exit_on_error():
+        deployments = make_client(client).deployments
+        if revoke is not None:
+            revoked = deployments.revoke_token(name, revoke)
+        else:
+            tokens = deployments.list_tokens(name)
+    if revoke is not None:
+        if json_:
+            print_json(revoked)
+        else:
+            console.print(f"revoked token {revoked.name} ({revoked.id}) of {name}")
+        return
+    if json_:
+        print_json(tokens)
+        return
+    rows = [
+        (t.id, t.name, t.prefix + "...", "revoked" if t.revoked_at else "active") for t in tokens
+    ]
+    console.print(rows_table(("ID", "NAME", "PREFIX", "STATE"), rows))
 
 
 def _auth_hint(view: DeploymentView) -> str:

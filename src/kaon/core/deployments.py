@@ -17,6 +17,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kaon.core.jobs import JobSpec, JobStatus
+from kaon.core.registry import check_model_ref
 from kaon.core.replicas import ENV_DEPLOYMENT, ENV_MODEL_DIR, ENV_REPLICA_ID, ReplicaStatus
 from kaon.core.resources import Resources
 from kaon.core.secrets import SpecEnv
@@ -90,11 +91,14 @@ class HealthCheck(BaseModel):
 
 
 class DeploymentSpec(BaseModel):
-    """What a user asks to serve. Exactly one of ``service`` and ``from_job``.
+    """What a user asks to serve: ``service``, ``from_job`` or ``model``.
 
     ``service`` names a `kaon.Service` subclass as ``module:Class``, imported from the
     uploaded folder ``snapshot``. ``from_job`` serves the latest checkpoint of a finished
-    `kaon.train` job with the ready-made `PREDICTOR_SERVICE`.
+    `kaon.train` job with the ready-made `PREDICTOR_SERVICE`. ``model`` serves a version
+    of the model registry (``NAME:VERSION``, ``NAME:ALIAS`` following the alias, or
+    ``NAME``, the newest version when deployed): with the predictor, or with ``service``,
+    whose replicas then find the version's folder in ``KAON_MODEL_DIR``.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -102,6 +106,9 @@ class DeploymentSpec(BaseModel):
     name: str
     service: str | None = Field(default=None, description="'module:Class' of a kaon.Service")
     from_job: str | None = Field(default=None, description="id of a job whose model to serve")
+    model: str | None = Field(
+        default=None, description="a registered model: NAME:VERSION, NAME:ALIAS or NAME"
+    )
     snapshot: SnapshotRef = Field(default=None, description="sha256 of an uploaded folder")
     resources: Resources = Field(default_factory=Resources, description="per replica")
     autoscaling: ScalingPolicy = Field(default_factory=ScalingPolicy)
@@ -127,9 +134,16 @@ class DeploymentSpec(BaseModel):
             raise ValueError("service must look like 'module.path:ClassName'")
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_ref(value)
+
     @model_validator(mode="after")
     def _source(self) -> DeploymentSpec:
-        if (self.service is None) == (self.from_job is None):
+        if self.service is None and (self.from_job is None) == (self.model is None):
+            raise ValueError("set exactly one of service and from_job (or model alone)")
+        if self.service is not None and self.from_job is not None:
             raise ValueError("set exactly one of service and from_job")
         return self
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kaon.core.auth import DeploymentTokenView
 from kaon.core.deployments import (
     DeploymentSpec,
     DeploymentStatus,
@@ -84,15 +85,19 @@ class Deployments:
         service: str | None = None,
         path: str | Path | None = None,
         from_job: str | None = None,
+        model: str | None = None,
         spec: DeploymentSpec | dict[str, Any] | None = None,
     ) -> DeploymentView:
-        """From a folder and a ``module:Class`` service, or from a `kaon.train` job."""
+        """From a folder and a ``module:Class`` service, from a `kaon.train` job, or from
+        the model registry (``model="churn:production"`` follows the alias)."""
         data = self._spec(spec or {}, path)
         data["name"] = name
         if service is not None:
             data["service"] = service
         if from_job is not None:
             data["from_job"] = from_job
+        if model is not None:
+            data["model"] = model
         response = self._c.request("POST", self._c.ws_path("/deployments"), json=data)
         return DeploymentView.model_validate(response.json())
 
@@ -126,6 +131,16 @@ class Deployments:
         path = self._c.ws_path(f"/deployments/{name}/tokens")
         response = self._c.request("POST", path, json={"name": token_name})
         return DeploymentTokenCreated.model_validate(response.json())
+
+    def list_tokens(self, name: str) -> builtins.list[DeploymentTokenView]:
+        """A deployment's tokens by name and prefix (never their secrets)."""
+        response = self._c.request("GET", self._c.ws_path(f"/deployments/{name}/tokens"))
+        return [DeploymentTokenView.model_validate(t) for t in response.json()]
+
+    def revoke_token(self, name: str, ref: str) -> DeploymentTokenView:
+        """Revoke a deployment's token by id or name; the gateway refuses it from then on."""
+        path = self._c.ws_path(f"/deployments/{name}/tokens/{ref}")
+        return DeploymentTokenView.model_validate(self._c.request("DELETE", path).json())
 
     def wait_ready(
         self, name: str, timeout: float = 120.0, on_progress: Progress | None = None

@@ -25,12 +25,13 @@ async def create(
     workspace: str,
     spec: DeploymentSpec,
     caller: CallerDep,
+    db: DbDep,
     session: SessionDep,
     executor: ExecutorDep,
     wake: WakeDep,
 ) -> DeploymentView:
     return await deployments.create(
-        session, caller, workspace, spec, executor.checkpoint_dir, wake
+        session, caller, workspace, spec, executor.checkpoint_dir, wake, db=db
     )
 
 
@@ -50,12 +51,13 @@ async def update(
     name: str,
     spec: DeploymentSpec,
     caller: CallerDep,
+    db: DbDep,
     session: SessionDep,
     executor: ExecutorDep,
     wake: WakeDep,
 ) -> DeploymentView:
     return await deployments.update(
-        session, caller, workspace, name, spec, executor.checkpoint_dir, wake
+        session, caller, workspace, name, spec, executor.checkpoint_dir, wake, db=db
     )
 
 

@@ -37,9 +37,10 @@ from kaon.server.db.models import (
     Worker,
     utcnow,
 )
+from kaon.server.db.session import Database
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import new_id, new_token
-from kaon.server.services import pool, quotas, secrets, snapshots
+from kaon.server.services import models, pool, quotas, secrets, snapshots
 from kaon.server.wake import Wake
 
 CheckpointDir = Callable[[str], Path]
@@ -56,11 +57,13 @@ async def create(
     spec: DeploymentSpec,
     checkpoint_dir: CheckpointDir,
     wake: Wake,
+    db: Database | None = None,
 ) -> DeploymentView:
     workspace_id = caller.workspace_id(workspace)
     if await session.scalar(select(Deployment.id).where(Deployment.name == spec.name)):
         raise ConflictError(f"a deployment named {spec.name!r} exists; pick another name")
     model_dir = await _validate(session, workspace_id, spec, checkpoint_dir)
+    spec, model_dir = await _with_model(db, session, workspace_id, spec, model_dir)
     spec = await _with_job_code(session, spec)
     desired = max(spec.autoscaling.min_replicas, 1)
     warnings = await capacity_warnings(session, spec.resources, desired)
@@ -109,6 +112,22 @@ async def _validate(
     return str(folder)
 
 
+async def _with_model(
+    db: Database | None,
+    session: AsyncSession,
+    workspace_id: str,
+    spec: DeploymentSpec,
+    model_dir: str | None,
+) -> tuple[DeploymentSpec, str | None]:
+    """A registered model's version, materialised: its folder is the replicas' model
+    dir, and its job's code is theirs when the spec brings none (`models`)."""
+    if spec.model is None:
+        return spec, model_dir
+    if db is None:
+        raise InvalidSpecError("this call cannot deploy a registered model", field="model")
+    return await models.resolve_for_deployment(db, session, workspace_id, spec)
+
+
 async def _with_job_code(session: AsyncSession, spec: DeploymentSpec) -> DeploymentSpec:
     """A model served from a job runs in that job's code, so its model class imports."""
     if spec.from_job is None or spec.snapshot is not None:
@@ -150,6 +169,7 @@ async def update(
     spec: DeploymentSpec,
     checkpoint_dir: CheckpointDir,
     wake: Wake,
+    db: Database | None = None,
 ) -> DeploymentView:
     """A new spec is a new generation: the reconciler rolls replicas one at a time."""
     deployment = await _load(session, caller, workspace, name)
@@ -158,6 +178,7 @@ async def update(
     if deployment.deleting:
         raise ConflictError(f"deployment {name!r} is being deleted")
     model_dir = await _validate(session, deployment.workspace_id, spec, checkpoint_dir)
+    spec, model_dir = await _with_model(db, session, deployment.workspace_id, spec, model_dir)
     spec = await _with_job_code(session, spec)
     policy = spec.autoscaling
     desired = min(max(deployment.desired_replicas, policy.min_replicas), policy.max_replicas)
