@@ -185,4 +185,4 @@ class TestUnknownTokens:
                 spent = asyncio.get_running_loop().time() - start
         # one fetch shared by each wave, spaced at least 0.2 s apart
         assert plane.polls - 1 <= spent / 0.2 + 1
-        assert plane.polls - 1 <= 6
+        assert plane.polls - 1 <= 20  # a handful, however slow the machine: not one per 401 (200)

@@ -14,8 +14,9 @@ import os
 import sys
 
 from kaon.core.gateway import RouteTable
+from kaon.core.ratelimit import FailureLimiter
 from kaon.gateway.app import Gateway
-from kaon.gateway.server import GatewayServer
+from kaon.gateway.server import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, GatewayServer
 from kaon.gateway.sources import HttpReportSink, HttpRouteSource, StaticRouteSource
 
 
@@ -23,6 +24,7 @@ def build_gateway(control_plane: str, token: str, poll_s: float = 0.5) -> Gatewa
     return Gateway(
         HttpRouteSource(control_plane, token, interval_s=poll_s),
         HttpReportSink(control_plane, token),
+        failures=FailureLimiter.from_env(),
     )
 
 
@@ -30,12 +32,18 @@ def static_gateway(routes_file: str) -> Gateway:
     """A gateway with a fixed `RouteTable` read from a JSON file (no control plane)."""
     with open(routes_file, "rb") as f:
         table = RouteTable.model_validate_json(f.read())
-    return Gateway(StaticRouteSource(table))
+    return Gateway(StaticRouteSource(table), failures=FailureLimiter.from_env())
 
 
-def run(gateway: Gateway, host: str, port: int) -> None:
+def run(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    header_s: float = HEADER_TIMEOUT_S,
+    body_s: float = BODY_TIMEOUT_S,
+) -> None:
     """Serve with the gateway's own HTTP server (`kaon.gateway.server`) until SIGTERM."""
-    GatewayServer(gateway, host, port).run()
+    GatewayServer(gateway, host, port, header_timeout_s=header_s, body_timeout_s=body_s).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,15 +55,29 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--routes", help="a RouteTable JSON file, instead of a control plane")
     parser.add_argument("--token", default=os.environ.get("KAON_GATEWAY_TOKEN"))
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between route polls")
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(os.environ.get("KAON_GATEWAY_HEADER_TIMEOUT_S", HEADER_TIMEOUT_S)),
+        help="seconds a client has for a request's line and headers",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=float(os.environ.get("KAON_GATEWAY_BODY_TIMEOUT_S", BODY_TIMEOUT_S)),
+        help="seconds a client then has for the request's body",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per route poll
     if args.routes:
-        run(static_gateway(args.routes), args.host, args.port)
+        timeouts = (args.header_timeout, args.body_timeout)
+        run(static_gateway(args.routes), args.host, args.port, *timeouts)
         return 0
     if not args.token:
         parser.error("--token or KAON_GATEWAY_TOKEN is required")
-    run(build_gateway(args.control_plane, args.token, args.poll), args.host, args.port)
+    gateway = build_gateway(args.control_plane, args.token, args.poll)
+    run(gateway, args.host, args.port, args.header_timeout, args.body_timeout)
     return 0
 
 

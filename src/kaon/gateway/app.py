@@ -5,11 +5,14 @@ read the body within the route's limit, take a replica slot (`DeploymentState.ac
 forward the request, give the slot back. Answers of its own:
 
 =====  ==============================================================================
+400    a path with a ``.`` or ``..`` segment (refused, never resolved)
 401    no bearer token, or one that no deployment accepts (an unknown one only after a
        fresh route table was fetched for it, within `TOKEN_WAIT_S`)
 404    no such deployment, or the token may not call it (the two look the same)
+403    ``/metrics`` asked from anywhere but loopback
 413    body over the route's ``max_body_bytes``
-429    the deployment's queue is full (Retry-After)
+429    the deployment's queue is full, or the caller's address sent too many bad tokens
+       (Retry-After; `kaon.core.ratelimit`)
 502    the replica broke the connection after it had started to answer, or a retry failed
 503    no replica slot within the wait limit, incl. the cold-start hold (Retry-After)
 504    the replica did not answer within ``request_timeout_s``
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -48,6 +52,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from kaon.core.gateway import GatewayReport, RouteTable
+from kaon.core.ratelimit import FailureLimiter
 from kaon.core.replicas import REPLICA_KEY_HEADER
 from kaon.core.tokens import hash_token
 from kaon.gateway.routing import DeploymentState, NoReplicaError, QueueFullError, Replica
@@ -63,8 +68,11 @@ logger = logging.getLogger("kaon.gateway")
 _DROP_HEADERS = frozenset(
     {b"host", b"content-length", b"authorization", b"connection", b"keep-alive",
      b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization", b"expect",
+     b"x-forwarded-for", b"x-real-ip", b"forwarded",
      REPLICA_KEY_HEADER.encode()}
 )  # fmt: skip
+# A client's own forwarding headers are dropped, never trusted: the replica hears the
+# peer address the gateway saw, in an X-Forwarded-For of the gateway's making.
 _FIRST_SEGMENT = re.compile(rb"^/[^/?]*")  # the deployment name, as sent
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _BEARER = (b"www-authenticate", b"Bearer")
@@ -109,6 +117,7 @@ class Gateway:
         *,
         gateway_id: str | None = None,
         report_interval_s: float = 1.0,
+        failures: FailureLimiter | None = None,
     ) -> None:
         self.gateway_id = gateway_id or f"gw-{uuid.uuid4().hex[:8]}"
         self.deployments: dict[str, DeploymentState] = {}
@@ -118,6 +127,9 @@ class Gateway:
         self._reports = reports
         self._report_interval_s = report_interval_s
         self._tokens_by_prefix: dict[str, list[tuple[str, frozenset[str]]]] = {}
+        # bad tokens per source address (`python -m kaon.gateway` sets it from the
+        # environment; None: no limit, for a gateway embedded behind its own limiter)
+        self.failures = failures
         self._pool = UpstreamPool()
         self._demand = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -196,10 +208,20 @@ class Gateway:
         if req.path == "/healthz":
             return UpstreamReply(200, [(b"content-type", asgi.JSON)], b'{"status":"alive"}')
         if req.path == "/metrics":
+            if not _loopback(req.client):  # every deployment's name and load: not public
+                return _Answer(403, "/metrics is served to loopback callers only").reply()
             return UpstreamReply(200, [(b"content-type", _TEXT)], self.metrics.render())
+        if _dot_segment(req.path):
+            return _Answer(400, "path: '.' and '..' segments are not allowed").reply()
+        limiter = self.failures
+        wait = limiter.retry_after(req.client, time.monotonic()) if limiter else None
+        if wait is not None:
+            detail = "too many failed authentications from this address"
+            return _Answer(429, detail, asgi.retry_after(wait)).reply()
         try:
             state = self._authorize(req)
         except _Answer as answer:
+            self._count_failure(req, answer.status)
             return answer.reply()
         if req.unverified is None:  # an unverified one counts once it is known
             self.metrics.arrived(state.name)
@@ -207,6 +229,7 @@ class Gateway:
 
     def too_large(self, state: DeploymentState, req: Incoming) -> UpstreamReply:
         if req.unverified is not None:  # not worth a refresh of the route table
+            self._count_failure(req, 401)
             return _Answer(401, "invalid token", _BEARER).reply()
         limit = state.route.max_body_bytes
         reply = _Answer(413, f"body over {limit} bytes").reply()
@@ -219,6 +242,7 @@ class Gateway:
             try:
                 state = await self._verify(state, req.unverified)
             except _Answer as answer:  # not the deployment's traffic: kept out of its load
+                self._count_failure(req, answer.status)
                 return answer.reply()
             self.metrics.arrived(state.name)
         try:
@@ -230,6 +254,17 @@ class Gateway:
             reply = _Answer(500, "gateway error").reply()
         self.metrics.answered(state.name, reply.status, time.perf_counter() - req.started)
         return reply
+
+    def _count_failure(self, req: Incoming, status: int) -> None:
+        """A 401 counts against the caller's address (`kaon.core.ratelimit`)."""
+        limiter = self.failures
+        if status == 401 and limiter is not None and limiter.failed(req.client, time.monotonic()):
+            logger.warning(
+                "%d failed authentications from %s within %g s: refusing it for now",
+                limiter.limit,
+                req.client,
+                limiter.window_s,
+            )
 
     def _authorize(self, req: Incoming) -> DeploymentState:
         name = req.path[1:].partition("/")[0]
@@ -494,6 +529,22 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
         return None
     token = value[7:].strip()
     return token or None
+
+
+def _loopback(client: str | None) -> bool:
+    if client is None:
+        return False
+    try:
+        return ipaddress.ip_address(client).is_loopback
+    except ValueError:
+        return False
+
+
+def _dot_segment(path: str) -> bool:
+    """Whether a (percent-decoded) path holds a ``.`` or ``..`` segment. Such a path is
+    refused rather than resolved: ``/a/../b`` names deployment ``a`` to the gateway and
+    ``b`` to anything that resolves it later, and no deployment route needs one."""
+    return any(seg in (".", "..") for seg in path.replace("\\", "/").split("/"))
 
 
 def _forward_headers(req: Incoming) -> bytes:

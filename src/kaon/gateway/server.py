@@ -12,7 +12,14 @@ pipelined requests answered in order (held in a small backlog while one is handl
 goes on, so a client that leaves, or half-closes, cancels its request at once),
 ``Expect: 100-continue``, chunked request bodies, idle connections closed after
 `KEEP_ALIVE_S`, a 400 for unparseable requests, and a graceful stop that lets in-flight
-requests finish. The authorization and body-limit checks happen as soon as the headers
+requests finish.
+
+Slow clients cannot hold connections: a new connection, or a request once its first byte
+is in, has `HEADER_TIMEOUT_S` for its request line and headers, and then `BODY_TIMEOUT_S`
+for its body, however the bytes trickle in (a byte now and then does not extend either);
+past that it gets a 408 and is closed. A head over `MAX_HEAD_BYTES` gets a 431.
+
+The authorization and body-limit checks happen as soon as the headers
 are in, so an unauthenticated caller never gets to upload a body.
 
 A streamed reply goes out with chunked transfer, each chunk written as it arrives from the
@@ -36,11 +43,19 @@ from kaon.gateway.app import Gateway, Incoming
 from kaon.gateway.routing import DeploymentState
 from kaon.gateway.upstream import UpstreamReply, UpstreamStream
 
-__all__ = ["GatewayServer", "KEEP_ALIVE_S"]
+__all__ = ["BODY_TIMEOUT_S", "HEADER_TIMEOUT_S", "KEEP_ALIVE_S", "MAX_HEAD_BYTES", "GatewayServer"]
 
 logger = logging.getLogger("kaon.gateway")
 
 KEEP_ALIVE_S = 75.0
+HEADER_TIMEOUT_S = 10.0  # a new connection or a begun request: request line and headers
+BODY_TIMEOUT_S = 60.0  # then the whole body
+MAX_HEAD_BYTES = 64 * 2**10  # request line and headers together
+_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-length: 0\r\nconnection: close\r\n\r\n"
+)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -68,13 +83,16 @@ class _Connection(asyncio.Protocol):
         self._holding = False  # a request is being answered
         self._backlog: list[bytes] = []  # bytes that came meanwhile (a pipelined request)
         self._backlog_size = 0
+        self._deadline: asyncio.TimerHandle | None = None  # for the request being read
+        self._in_body = False
+        self._head_size = 0
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._server.connections.add(self)
-        self._arm_idle()
+        self._arm_deadline(self._server.header_timeout_s)  # not the keep-alive: nothing yet
 
     def data_received(self, data: bytes) -> None:
         self._disarm_idle()
@@ -84,6 +102,11 @@ class _Connection(asyncio.Protocol):
             if self._backlog_size > _BACKLOG_LIMIT and self._transport is not None:
                 self._transport.pause_reading()  # enough: the rest waits in the socket
             return
+        if not self._in_body:
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD_BYTES:  # counted before httptools buffers it
+                self._fail(_HEAD_TOO_LARGE)
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -103,6 +126,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._disarm_idle()
+        self._disarm_deadline()
         self.resume_writing()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the caller left: give the replica slot back
@@ -113,6 +137,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size = b"", [], [], 0
         self._too_large = False
+        if self._deadline is None:  # a kept-alive connection's next request begins
+            self._arm_deadline(self._server.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -121,6 +147,8 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_body = True
+        self._arm_deadline(self._server.body_timeout_s)
         parsed = httptools.parse_url(self._url)
         query = parsed.query
         self._req = Incoming(
@@ -150,6 +178,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._req is not None and self._admitted is not None
+        self._disarm_deadline()
+        self._in_body, self._head_size = False, 0
         keep_alive = self._parser.should_keep_alive()
         # one request at a time: what arrives meanwhile waits in `_backlog`. Reading goes on
         # (rather than pausing the transport) so that a client that leaves is noticed at
@@ -225,10 +255,28 @@ class _Connection(asyncio.Protocol):
             transport.write(b"0\r\n\r\n")
         return done
 
-    def _fail(self) -> None:
+    def _fail(self, answer: bytes = _BAD_REQUEST) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(_BAD_REQUEST)
+            self._transport.write(answer)
             self._transport.close()
+
+    def _arm_deadline(self, seconds: float) -> None:
+        self._disarm_deadline()
+        self._deadline = asyncio.get_running_loop().call_later(seconds, self._too_slow)
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        """The request being read is past its deadline: 408 and close. While one is being
+        answered (the next one began in the same packet), look again later."""
+        self._deadline = None
+        if self._holding:
+            self._arm_deadline(self._server.header_timeout_s)
+            return
+        self._fail(_TIMED_OUT)
 
     def _peer(self) -> str | None:
         peer = self._transport.get_extra_info("peername") if self._transport else None
@@ -287,10 +335,20 @@ def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
 class GatewayServer:
     """Runs a `Gateway` on host:port until `stop` (or SIGTERM/SIGINT with `run`)."""
 
-    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 8471) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        host: str = "127.0.0.1",
+        port: int = 8471,
+        *,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+    ) -> None:
         self.gateway = gateway
         self.host = host
         self.port = port
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.connections: set[_Connection] = set()
         self.stopping = False
         self._server: asyncio.Server | None = None

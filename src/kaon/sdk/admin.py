@@ -3,6 +3,7 @@ and who may use it."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from kaon.core.auth import CreatedToken, TokenView, WorkspaceView
@@ -28,9 +29,21 @@ class Tokens:
         self._c = client
 
     def create(
-        self, name: str, workspaces: list[str] | None = None, role: str = "member"
+        self,
+        name: str,
+        workspaces: list[str] | None = None,
+        role: str = "member",
+        expires_at: datetime | None = None,
     ) -> CreatedToken:
-        body = {"name": name, "workspaces": workspaces or [self._c.workspace], "role": role}
+        """A token minted by this client's token, which it cannot outlive or outrank;
+        `expires_at` (aware) ends it sooner."""
+        body: dict[str, object] = {
+            "name": name,
+            "workspaces": workspaces or [self._c.workspace],
+            "role": role,
+        }
+        if expires_at is not None:
+            body["expires_at"] = expires_at.isoformat()
         return CreatedToken.model_validate(
             self._c.request("POST", "/api/v1/tokens", json=body).json()
         )

@@ -20,6 +20,7 @@ import uvicorn
 
 from kaon.server.app import create_app
 from kaon.server.config import Settings
+from kaon.server.security.home import HomeNotWritableError
 
 CREDENTIALS = ("KAON_BOOTSTRAP_TOKEN", "KAON_DATABASE_URL")
 HANDED_FD = "KAON_CREDENTIALS_FD"  # the pipe the re-executed server reads them from
@@ -50,7 +51,10 @@ def main() -> None:
         overrides["bootstrap_token"] = handed["KAON_BOOTSTRAP_TOKEN"] or None
     if handed.get("KAON_DATABASE_URL"):
         overrides["database_url"] = handed["KAON_DATABASE_URL"]
-    serve(Settings.from_env(**overrides))
+    try:
+        serve(Settings.from_env(**overrides))
+    except HomeNotWritableError as exc:  # the operator's to fix: the reason, not a traceback
+        sys.exit(f"kaon server: {exc}")
 
 
 def _exec_without_credentials() -> None:

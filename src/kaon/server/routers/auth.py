@@ -8,6 +8,7 @@ from kaon.core.auth import (
     CreatedToken,
     CreateToken,
     CreateWorkspace,
+    DeploymentTokenView,
     TokenView,
     WhoAmI,
     WorkspaceView,
@@ -48,3 +49,21 @@ async def create_workspace(
 @router.get("/workspaces", response_model=list[WorkspaceView])
 async def list_workspaces(caller: CallerDep, session: SessionDep) -> list[WorkspaceView]:
     return await auth.list_workspaces(session, caller)
+
+
+@router.get(
+    "/workspaces/{workspace}/deployments/{name}/tokens", response_model=list[DeploymentTokenView]
+)
+async def list_deployment_tokens(
+    workspace: str, name: str, caller: CallerDep, session: SessionDep
+) -> list[DeploymentTokenView]:
+    return await auth.list_deployment_tokens(session, caller, workspace, name)
+
+
+@router.delete(
+    "/workspaces/{workspace}/deployments/{name}/tokens/{ref}", response_model=DeploymentTokenView
+)
+async def revoke_deployment_token(
+    workspace: str, name: str, ref: str, caller: CallerDep, session: SessionDep
+) -> DeploymentTokenView:
+    return await auth.revoke_deployment_token(session, caller, workspace, name, ref)

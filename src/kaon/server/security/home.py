@@ -21,6 +21,9 @@ import os
 import stat
 from pathlib import Path
 
+from kaon.core.errors import KaonError
+from kaon.core.writable import unwritable_message
+
 PRIVATE_DIR = 0o700
 PASSABLE_DIR = 0o711
 OTHERS = 0o077  # every permission of the group and of other users
@@ -30,13 +33,17 @@ logger = logging.getLogger("kaon.security")
 
 def make_home_private(home: Path, passable: bool = False) -> None:
     """Create `home` if needed, and take every permission but its owner's from it and
-    from what lies directly in it. A home the server cannot change (read-only, another
-    user's) is left as it is, with a warning: the server still starts.
+    from what lies directly in it. A home whose modes the server cannot change (another
+    user's) is left as it is, with a warning; one it cannot write at all (a read-only
+    disk) stops the start with `HomeNotWritableError`, before any job is looked at, so
+    queued jobs wait rather than fail launching into it.
 
     `passable`: workers run as other users (`kaon.server.security.uids`), so they must
     pass through the home to their own run folders: it is 0711 (no listing), and the
     executor opens the folders on their way (`kaon.executors.local`)."""
-    home.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    problem = unwritable_message(home)  # makes it, if it can
+    if problem is not None:
+        raise HomeNotWritableError(problem)
     try:
         os.chmod(home, PASSABLE_DIR if passable else PRIVATE_DIR)
         for entry in os.scandir(home):
@@ -49,3 +56,7 @@ def make_home_private(home: Path, passable: bool = False) -> None:
                 os.chmod(entry.path, mode & ~OTHERS)  # the owner's own bits stay as they are
     except OSError as e:
         logger.warning("cannot make %s private to its user: %s", home, e)
+
+
+class HomeNotWritableError(KaonError):
+    """The home cannot be written: the control plane does not start."""

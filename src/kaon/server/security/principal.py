@@ -8,7 +8,7 @@ their workspaces.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kaon.core.errors import AuthError, NotFoundError, PermissionDeniedError
 from kaon.core.tokens import hash_token
 from kaon.server.db.models import Token, TokenWorkspace, Workspace, utcnow
+from kaon.server.security.ratelimit import note_auth_failure
 
 _LAST_USED_EVERY = timedelta(minutes=1)  # one write a minute per token, not per request
 
@@ -28,6 +29,7 @@ class Principal:
     name: str
     role: str
     workspaces: dict[str, str] = field(default_factory=dict)  # name -> id
+    expires_at: datetime | None = None  # what it mints cannot outlive it
 
     @property
     def is_admin(self) -> bool:
@@ -48,6 +50,11 @@ class Principal:
             raise PermissionDeniedError("this needs a gateway or admin token")
 
 
+def expired(expires_at: datetime | None, now: datetime) -> bool:
+    """Whether a token that stops working at `expires_at` (None: never) is dead `now`."""
+    return expires_at is not None and expires_at <= now
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None."""
     if not authorization:
@@ -57,14 +64,21 @@ def bearer(authorization: str | None) -> str | None:
 
 
 async def authenticate(session: AsyncSession, token: str | None) -> Principal:
-    """The caller holding `token`; AuthError (401) for none, an unknown or a revoked one.
-    Commits its own bookkeeping (when the token was last used)."""
+    """The caller holding `token`; AuthError (401) for none, an unknown, a revoked or an
+    expired one. One lookup by the hash's unique index decides: revoking a token revokes
+    the tokens it minted at that moment (`services.auth.revoke_token`), so no chain of
+    parents is walked here. Commits its own bookkeeping (when the token was last used)."""
     if not token:
+        note_auth_failure()
         raise AuthError("missing bearer token: pass 'Authorization: Bearer <token>'")
     row = await session.scalar(select(Token).where(Token.hash == hash_token(token)))
     if row is None or row.revoked_at is not None:
+        note_auth_failure()
         raise AuthError("invalid or revoked token")
     now = utcnow()
+    if expired(row.expires_at, now):
+        note_auth_failure()
+        raise AuthError("token expired")
     if row.last_used_at is None or now - row.last_used_at > _LAST_USED_EVERY:
         await session.execute(update(Token).where(Token.id == row.id).values(last_used_at=now))
         await session.commit()
@@ -73,4 +87,4 @@ async def authenticate(session: AsyncSession, token: str | None) -> Principal:
         .join(TokenWorkspace, TokenWorkspace.workspace_id == Workspace.id)
         .where(TokenWorkspace.token_id == row.id)
     )
-    return Principal(row.id, row.name, row.role, dict(names.tuples().all()))
+    return Principal(row.id, row.name, row.role, dict(names.tuples().all()), row.expires_at)

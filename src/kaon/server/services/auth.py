@@ -6,13 +6,29 @@ A token is stored only as its SHA-256 and shown once, at creation. Who the calle
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kaon.core.auth import CreatedToken, CreateToken, TokenView, WorkspaceView
+from kaon.core.auth import (
+    CreatedToken,
+    CreateToken,
+    DeploymentTokenView,
+    TokenView,
+    WorkspaceView,
+)
 from kaon.core.errors import ConflictError, NotFoundError
 from kaon.core.tokens import hash_token
-from kaon.server.db.models import Token, TokenWorkspace, Workspace, utcnow
+from kaon.server.db.models import (
+    Deployment,
+    DeploymentToken,
+    Token,
+    TokenWorkspace,
+    Workspace,
+    utcnow,
+)
+from kaon.server.security.lifetimes import check_role, child_expiry
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import new_id, new_token
 
@@ -41,10 +57,23 @@ async def bootstrap_admin(session: AsyncSession, token: str | None) -> str | Non
 
 
 async def _insert_token(
-    session: AsyncSession, name: str, role: str, secret: str, workspace_ids: list[str]
+    session: AsyncSession,
+    name: str,
+    role: str,
+    secret: str,
+    workspace_ids: list[str],
+    *,
+    parent_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> Token:
     token = Token(
-        id=new_id("tok"), name=name, prefix=secret[:9], hash=hash_token(secret), role=role
+        id=new_id("tok"),
+        name=name,
+        prefix=secret[:9],
+        hash=hash_token(secret),
+        role=role,
+        parent_id=parent_id,
+        expires_at=expires_at,
     )
     session.add(token)
     await session.flush()
@@ -55,13 +84,16 @@ async def _insert_token(
 
 
 async def create_token(session: AsyncSession, caller: Principal, req: CreateToken) -> CreatedToken:
-    """Admins create tokens for any workspace they belong to; members only for their own
-    workspaces, and only member tokens."""
-    if req.role in ("admin", "gateway"):
-        caller.require_admin()
+    """A token minted by the caller, which it records as its parent: never a role above
+    the caller's, a workspace the caller is not in, or a lifetime past the caller's
+    (`security.lifetimes`)."""
+    check_role(caller.role, req.role)
     ids = [caller.workspace_id(name) for name in req.workspaces]
+    expires = child_expiry(caller.expires_at, req.expires_at, req.expires_in, utcnow())
     secret = new_token()
-    token = await _insert_token(session, req.name, req.role, secret, ids)
+    token = await _insert_token(
+        session, req.name, req.role, secret, ids, parent_id=caller.token_id, expires_at=expires
+    )
     await session.commit()
     return CreatedToken(**_token_view(token, req.workspaces).model_dump(), token=secret)
 
@@ -76,17 +108,32 @@ def _token_view(token: Token, workspaces: list[str]) -> TokenView:
         created_at=token.created_at,
         revoked_at=token.revoked_at,
         last_used_at=token.last_used_at,
+        expires_at=token.expires_at,
+        parent_id=token.parent_id,
     )
 
 
 async def list_tokens(session: AsyncSession, caller: Principal) -> list[TokenView]:
-    """Admins see every token; members see their own."""
+    """Admins see every token; others see their own and the ones they minted."""
     query = select(Token).order_by(Token.created_at)
     if not caller.is_admin:
-        query = query.where(Token.id == caller.token_id)
+        mine = await _descendants(session, [caller.token_id])
+        query = query.where(Token.id.in_([caller.token_id, *mine]))
     tokens = (await session.execute(query)).scalars().all()
     names = await _token_workspaces(session, [t.id for t in tokens])
     return [_token_view(t, names.get(t.id, [])) for t in tokens]
+
+
+async def _descendants(session: AsyncSession, roots: list[str]) -> list[str]:
+    """Ids of every token minted by one of `roots`, transitively (one indexed query per
+    generation; a cycle cannot happen, a parent is always older than its child)."""
+    found: list[str] = []
+    frontier = roots
+    while frontier:
+        minted = select(Token.id).where(Token.parent_id.in_(frontier))
+        frontier = list((await session.execute(minted)).scalars())
+        found.extend(frontier)
+    return found
 
 
 async def _token_workspaces(session: AsyncSession, ids: list[str]) -> dict[str, list[str]]:
@@ -102,17 +149,28 @@ async def _token_workspaces(session: AsyncSession, ids: list[str]) -> dict[str, 
 
 
 async def revoke_token(session: AsyncSession, caller: Principal, ref: str) -> TokenView:
-    """Revoke by id or by name. Members may revoke only their own token."""
+    """Revoke by id or by name, and with it every token it minted, transitively: the
+    cascade happens here, once, so that authentication stays a single lookup. Members may
+    revoke their own token and the ones it minted."""
     query = select(Token).where((Token.id == ref) | (Token.name == ref))
     tokens = [t for t in (await session.execute(query)).scalars() if t.revoked_at is None]
     if not caller.is_admin:
-        tokens = [t for t in tokens if t.id == caller.token_id]
+        mine = {caller.token_id, *await _descendants(session, [caller.token_id])}
+        tokens = [t for t in tokens if t.id in mine]
     if not tokens:
         raise NotFoundError(f"token {ref!r} not found")
     if len(tokens) > 1:
         raise ConflictError(f"{len(tokens)} tokens are named {ref!r}; revoke one by its id")
     token = tokens[0]
-    token.revoked_at = utcnow()
+    now = utcnow()
+    token.revoked_at = now
+    children = await _descendants(session, [token.id])
+    if children:
+        await session.execute(
+            update(Token)
+            .where(Token.id.in_(children), Token.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
     await session.commit()
     names = await _token_workspaces(session, [token.id])
     return _token_view(token, names.get(token.id, []))
@@ -137,3 +195,64 @@ async def list_workspaces(session: AsyncSession, caller: Principal) -> list[Work
         .order_by(Workspace.name)
     )
     return [WorkspaceView(name=w.name, created_at=w.created_at) for w in rows.scalars()]
+
+
+async def _deployment_id(
+    session: AsyncSession, caller: Principal, workspace: str, name: str
+) -> str:
+    workspace_id = caller.workspace_id(workspace)
+    found = await session.scalar(
+        select(Deployment.id).where(
+            Deployment.name == name, Deployment.workspace_id == workspace_id
+        )
+    )
+    if found is None:
+        raise NotFoundError(f"deployment {name!r} not found")
+    return found
+
+
+def _deployment_token_view(token: DeploymentToken, deployment: str) -> DeploymentTokenView:
+    return DeploymentTokenView(
+        id=token.id,
+        name=token.name,
+        prefix=token.prefix,
+        deployment=deployment,
+        created_at=token.created_at,
+        revoked_at=token.revoked_at,
+    )
+
+
+async def list_deployment_tokens(
+    session: AsyncSession, caller: Principal, workspace: str, name: str
+) -> list[DeploymentTokenView]:
+    """A deployment's tokens, revoked ones included, by name and prefix."""
+    deployment_id = await _deployment_id(session, caller, workspace, name)
+    rows = await session.execute(
+        select(DeploymentToken)
+        .where(DeploymentToken.deployment_id == deployment_id)
+        .order_by(DeploymentToken.created_at)
+    )
+    return [_deployment_token_view(t, name) for t in rows.scalars()]
+
+
+async def revoke_deployment_token(
+    session: AsyncSession, caller: Principal, workspace: str, name: str, ref: str
+) -> DeploymentTokenView:
+    """Revoke one of a deployment's tokens by id or name; the gateway drops it with its
+    next route table."""
+    deployment_id = await _deployment_id(session, caller, workspace, name)
+    rows = await session.execute(
+        select(DeploymentToken).where(
+            DeploymentToken.deployment_id == deployment_id,
+            (DeploymentToken.id == ref) | (DeploymentToken.name == ref),
+            DeploymentToken.revoked_at.is_(None),
+        )
+    )
+    tokens = list(rows.scalars())
+    if not tokens:
+        raise NotFoundError(f"token {ref!r} of deployment {name!r} not found")
+    if len(tokens) > 1:
+        raise ConflictError(f"{len(tokens)} tokens are named {ref!r}; revoke one by its id")
+    tokens[0].revoked_at = utcnow()
+    await session.commit()
+    return _deployment_token_view(tokens[0], name)
