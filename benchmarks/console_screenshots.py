@@ -3,7 +3,8 @@
 Starts a real control plane on a fresh home (one node of 16 CPUs, 64 GiB and four
 declared GPUs), fills it with a small team's day (two workspaces with quotas, a training
 job that reports its loss, a job that waits for GPUs, finished and failed jobs, a
-deployment), then opens each page in Debian's Chromium through Playwright and saves it.
+deployment behind a real gateway with traffic that scales it, secrets), then opens each
+page in Debian's Chromium through Playwright and saves it.
 
     .venv/bin/python benchmarks/console_screenshots.py [--out docs/img] [--chromium PATH]
 """
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +54,8 @@ import kaon
 class Model(kaon.Service):
     @kaon.handler
     def predict(self, x: list[float]) -> list[float]:
+        if any(v < 0 for v in x):
+            raise ValueError("this model takes no negative numbers")
         return [2 * v for v in x]
 """
 
@@ -105,12 +110,82 @@ def stage(url: str, home: Path) -> dict[str, str]:
         "doubler",
         service="model:Model",
         path=svc,
-        spec={"resources": {"cpu": 0.5, "memory": "1Gi"}},
+        spec={
+            "resources": {"cpu": 0.5, "memory": "1Gi"},
+            "autoscaling": {
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "target_rps": 5,
+                "scale_up_delay_s": 3,
+                "scale_down_delay_s": 10,
+            },
+        },
     )
     until(lambda: vision.jobs.get(train.id).status.value == "running")
     until(lambda: len(vision.jobs.metrics(train.id)) > 200)
+    for name, value in [("wandb-api-key", "x1"), ("hf-token", "x2"), ("hf-token", "x3")]:
+        http.put(f"/api/v1/workspaces/vision/secrets/{name}", json={"value": value})
+    http.put("/api/v1/workspaces/vision/secrets/db-password", json={"value": "x4"})
+    for version, (layers, alias) in enumerate([(50, "staging"), (50, "production")], 1):
+        folder = home / f"resnet-{version}"
+        folder.mkdir()
+        (folder / "config.json").write_text(f'{{"arch": "resnet", "layers": {layers}}}')
+        (folder / "model.safetensors").write_bytes(os.urandom(3 * 2**20 + version))
+        (folder / "preprocessor.json").write_text('{"size": 224}')
+        vision.models.push("resnet50", folder, alias=alias, description="ImageNet classifier")
+    data = home / "imagenet-val"
+    data.mkdir()
+    for shard in range(4):
+        (data / f"shard-{shard:03d}.tar").write_bytes(os.urandom(2**20))
+    vision.artifacts.push("imagenet-val", data, kind="dataset")
     until(lambda: admin.deployments.get("doubler").ready_replicas >= 1, timeout=120)
     return {"train": train.id, "waits": waits.id}
+
+
+def start_gateway(url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The gateway as `kaon up` starts it, and the control plane told where it is (the
+    console's "try it" goes through it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "kaon.gateway", "--port", str(port), "--control-plane", url]
+    env = {**os.environ, "KAON_GATEWAY_TOKEN": TOKEN}
+    proc = subprocess.Popen([*argv, "--poll", "0.25"], env=env, stderr=subprocess.DEVNULL)
+    gateway = f"http://127.0.0.1:{port}"
+    until(lambda: _answers(f"{gateway}/healthz"))
+    return proc, gateway
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def traffic(gateway: str, stop: threading.Event) -> None:
+    """A quiet start, a burst that makes the autoscaler add replicas, then quiet again;
+    one call in twenty sends a number the handler refuses (a 500)."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    started = time.monotonic()
+    with httpx.Client(headers=headers, timeout=30) as http:
+        while not stop.is_set():
+            t = time.monotonic() - started
+            rate = 3.0 if t < 8 else 14.0 if t < 22 else 2.0
+            sign = -1 if random.random() < 0.05 else 1
+            body = {"x": [sign * random.random()] * 4}
+            try:
+                http.post(f"{gateway}/doubler/predict", json=body)
+            except httpx.HTTPError:
+                pass
+            stop.wait(random.expovariate(rate))
+
+
+def http_get(url: str) -> dict[str, list[object]]:
+    answer: dict[str, list[object]] = httpx.get(
+        url, headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
+    return answer
 
 
 def shoot(page: Page, url: str, out: Path, name: str, wait_for: str, full: bool = False) -> None:
@@ -142,7 +217,11 @@ def main() -> None:
         stop_grace_s=1.0,
     )
     server, url = serve(settings)
+    gateway_proc, gateway = start_gateway(url)
+    os.environ["KAON_GATEWAY_URL"] = gateway  # read by the control plane at each "try it"
     ids = stage(url, home)
+    stop = threading.Event()
+    threading.Thread(target=traffic, args=(gateway, stop), daemon=True).start()
     args.out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
@@ -175,15 +254,29 @@ def main() -> None:
         )
         page.select_option("[data-testid=workspace]", "default")
         shoot(page, f"{c}/deployments", args.out, "deployments", "[data-testid=deployments]")
-        shoot(
-            page,
-            f"{c}/deployments/doubler?ws=default",
-            args.out,
-            "deployment",
-            "[data-testid=replicas]",
-        )
         shoot(page, f"{c}/quotas", args.out, "quotas", "[data-testid=quotas]")
+        page.select_option("[data-testid=workspace]", "vision")
+        shoot(page, f"{c}/artifacts", args.out, "artifacts", "[data-testid=artifacts]")
+        model = f"{c}/models/resnet50?ws=vision"
+        shoot(page, model, args.out, "model", "[data-testid=model-versions]")
+        shoot(page, f"{c}/secrets", args.out, "secrets", "[data-testid=secrets]")
+        shoot(page, f"{c}/audit", args.out, "audit", "[data-testid=audit-record]")
+        # The burst scaled it up and the quiet after it down again: both are on the page.
+        timeline = f"{url}/api/v1/workspaces/default/deployments/doubler/timeline"
+        scaled = lambda: "down" in str(http_get(timeline)["scaling"])  # noqa: E731
+        until(scaled, timeout=120)
+        page.goto(f"{c}/deployments/doubler?ws=default")
+        page.wait_for_selector("[data-testid=scaling-event]")
+        page.fill("[data-testid=try-body]", '{"x": [0.5, 1.5, 4]}')
+        page.click("[data-testid=try-send]")
+        page.wait_for_selector("[data-testid=try-status]")
+        time.sleep(2.5)
+        page.screenshot(path=str(args.out / "console-deployment.png"), full_page=True)
+        print(f"saved {args.out / 'console-deployment.png'}")
         browser.close()
+    stop.set()
+    gateway_proc.terminate()
+    gateway_proc.wait(timeout=30)
     admin = Client(url, token=TOKEN)
     admin.deployments.delete("doubler")
     for ws in ("vision", "nlp"):

@@ -106,6 +106,9 @@ class DeploymentLoad(BaseModel):
     requests_per_s: float = Field(ge=0, le=1e12, description="arrivals per second over the window")
     p50_ms: float | None = Field(default=None, description="None when no request finished")
     p99_ms: float | None = None
+    errors_per_s: float = Field(
+        default=0.0, ge=0, le=1e12, description="answers with a 5xx status per second"
+    )
     waiting_for_replica: bool = Field(
         default=False, description="requests are held because no replica is ready"
     )

@@ -35,6 +35,7 @@ class Window:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.arrivals = 0
+        self.errors = 0  # answers with a 5xx status
         self.latencies_s: list[float] = []
 
     def summary(self, state: DeploymentState, now: float) -> DeploymentLoad:
@@ -47,6 +48,7 @@ class Window:
             requests_per_s=self.arrivals / elapsed,
             p50_ms=percentile(values, 50) * 1000 if values else None,
             p99_ms=percentile(values, 99) * 1000 if values else None,
+            errors_per_s=self.errors / elapsed,
             waiting_for_replica=state.waiting_for_replica,
         )
 
@@ -156,7 +158,10 @@ class GatewayMetrics:
 
     def answered(self, name: str, status: int, seconds: float) -> None:
         self._series[name].observe(status, seconds)
-        self._windows[name].latencies_s.append(seconds)
+        window = self._windows[name]
+        window.latencies_s.append(seconds)
+        if status >= 500:
+            window.errors += 1
 
     def loads(self, states: list[DeploymentState], reset: bool) -> list[DeploymentLoad]:
         now = time.monotonic()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kaon.autoscaling import LoadBoard
 from kaon.executors.pools import Pools
@@ -13,6 +13,7 @@ from kaon.server.reconcilers.jobs import JobReconciler
 from kaon.server.reconcilers.pools import PoolReconciler
 from kaon.server.reconcilers.usage import UsageRetention
 from kaon.server.services.gateway import RouteVersions
+from kaon.server.services.timeline import DeploymentTimeline
 from kaon.server.wake import Wake
 
 
@@ -31,6 +32,7 @@ class ControlPlane:
     loads: LoadBoard
     routes: RouteVersions
     usage: UsageRetention
+    timeline: DeploymentTimeline = field(default_factory=DeploymentTimeline)  # console charts
 
     @property
     def wake(self) -> Wake:

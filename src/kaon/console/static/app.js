@@ -5,7 +5,10 @@ import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import { ApiError, get, signIn, signOut, token } from "./api.js";
 import { JobPage, JobsPage } from "./jobs.js";
-import { DeploymentPage, Deployments, Nodes, Overview, Quotas } from "./pages.js";
+import { Audit, Secrets } from "./data.js";
+import { DeploymentPage, Deployments } from "./deployments.js";
+import { Nodes, Overview, Quotas } from "./pages.js";
+import { ArtifactPage, Artifacts, ModelPage, Models } from "./registry.js";
 import { ErrorLine, Loading, html } from "./ui.js";
 
 const NAV = [
@@ -14,6 +17,10 @@ const NAV = [
   ["jobs", "Jobs"],
   ["deployments", "Deployments"],
   ["quotas", "Quotas"],
+  ["artifacts", "Artifacts"],
+  ["models", "Models"],
+  ["secrets", "Secrets"],
+  ["audit", "Audit log"],
 ];
 const WS_KEY = "kaon.workspace";
 
@@ -68,6 +75,14 @@ function Page({ me, workspace, route }) {
       return arg ? html`<${DeploymentPage} workspace=${ws} name=${arg} />` : html`<${Deployments} workspace=${workspace} />`;
     case "quotas":
       return html`<${Quotas} />`;
+    case "artifacts":
+      return arg ? html`<${ArtifactPage} key=${arg} workspace=${ws} artifact=${arg} />` : html`<${Artifacts} workspace=${workspace} />`;
+    case "models":
+      return arg ? html`<${ModelPage} key=${arg} workspace=${ws} name=${arg} />` : html`<${Models} workspace=${workspace} />`;
+    case "secrets":
+      return html`<${Secrets} workspace=${workspace} />`;
+    case "audit":
+      return html`<${Audit} me=${me} />`;
     default:
       return html`<p>No page ${page}. <a href="#/overview">Overview</a></p>`;
   }

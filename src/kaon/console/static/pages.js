@@ -1,4 +1,4 @@
-// Overview, nodes, deployments and quotas: each reads the API, as its token allows.
+// Overview, nodes and quotas: each reads the API, as its token allows.
 import { useRef } from "preact/hooks";
 import { call, get, ws } from "./api.js";
 import { jobPath } from "./jobs.js";
@@ -129,43 +129,5 @@ export function Quotas() {
       <tbody>${data.map((q) => html`<tr><td>${q.workspace}</td><td>${cell(q.used.gpus, q.quota.gpus)}</td><td>${cell(q.used.cpus, q.quota.cpus)}</td><td>${cell(q.used.memory, q.quota.memory, bytes)}</td><td>${q.quota.borrow_limit ?? "any"}</td></tr>`)}
       ${data.length === 0 && html`<tr><td colspan="5" class="muted">no quotas set: workspaces share the pool by priority</td></tr>`}</tbody>
     </table>
-  </section>`;
-}
-
-export function Deployments({ workspace }) {
-  const { data, error } = usePoll((signal) => get(`${ws(workspace)}/deployments`, signal), [workspace]);
-  if (!data) return html`<section><h1>Deployments</h1><${ErrorLine} error=${error} /><${Loading} /></section>`;
-  return html`<section>
-    <h1>Deployments</h1>
-    <${ErrorLine} error=${error} />
-    <table class="grid" data-testid="deployments"><thead><tr><th>name</th><th>state</th><th>replicas ready / wanted</th><th>generation</th><th>message</th><th>updated</th></tr></thead>
-      <tbody>${data.map((d) => html`<tr><td><a href=${`#/deployments/${encodeURIComponent(d.name)}?ws=${encodeURIComponent(workspace)}`}>${d.name}</a></td><td><${Badge} state=${d.status} /></td><td>${d.ready_replicas} / ${d.desired_replicas}</td><td>${d.generation}</td><td>${d.message}</td><td>${ago(d.updated_at)}</td></tr>`)}
-      ${data.length === 0 && html`<tr><td colspan="6" class="muted">no deployments in ${workspace}</td></tr>`}</tbody>
-    </table>
-  </section>`;
-}
-
-export function DeploymentPage({ workspace, name }) {
-  const { data: d, error } = usePoll((signal) => get(`${ws(workspace)}/deployments/${encodeURIComponent(name)}`, signal), [workspace, name]);
-  if (!d) return html`<section><${ErrorLine} error=${error} /><${Loading} /></section>`;
-  return html`<section>
-    <header class="page-head"><h1>${d.name}</h1><${Badge} state=${d.status} /></header>
-    <${ErrorLine} error=${error} />
-    ${d.message && html`<p class="message">${d.message}</p>`}
-    <dl class="facts">
-      <dt>replicas</dt><dd>${d.ready_replicas} ready of ${d.desired_replicas} wanted</dd>
-      <dt>generation</dt><dd>${d.generation}</dd>
-      <dt>created</dt><dd>${ago(d.created_at)}</dd>
-    </dl>
-    <h2>Replicas</h2>
-    <table class="grid" data-testid="replicas"><thead><tr><th>job</th><th>generation</th><th>state</th><th>address</th><th>why / message</th><th>since</th></tr></thead>
-      <tbody>${d.replicas.map((r) => html`<tr><td><a class="mono" href=${jobPath(workspace, r.job_id)}>${r.job_id}</a></td><td>${r.generation}</td><td><${Badge} state=${r.state} /></td><td class="mono">${r.url || ""}</td><td>${r.waiting_reason || r.message}</td><td>${ago(r.created_at)}</td></tr>`)}</tbody>
-    </table>
-    ${d.hidden_replicas > 0 && html`<p class="muted">${d.hidden_replicas} older ended replicas not shown</p>`}
-    <h2>Call it</h2>
-    <p class="muted">Clients call a deployment through the gateway, with a deployment token (<code>kaon deploy token ${d.name}</code>):</p>
-    <pre class="spec">curl -H "Authorization: Bearer $TOKEN" -d '{"x": [1, 2]}' $KAON_GATEWAY/${d.name}/predict</pre>
-    <h2>Spec</h2>
-    <pre class="spec">${JSON.stringify(d.spec, null, 2)}</pre>
   </section>`;
 }

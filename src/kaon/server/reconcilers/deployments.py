@@ -34,6 +34,7 @@ from kaon.server.reconcilers.loop import Loop
 from kaon.server.reconcilers.probes import ProbeTarget, probe_all
 from kaon.server.security.tokens import new_id, replica_key
 from kaon.server.services.job_state import request_cancel
+from kaon.server.services.timeline import DeploymentTimeline
 
 logger = logging.getLogger("kaon.reconciler.deployments")
 RECENT = timedelta(minutes=10)  # ended replicas this young count towards crash back-off
@@ -63,13 +64,16 @@ class DeploymentReconciler(Loop):
         interval_s: float = 0.5,
         drain_s: float = 1.5,
         token_key: bytes | None = None,
+        timeline: DeploymentTimeline | None = None,
     ) -> None:
         """`token_key` derives each replica's credential for its probes (the one the launch
-        gave it, `security.tokens.replica_key`); without it probes carry none."""
+        gave it, `security.tokens.replica_key`); without it probes carry none. `timeline`
+        keeps the scaling decisions for the console."""
         super().__init__()
         self.token_key = token_key
         self.db = db
         self.loads = loads
+        self.timeline = timeline or DeploymentTimeline()
         self.poke_jobs = poke_jobs
         self.clock = clock
         self.interval_s = interval_s
@@ -149,6 +153,8 @@ class DeploymentReconciler(Loop):
                 decision.replicas,
                 decision.reason,
             )
+            before = d.desired_replicas
+            self.timeline.scaled(d.name, before, decision.replicas, decision.reason, now)
         return decision.replicas
 
     async def _apply(
@@ -166,6 +172,7 @@ class DeploymentReconciler(Loop):
                 await s.execute(delete(Deployment).where(Deployment.id == d.id))
                 self.scaling.pop(d.id, None)
                 self.loads.forget(d.name)
+                self.timeline.forget(d.name)
                 return
             await _record_states(s, step, by_id, now)
             await _drain(s, step.drain, by_id, now, self.drain_s)

@@ -4,19 +4,36 @@ scripts, styles and vendored libraries, and `/` sends a browser there.
 The files are public (they hold no data; every number the console shows comes from the
 API with the signed-in token). Pages are addressed by the URL's fragment
 (`/console/#/jobs`), so the server only ever serves files that exist.
+
+Two API routes exist for the console's deployment page: a deployment's recent traffic and
+scaling (`services.timeline`), and trying one of its handlers. The page cannot call the
+gateway itself (another origin, and the page may talk only to this server), so the
+control plane forwards the call to the gateway with the caller's own token (or the
+deployment token they paste): the gateway makes the same decision on it as on any call.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import os
 import re
+import ssl
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+import httpx
+from fastapi import APIRouter, Header
 from fastapi.responses import FileResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from kaon.console import INDEX, STATIC_DIR
-from kaon.core.errors import NotFoundError
+from kaon.core.errors import InvalidSpecError, NotFoundError, UnavailableError
+from kaon.server.deps import CallerDep, PlaneDep, SessionDep
+from kaon.server.security.principal import bearer
+from kaon.server.services import deployments
+from kaon.server.services.timeline import DeploymentTimelineView
 
 router = APIRouter(tags=["console"], include_in_schema=False)
 # Every file is revalidated (cheap: 304), so an upgraded Kaon never runs yesterday's script.
@@ -66,3 +83,115 @@ async def asset(path: str) -> FileResponse:
     if not found.is_relative_to(root) or not found.is_file():
         raise NotFoundError(f"no console file {path!r}")
     return FileResponse(found, headers=NO_STALE)
+
+
+# --- the deployment page's API -----------------------------------------------------------
+
+api = APIRouter(prefix="/api/v1/workspaces/{workspace}/deployments", tags=["console"])
+
+GATEWAY_ENV = "KAON_GATEWAY_URL"  # `kaon up` sets it to the gateway it starts
+DEFAULT_GATEWAY = "http://127.0.0.1:8471"
+REPLY_LIMIT = 64 * 1024  # bytes of a reply the page shows; the rest is cut
+HANDLER = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-.]+)*")
+
+
+def gateway_url() -> str:
+    """The gateway the control plane forwards tried calls to (read at each call, so a
+    gateway moved to another port is followed)."""
+    return (os.environ.get(GATEWAY_ENV) or DEFAULT_GATEWAY).rstrip("/")
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every forwarded call: building one per client costs ~70 ms."""
+    return ssl.create_default_context()
+
+
+class TryCall(BaseModel):
+    """A call of a deployment's handler, as the console's form sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handler: str = Field(max_length=200, description="e.g. 'predict' or 'v1/chat'")
+    body: Any = Field(default=None, description="the JSON body to send (none: {})")
+    token: str | None = Field(
+        default=None,
+        max_length=500,
+        description="a deployment token to call with; none: the signed-in token",
+    )
+
+
+class TryResult(BaseModel):
+    """What the gateway answered: its status, how long it took from the control plane (the
+    gateway's queue and the handler included), and the reply's first `REPLY_LIMIT` bytes."""
+
+    status: int
+    latency_ms: float
+    content_type: str | None
+    body: str
+    truncated: bool
+    gateway: str
+
+
+@api.post("/{name}/try", response_model=TryResult)
+async def try_handler(
+    workspace: str,
+    name: str,
+    call: TryCall,
+    caller: CallerDep,
+    session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> TryResult:
+    """Call a handler through the gateway: the deployment must be one the caller sees (404
+    otherwise, as everywhere), and the gateway decides on the token, as for any client."""
+    handler = call.handler.strip("/")
+    if not HANDLER.fullmatch(handler) or ".." in handler:
+        raise InvalidSpecError(
+            f"handler {call.handler!r}: letters, digits, '-', '_' and '/' only", "handler"
+        )
+    view = await deployments.get(session, caller, workspace, name)
+    await session.close()  # the call may take long: hold no connection meanwhile
+    token = call.token.strip() if call.token and call.token.strip() else bearer(authorization)
+    url = f"{gateway_url()}/{name}/{handler}"
+    timeout = min(view.spec.request_timeout_s + 5.0, 600.0)
+    started = time.perf_counter()
+    try:
+        async with (
+            httpx.AsyncClient(timeout=timeout, verify=_tls()) as http,
+            http.stream(
+                "POST",
+                url,
+                json={} if call.body is None else call.body,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as reply,
+        ):
+            body = b""
+            async for chunk in reply.aiter_bytes():
+                body += chunk
+                if len(body) > REPLY_LIMIT:
+                    break
+            latency_ms = (time.perf_counter() - started) * 1000
+    except httpx.HTTPError as e:
+        raise UnavailableError(
+            f"the gateway at {gateway_url()} did not answer ({type(e).__name__}); is it "
+            f"running? `kaon up` starts it, and {GATEWAY_ENV} tells the control plane where"
+        ) from e
+    return TryResult(
+        status=reply.status_code,
+        latency_ms=round(latency_ms, 2),
+        content_type=reply.headers.get("content-type"),
+        body=body[:REPLY_LIMIT].decode("utf-8", errors="replace"),
+        truncated=len(body) > REPLY_LIMIT,
+        gateway=gateway_url(),
+    )
+
+
+@api.get("/{name}/timeline", response_model=DeploymentTimelineView)
+async def timeline(
+    workspace: str, name: str, caller: CallerDep, session: SessionDep, plane: PlaneDep
+) -> DeploymentTimelineView:
+    """The deployment's traffic (each second, as its gateways reported it) and scaling
+    decisions over the last minutes, from the control plane's memory (a restart forgets
+    them)."""
+    await deployments.get(session, caller, workspace, name)  # 404 unless the caller sees it
+    return plane.timeline.view(name)

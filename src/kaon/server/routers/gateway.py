@@ -30,8 +30,8 @@ async def routes(
 
 @router.post("/report", status_code=204)
 async def report(
-    body: GatewayReport, caller: CallerDep, board: LoadBoardDep, wake: WakeDep
+    body: GatewayReport, caller: CallerDep, board: LoadBoardDep, wake: WakeDep, plane: PlaneDep
 ) -> Response:
     """Load as a gateway saw it; a 'demand' report wakes the autoscaler at once."""
-    gateway.record_report(caller, body, board, time.time(), wake)
+    gateway.record_report(caller, body, board, time.time(), wake, plane.timeline)
     return Response(status_code=204)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.autoscaling import LoadBoard
@@ -21,9 +21,11 @@ from kaon.server.db.models import (
     Replica,
     Token,
     TokenWorkspace,
+    utcnow,
 )
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import replica_key
+from kaon.server.services.timeline import DeploymentTimeline
 from kaon.server.wake import Wake
 
 
@@ -90,11 +92,19 @@ async def route_table(
 
 
 def record_report(
-    caller: Principal, report: GatewayReport, board: LoadBoard, now: float, wake: Wake
+    caller: Principal,
+    report: GatewayReport,
+    board: LoadBoard,
+    now: float,
+    wake: Wake,
+    timeline: DeploymentTimeline | None = None,
 ) -> None:
-    """Load as a gateway saw it; a 'demand' report wakes the autoscaler at once."""
+    """Load as a gateway saw it; a 'demand' report wakes the autoscaler at once. The
+    `timeline` keeps a short history of it for the console's charts."""
     caller.require_gateway()
     board.record(report, now)
+    if timeline is not None:
+        timeline.record(report, now)
     if report.reason == "demand":
         wake.deployments()
 
@@ -134,6 +144,7 @@ async def _member_token_hashes(session: AsyncSession) -> dict[str, list[str]]:
         select(TokenWorkspace.workspace_id, Token.hash)
         .join(Token, Token.id == TokenWorkspace.token_id)
         .where(Token.revoked_at.is_(None))
+        .where(or_(Token.expires_at.is_(None), Token.expires_at > utcnow()))
     )
     return _grouped(rows.tuples())
 
