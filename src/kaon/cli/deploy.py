@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -42,6 +43,7 @@ def _spec(
     gpus: int | None,
     public: bool | None,
     env: list[str] | None,
+    secret_env: list[str] | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
     data: dict[str, Any] = {}
     path = None
@@ -76,6 +78,11 @@ def _spec(
         if not sep:
             raise typer.BadParameter(f"--env expects KEY=VALUE, got {pair!r}")
         data.setdefault("env", {})[key] = value
+    for pair in secret_env or []:
+        key, sep, name = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"--secret expects VAR=SECRET_NAME, got {pair!r}")
+        data.setdefault("env", {})[key] = {"secret": name}
     return data, path
 
 
@@ -113,6 +120,12 @@ PublicOpt = Annotated[
     bool | None, typer.Option("--public/--private", help="callable without a token")
 ]
 EnvOpt = Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")]
+SecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret", help="VAR=SECRET_NAME: the variable gets the workspace's secret, repeatable"
+    ),
+]
 TimeoutOpt = Annotated[
     float, typer.Option(help="seconds to wait before giving up (exit code 6)", min=0)
 ]
@@ -178,6 +191,7 @@ def create(
     gpus: GpuOpt = None,
     public: PublicOpt = None,
     env: EnvOpt = None,
+    secret_env: SecretOpt = None,
     wait: Annotated[bool, typer.Option(help="wait until a replica is ready")] = True,
     timeout: TimeoutOpt = 300.0,
     client: ClientOpt = None,
@@ -189,9 +203,20 @@ def create(
     kaon deploy create clf --from-job j-3f9c2a7b1d04
     kaon deploy create clf --model clf:production       # follows the alias
     kaon deploy create chat --llm --hf-path ./tiny-llama
+    kaon deploy create clf --model clf:production --secret API_KEY=serving-key
     """
     data, file_path = _spec(
-        file, service, from_job, min_replicas, max_replicas, cpu, memory, gpus, public, env
+        file,
+        service,
+        from_job,
+        min_replicas,
+        max_replicas,
+        cpu,
+        memory,
+        gpus,
+        public,
+        env,
+        secret_env,
     )
     if model:
         data["model"] = model
@@ -228,6 +253,7 @@ def update(
     gpus: GpuOpt = None,
     public: PublicOpt = None,
     env: EnvOpt = None,
+    secret_env: SecretOpt = None,
     wait: Annotated[
         bool, typer.Option(help="wait until the new generation is rolled out and ready")
     ] = False,
@@ -239,7 +265,17 @@ def update(
     kaon = make_client(client)
     with exit_on_error():
         changes, file_path = _spec(
-            file, service, from_job, min_replicas, max_replicas, cpu, memory, gpus, public, env
+            file,
+            service,
+            from_job,
+            min_replicas,
+            max_replicas,
+            cpu,
+            memory,
+            gpus,
+            public,
+            env,
+            secret_env,
         )
         if changes.get("service") and changes.get("from_job"):
             _input_error("give either --service or --from-job, not both")
@@ -404,6 +440,40 @@ def logs(
     """A replica's log: setup() tracebacks and request errors land here."""
     with exit_on_error():
         sys.stdout.write(make_client(client).deployments.logs(name, replica))
+
+
+@app.command()
+def call(
+    name: str,
+    handler: Annotated[str, typer.Argument(help="the handler's path, e.g. predict")],
+    body: Annotated[
+        str, typer.Argument(help="the JSON body ('-': read it from standard input)")
+    ] = "{}",
+    client: ClientOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Call a handler through the gateway with your token, and print its answer.
+
+    kaon deploy call clf predict '{"inputs": [[0.5, -1.0]]}'
+
+    Exit code 1 when the handler does not answer 2xx. Clients call the gateway itself
+    (`kaon deploy token NAME` makes a token for them); this is the quick check.
+    """
+    text = sys.stdin.read() if body == "-" else body
+    try:
+        payload = json.loads(text)
+    except ValueError as e:
+        _input_error(f"the body is not JSON: {e}")
+    kaon = make_client(client)
+    with exit_on_error():
+        reply = kaon.deployments.call(name, handler, payload)
+    if json_:
+        print_json(reply)
+    else:
+        console.print(reply.body, markup=False, highlight=False, soft_wrap=True)
+        err.print(f"{reply.status} in {reply.latency_ms:.1f} ms", markup=False, highlight=False)
+    if not 200 <= reply.status < 300:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

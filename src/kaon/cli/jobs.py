@@ -47,8 +47,12 @@ def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
     return out
 
 
-def _parse_env(pairs: list[str]) -> dict[str, str]:
-    return _parse_pairs(pairs, "--env")
+def _parse_env(pairs: list[str], secrets: list[str]) -> dict[str, Any]:
+    """``--env KEY=VALUE`` plain values and ``--secret VAR=NAME`` references to secrets."""
+    env: dict[str, Any] = dict(_parse_pairs(pairs, "--env"))
+    for var, name in _parse_pairs(secrets, "--secret").items():
+        env[var] = {"secret": name}
+    return env
 
 
 def _load_spec_file(path: Path) -> tuple[dict[str, Any], Path | None]:
@@ -85,6 +89,10 @@ def run(
     gpus: Annotated[int | None, typer.Option(help="GPUs per worker")] = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")
+    ] = None,
+    secret_env: Annotated[
+        list[str] | None,
+        typer.Option("--secret", help="VAR=SECRET_NAME: the variable gets the secret, repeatable"),
     ] = None,
     workdir: Annotated[
         Path | None, typer.Option(help="folder to upload as the working directory")
@@ -131,7 +139,7 @@ def run(
                 spec=spec,
                 workdir=folder,
                 name=name,
-                env=_parse_env(env or []) or None,
+                env=_parse_env(env or [], secret_env or []) or None,
                 cpu=cpu,
                 memory=memory,
                 gpus=gpus,

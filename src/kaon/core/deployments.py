@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -244,3 +245,30 @@ class DeploymentTokenCreated(BaseModel):
     name: str
     deployment: str
     token: str = Field(description="the secret; shown only now")
+
+
+class HandlerCall(BaseModel):
+    """A call of a deployment's handler made through the control plane, which forwards it
+    to the gateway with the caller's token (the console's form, `kaon deploy call`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handler: str = Field(max_length=200, description="e.g. 'predict' or 'v1/chat'")
+    body: Any = Field(default=None, description="the JSON body to send (none: {})")
+    token: str | None = Field(
+        default=None,
+        max_length=500,
+        description="a deployment token to call with; none: the signed-in token",
+    )
+
+
+class HandlerReply(BaseModel):
+    """What the gateway answered: its status, how long it took from the control plane (the
+    gateway's queue and the handler included), and the reply's first bytes."""
+
+    status: int
+    latency_ms: float
+    content_type: str | None
+    body: str
+    truncated: bool
+    gateway: str

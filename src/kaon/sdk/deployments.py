@@ -14,6 +14,7 @@ from kaon.core.deployments import (
     DeploymentStatus,
     DeploymentTokenCreated,
     DeploymentView,
+    HandlerReply,
     ReplicaView,
 )
 from kaon.core.errors import KaonError
@@ -126,6 +127,14 @@ class Deployments:
         params = {"replica": replica} if replica else {}
         path = self._c.ws_path(f"/deployments/{name}/logs")
         return self._c.request("GET", path, params=params).text
+
+    def call(self, name: str, handler: str, body: Any = None) -> HandlerReply:
+        """Call a handler through the gateway, as the console's form does: the control plane
+        forwards it with this client's token (a quick check; clients in production call
+        the gateway themselves)."""
+        path = self._c.ws_path(f"/deployments/{name}/try")
+        response = self._c.request("POST", path, json={"handler": handler, "body": body})
+        return HandlerReply.model_validate(response.json())
 
     def create_token(self, name: str, token_name: str = "token") -> DeploymentTokenCreated:
         path = self._c.ws_path(f"/deployments/{name}/tokens")
