@@ -21,6 +21,22 @@ stream through the gateway, with the gateway's memory (RSS) before and after.
     .venv/bin/python benchmarks/llm_serving.py                    # about 5 minutes
     .venv/bin/python benchmarks/llm_serving.py --concurrency 1 8 --requests 2
 
+What the gateway adds (``--gateway-only``): kaon and kaon-direct only, in ``--rounds``
+alternating rounds (gateway, direct, direct, gateway, ...) so that the machine's load drifts
+over both alike, and the difference of their TTFT and ITL medians per concurrency.
+``--baseline REF`` runs a second gateway in front of the same replica with the code of git
+revision REF, so a change to the gateway is measured against the old one in the same run:
+
+    .venv/bin/python benchmarks/llm_serving.py --gateway-only --rounds 6 --baseline HEAD
+
+The gateway's own work, free of scheduling noise (``--gateway-cost``): a replica stand-in
+that answers each request with a one-chunk stream at once, the gateway and a client, all on
+one event loop in this process, so the time to the first chunk through the gateway less
+the time straight to the stand-in is the gateway's CPU on the way (no model, no other
+process to wait for):
+
+    .venv/bin/python benchmarks/llm_serving.py --gateway-cost
+
 Clients, gateway and servers share the machine's cores: on a small box the numbers are
 the whole system's, which this benchmark does not hide. This file is also the module the
 replica imports (``llm_serving:BenchChat``) and the hand-written server (``--serve-hand``).
@@ -279,6 +295,137 @@ def ray_rows(args: argparse.Namespace) -> None:
             proc.kill()
 
 
+def baseline_tree(ref: str) -> Path:
+    """The ``src`` folder of git revision `ref`, extracted to a temporary folder."""
+    root = Path(tempfile.mkdtemp())
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", ref, "src/kaon"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root / "src"
+
+
+def start_gateway(routes: Path, port: int, src: Path | None = None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if src is not None:  # another revision's kaon package first on the path
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "kaon.gateway", "--routes", str(routes), "--port", str(port)]
+    return subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU time a process used so far (noise-free, unlike latencies)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def overhead_rows(
+    systems: dict[str, str], gateways: dict[str, int], args: argparse.Namespace
+) -> None:
+    """Each system once per round, the order reversed every other round; then the
+    medians of all rounds together, each gateway's difference to kaon-direct, and the
+    CPU time each gateway process spent per streamed token."""
+    names = list(systems)
+    for c in args.concurrency:
+        merged = {name: Result() for name in names}
+        cpu = dict.fromkeys(gateways, 0.0)
+        for i in range(args.rounds):
+            for name in names if i % 2 == 0 else names[::-1]:
+                before = cpu_s(gateways[name]) if name in gateways else 0.0
+                r = asyncio.run(load(systems[name], c, args.requests, args.tokens))
+                if name in gateways:
+                    cpu[name] += cpu_s(gateways[name]) - before
+                m = merged[name]
+                m.tokens += r.tokens
+                m.seconds += r.seconds
+                m.ttft += r.ttft
+                m.gaps += r.gaps
+        for name in names:
+            print(row(name, c, merged[name]), flush=True)
+        direct = merged["kaon-direct"]
+        for name in names:
+            if name != "kaon-direct":
+                r = merged[name]
+                ttft = pct(r.ttft, 50) - pct(direct.ttft, 50)
+                itl = pct(r.gaps, 50) - pct(direct.gaps, 50)
+                per_token = cpu.get(name, 0.0) / max(1, r.tokens) * 1e6
+                print(f"  {name} adds at {c} clients: TTFT p50 {ttft:+.2f} ms, "
+                      f"ITL p50 {itl:+.3f} ms ({len(r.ttft)} requests); gateway CPU "
+                      f"{per_token:.0f} us per token", flush=True)  # fmt: skip
+
+
+_STAND_IN_CHUNK = b'data: {"choices":[{"index":0,"text":"a"}]}\n\n'
+_STAND_IN_REPLY = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    + b"%x\r\n%s\r\n0\r\n\r\n" % (len(_STAND_IN_CHUNK), _STAND_IN_CHUNK)
+)
+
+
+class _StandIn(asyncio.Protocol):
+    """A replica that streams one chunk the moment a request is in."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(_STAND_IN_REPLY)
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.first: asyncio.Future[float] | None = None
+        self.done: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.first and not self.first.done() and b"data:" in self.buffer:
+            self.first.set_result(time.perf_counter())
+        if self.done and not self.done.done() and self.buffer.endswith(b"0\r\n\r\n"):
+            self.done.set_result(None)
+
+
+async def _first_chunks(port: int, path: bytes, n: int) -> list[float]:
+    loop = asyncio.get_running_loop()
+    reader = _Reader()
+    transport, _ = await loop.create_connection(lambda: reader, "127.0.0.1", port)
+    request = b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}" % path
+    times = []
+    for _ in range(n):
+        reader.buffer, reader.first, reader.done = b"", loop.create_future(), loop.create_future()
+        start = time.perf_counter()
+        transport.write(request)
+        times.append(await reader.first - start)
+        await reader.done
+    transport.close()
+    return times
+
+
+async def gateway_cost(n: int = 2000) -> None:
+    from kaon.core.gateway import RouteTable
+    from kaon.gateway.app import Gateway
+    from kaon.gateway.server import GatewayServer
+    from kaon.gateway.sources import StaticRouteSource
+
+    loop = asyncio.get_running_loop()
+    stand_in = await loop.create_server(_StandIn, "127.0.0.1", 0)
+    rport = stand_in.sockets[0].getsockname()[1]
+    table = RouteTable.model_validate({"version": 1, "routes": [{"name": "llm", "public": True,
+        "replicas": [f"http://127.0.0.1:{rport}"], "max_concurrency": 256}]})  # fmt: skip
+    gateway = Gateway(StaticRouteSource(table))
+    gport = free_port()
+    server = GatewayServer(gateway, "127.0.0.1", gport)
+    await server.start()
+    await gateway.startup()
+    await asyncio.sleep(0.3)  # the route table is in
+    for _ in range(3):
+        direct = sorted(await _first_chunks(rport, b"/v1/completions", n))[n // 2] * 1e6
+        via = sorted(await _first_chunks(gport, b"/llm/v1/completions", n))[n // 2] * 1e6
+        print(f"first chunk p50 over {n} requests: direct {direct:.0f} us, through the "
+              f"gateway {via:.0f} us: the gateway's work adds {via - direct:.0f} us")  # fmt: skip
+    await gateway.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -286,6 +433,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="per completion")
     parser.add_argument("--long", type=int, default=1000, help="tokens of the memory check")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Serve")
+    parser.add_argument("--gateway-only", action="store_true", help="kaon vs kaon-direct")
+    parser.add_argument("--rounds", type=int, default=4, help="with --gateway-only")
+    parser.add_argument("--baseline", default=None, help="also a gateway of this git ref")
+    parser.add_argument("--gateway-cost", action="store_true", help="the gateway's own work")
     parser.add_argument("--serve-hand", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--serve-ray", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,6 +445,11 @@ def main() -> None:
         return
     if args.serve_ray is not None:
         serve_ray(args.serve_ray)
+        return
+    if args.gateway_cost:
+        import uvloop
+
+        uvloop.run(gateway_cost())
         return
 
     procs: list[subprocess.Popen[bytes]] = []
@@ -308,24 +464,34 @@ def main() -> None:
                  "public": True, "max_concurrency": 256, "max_queue": 1024,
                  "request_timeout_s": 600}]}  # fmt: skip
         routes.write_text(json.dumps(table))
-        gateway = subprocess.Popen([py, "-m", "kaon.gateway", "--routes", str(routes),
-                                    "--port", str(gport)], stderr=subprocess.DEVNULL)  # fmt: skip
+        gateway = start_gateway(routes, gport)
         procs.append(gateway)
-        procs.append(subprocess.Popen([py, __file__, "--serve-hand", str(hport)]))
-        wait_ready(f"http://127.0.0.1:{rport}/ready")
-        wait_ready(f"http://127.0.0.1:{gport}/healthz")
-        wait_ready(f"http://127.0.0.1:{hport}/docs")
         systems = {
             "kaon": f"http://127.0.0.1:{gport}/llm/v1/completions",
             "kaon-direct": f"http://127.0.0.1:{rport}/v1/completions",
-            "hand": f"http://127.0.0.1:{hport}/v1/completions",
         }
+        gateways = {"kaon": gateway.pid}
+        if args.baseline:
+            bport = free_port()
+            procs.append(start_gateway(routes, bport, baseline_tree(args.baseline)))
+            gateways[f"kaon@{args.baseline}"] = procs[-1].pid
+            wait_ready(f"http://127.0.0.1:{bport}/healthz")
+            systems[f"kaon@{args.baseline}"] = f"http://127.0.0.1:{bport}/llm/v1/completions"
+        if not args.gateway_only:
+            procs.append(subprocess.Popen([py, __file__, "--serve-hand", str(hport)]))
+            wait_ready(f"http://127.0.0.1:{hport}/docs")
+            systems["hand"] = f"http://127.0.0.1:{hport}/v1/completions"
+        wait_ready(f"http://127.0.0.1:{rport}/ready")
+        wait_ready(f"http://127.0.0.1:{gport}/healthz")
         print(f"model: char transformer {SHAPE}, {args.tokens} tokens per completion, "
               f"{args.requests} completions per client\n")  # fmt: skip
         print(
             "| system | clients | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|")
+        if args.gateway_only:
+            overhead_rows(systems, gateways, args)
+            return
         for c in args.concurrency:
             for name, url in systems.items():
                 r = asyncio.run(load(url, c, args.requests, args.tokens))

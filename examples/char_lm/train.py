@@ -10,6 +10,10 @@ model writes a sample.
 It writes to out/char_lm/ (``--out``): one folder per example, so two examples run from
 the same place never resume each other's checkpoints, and the same folder on every run,
 so running the command again resumes this one instead of starting over.
+
+Its checkpoints keep the alphabet (``save_char_tokenizer``) and name this file's model
+class as their factory, so a Kaon job of it is served with
+``kaon deploy create chat --llm --from-job JOB`` (docs/llm.md).
 """
 
 import argparse
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from kaon.train import TrainConfig, Trainer, seed_everything
+from kaon.train import TrainConfig, Trainer, save_char_tokenizer, seed_everything
 
 
 def load_text() -> str:
@@ -118,7 +122,11 @@ def main() -> None:
         schedule="cosine", warmup_steps=10, clip_grad_norm=1.0, seed=args.seed,
         output_dir=args.out,
     )  # fmt: skip
-    trainer = Trainer(model, train, val, config=config, model_kwargs=kwargs)
+    save_char_tokenizer(config, "".join(vocab))  # so the job's model can be served
+    trainer = Trainer(
+        model, train, val, config=config,
+        model_factory="train:CharTransformer", model_kwargs=kwargs,
+    )  # fmt: skip
     trainer.fit()
 
     losses = [point["val_loss"] for point in trainer.history if "val_loss" in point]

@@ -9,11 +9,12 @@
 import os
 from collections.abc import Sequence
 
-from model import CharTransformer, alphabet, load_text
+from model import CharTransformer
 
 from kaon.llm import CharTokenizer, DecoderLM, LLMService, Tokenizer, from_checkpoint
 from kaon.llm.protocol import ChatMessage
 from kaon.train.predict import read_model_card
+from kaon.train.tokenizer import read_tokenizer
 
 
 class CharChat(LLMService):
@@ -23,7 +24,10 @@ class CharChat(LLMService):
     def load(self) -> tuple[DecoderLM, Tokenizer]:
         checkpoints = os.environ.get("KAON_LLM_CHECKPOINTS", "out/checkpoints")
         model = CharTransformer(**read_model_card(checkpoints)["factory_kwargs"])
-        tokenizer = CharTokenizer(alphabet(load_text()))
+        saved = read_tokenizer(checkpoints)  # the alphabet train.py saved
+        if saved is None or saved["kind"] != "char":
+            raise ValueError(f"{checkpoints} holds no character tokenizer: run train.py")
+        tokenizer = CharTokenizer(saved["alphabet"])
         return from_checkpoint(checkpoints, model, slots=self.slots), tokenizer
 
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> str:

@@ -407,6 +407,12 @@ class Gateway:
                 if not chunk:
                     return True
                 timer.chunk()
+                if stream.buffered:  # more came meanwhile: one write, one wake-up, for all
+                    parts = [chunk]
+                    while more := stream.next_ready():
+                        timer.chunk()
+                        parts.append(more)
+                    chunk = b"".join(parts)
                 await write(chunk)
         finally:
             stream.close()

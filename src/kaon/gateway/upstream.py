@@ -126,6 +126,19 @@ class UpstreamStream:
             finally:
                 timer.cancel()
                 self._wakeup = None
+        return self._pop()
+
+    def next_ready(self) -> bytes:
+        """The next chunk if one is already here, else b"" (never waits): a reader that
+        fell behind passes on everything that came meanwhile in one write."""
+        return self._pop() if self._chunks else b""
+
+    @property
+    def buffered(self) -> bool:
+        """Whether a chunk is waiting to be read."""
+        return bool(self._chunks)
+
+    def _pop(self) -> bytes:
         data = self._chunks.popleft()
         self._size -= len(data)
         if self._paused and self._size <= STREAM_HIGH_WATER // 2 and self._conn.transport:
@@ -164,6 +177,7 @@ class _Connection(asyncio.Protocol):
         self._head = False
         self._chunked = False
         self._stream: UpstreamStream | None = None
+        self._keep_alive = False  # of the streamed reply, read when it completes
         self._timer: asyncio.TimerHandle | None = None
         self.release: Callable[[_Connection, bool], None] | None = None  # set by the pool
 
@@ -218,6 +232,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._stream is not None:
+            # asked now: once the parser has moved past the message it answers False, and
+            # every streamed reply would cost a new connection (a connect on the TTFT path)
+            self._keep_alive = self._parser.should_keep_alive()
             self._stream._finish()
             return
         reply = self._reply
@@ -239,7 +256,7 @@ class _Connection(asyncio.Protocol):
         matters at this rate); on expiry the connection is closed, never reused."""
         assert self.transport is not None
         self._reply, self._chunks, self._size, self._got_bytes = UpstreamReply(), [], 0, False
-        self._head, self._chunked, self._stream = head, False, None
+        self._head, self._chunked, self._stream, self._keep_alive = head, False, None, False
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         self._timer = timer = loop.call_later(timeout_s, self._expire)
@@ -254,7 +271,7 @@ class _Connection(asyncio.Protocol):
     def stream_done(self, complete: bool) -> None:
         """The gateway is done with the streamed reply: reuse the connection if the reply
         was read to its end, close it otherwise (the replica then stops generating)."""
-        reusable = complete and not self.closed and self._parser.should_keep_alive()
+        reusable = complete and not self.closed and self._keep_alive
         self._stream = None
         self.last_used = time.monotonic()
         if not reusable:

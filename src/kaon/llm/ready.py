@@ -2,13 +2,16 @@
 the user's: it serves whatever model folder the replica is given in ``KAON_MODEL_DIR``
 (a registered model version, materialised by the control plane).
 
-What it can load is a Hugging Face causal LM folder, as ``save_pretrained`` writes it
-(``config.json``, the weights and the tokenizer's files), through `kaon.llm.hf`. A
-`kaon.train` checkpoint (``model_card.json``) is refused with the reason: its card tells
-how to rebuild the network, but no job saves its tokenizer (``examples/gpt`` trains on
-token ids, ``examples/char_lm`` builds its alphabet from its text file), so text could
-not be turned into the model's tokens; such a model is served with a small
-`kaon.llm.LLMService` of its own (``examples/llm/service.py``).
+It loads two kinds of folder:
+
+- a Hugging Face causal LM, as ``save_pretrained`` writes it (``config.json``, the weights
+  and the tokenizer's files), through `kaon.llm.hf`;
+- a `kaon.train` job's checkpoint folder whose training script saved its tokenizer
+  (``kaon.train.save_char_tokenizer`` / ``save_byte_tokenizer``: ``kaon_tokenizer.json``).
+  The network is rebuilt from the newest checkpoint's model card (its factory,
+  ``module:callable``, and kwargs), imported from the job's code, which a deployment of
+  a job's model runs in. A checkpoint folder without the tokenizer file is refused with
+  the reason, since text could not be turned into the model's tokens.
 
 The model's name in ``/v1/models`` is the deployment's (``KAON_DEPLOYMENT``).
 """
@@ -17,14 +20,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from kaon.core.replicas import ENV_DEPLOYMENT, ENV_MODEL_DIR
 from kaon.llm.hf import HFChat
+from kaon.llm.loading import from_checkpoint
 from kaon.llm.models import DecoderLM
-from kaon.llm.tokenizers import Tokenizer
+from kaon.llm.protocol import ChatMessage
+from kaon.llm.service import LLMService
+from kaon.llm.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
 from kaon.train.checkpoint import CARD_FILE
+from kaon.train.tokenizer import TOKENIZER_FILE, read_tokenizer
 
-__all__ = ["ModelDirLLM", "describe_folder"]
+__all__ = ["ModelDirLLM", "describe_folder", "tokenizer_from"]
 
 HF_CONFIG = "config.json"
 
@@ -39,8 +47,17 @@ def describe_folder(folder: Path) -> str:
     return "unknown"
 
 
+def tokenizer_from(spec: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a checked ``kaon_tokenizer.json`` describes."""
+    if spec["kind"] == "char":
+        return CharTokenizer(spec["alphabet"], eos=spec.get("eos"))
+    return ByteTokenizer(eos_id=spec.get("eos_id"))
+
+
 class ModelDirLLM(HFChat):
     """A ready `LLMService` over ``$KAON_MODEL_DIR``."""
+
+    _kaon_train = False  # set by load: chats then use LLMService's plain template
 
     def load(self) -> tuple[DecoderLM, Tokenizer]:
         path = os.environ.get(ENV_MODEL_DIR)
@@ -48,15 +65,46 @@ class ModelDirLLM(HFChat):
             raise ValueError(f"{ENV_MODEL_DIR} is not set: deploy with --model or --hf-path")
         kind = describe_folder(Path(path))
         if kind == "kaon.train":
+            loaded = self._load_kaon_train(Path(path))
+        elif kind == "hf":
+            self.hf_path = path
+            loaded = super().load()  # names the model after the folder: a digest here
+        else:
             raise ValueError(
-                "this model is a kaon.train checkpoint, which holds no tokenizer; serve it "
-                "with an LLMService of your own (see examples/llm/service.py), or register "
-                "a Hugging Face folder (save_pretrained) instead"
+                f"{path} holds neither {HF_CONFIG} (a Hugging Face model) nor {CARD_FILE} "
+                "(a kaon.train checkpoint)"
             )
-        if kind != "hf":
-            raise ValueError(f"{path} holds no {HF_CONFIG}: not a Hugging Face model folder")
-        self.hf_path = path
-        loaded = super().load()  # names the model after the folder: a digest here
-        if type(self).model_name == HFChat.model_name:
+        if type(self).model_name in (HFChat.model_name, LLMService.model_name):
             self.model_name = os.environ.get(ENV_DEPLOYMENT) or Path(path).name
         return loaded
+
+    def _load_kaon_train(self, folder: Path) -> tuple[DecoderLM, Tokenizer]:
+        spec = read_tokenizer(folder)
+        if spec is None:
+            raise ValueError(
+                f"this kaon.train checkpoint folder holds no {TOKENIZER_FILE}: have the "
+                "training script save its tokenizer (kaon.train.save_char_tokenizer or "
+                "save_byte_tokenizer, as examples/llm/train.py does) and train again, or "
+                "serve it with an LLMService of your own"
+            )
+        tokenizer = tokenizer_from(spec)
+        try:
+            model = from_checkpoint(folder, slots=self.slots)
+        except ImportError as e:
+            raise ValueError(
+                f"the model card's factory could not be imported ({e}): deploy the job's "
+                "model (--from-job, or --model of a version registered from the job) so "
+                "the replica runs in the job's code"
+            ) from e
+        if tokenizer.vocab_size > model.vocab:
+            raise ValueError(
+                f"{TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only "
+                f"{model.vocab}: it is not this model's tokenizer"
+            )
+        self._kaon_train = True
+        return model, tokenizer
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> str:
+        if self._kaon_train:
+            return LLMService.chat_prompt(self, messages)
+        return super().chat_prompt(messages)
