@@ -76,11 +76,16 @@ class _Reporter:
             method="POST",
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
         )
+        context = None
+        if self._endpoint.startswith("https:"):  # verified by the launch's certificate
+            from kaon.core.tls import ENV_CA_PEM, client_context
+
+            context = client_context(ca_pem=os.environ.get(ENV_CA_PEM) or None)
         deadline = time.monotonic() + _RETRY_FOR_S
         delay = 0.2
         while True:
             try:
-                with urllib.request.urlopen(request, timeout=5) as response:
+                with urllib.request.urlopen(request, timeout=5, context=context) as response:
                     response.read()
                 return
             except urllib.error.HTTPError as e:

@@ -53,6 +53,17 @@ class SecretsUnavailable(Exception):
     """The job's secrets could not be fetched; the worker is not started."""
 
 
+def api_tls_context(env: dict[str, str]) -> Any:
+    """The context that verifies a control plane serving TLS by the certificate in the
+    launch's environment (``KAON_CA_PEM``, as in `kaon.core.tls.client_context`); the
+    system's trust store when there is none."""
+    import ssl
+
+    context = ssl.create_default_context(cadata=env.get("KAON_CA_PEM") or None)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a pinned leaf ends the chain
+    return context
+
+
 def _fetch_secrets(env: dict[str, str], stopped: Callable[[], bool]) -> dict[str, str]:
     """Variable -> value for the job's secrets, asked of the control plane with the job's
     token (retried while the control plane cannot be reached, not when it refuses, and
@@ -63,7 +74,10 @@ def _fetch_secrets(env: dict[str, str], stopped: Callable[[], bool]) -> dict[str
     url = f"{env['KAON_API_URL'].rstrip('/')}/api/v1/jobs/{env['KAON_JOB_ID']}/secrets"
     headers = {"Authorization": f"Bearer {env['KAON_JOB_TOKEN']}"}
     request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight there
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),  # straight there
+        urllib.request.HTTPSHandler(context=api_tls_context(env)),
+    )
     deadline, delay = time.monotonic() + SECRETS_WAIT_S, 0.2
     while not stopped():
         try:

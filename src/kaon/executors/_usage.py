@@ -116,6 +116,16 @@ def interval_of(env: dict[str, str]) -> float:
         return DEFAULT_INTERVAL_S
 
 
+def _tls_context(env: dict[str, str]) -> Any:
+    """Verifies the control plane by the certificate the launch names (``KAON_CA_PEM``),
+    as the supervisor does (`_shim.api_tls_context`)."""
+    import ssl
+
+    context = ssl.create_default_context(cadata=env.get("KAON_CA_PEM") or None)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 class UsageReporter:
     """Samples the tree of `pid` every `interval` seconds and posts the samples in batches
     to the job's metrics endpoint, on a daemon thread of its own."""
@@ -124,6 +134,7 @@ class UsageReporter:
         url = env["KAON_API_URL"].rstrip("/")
         self._endpoint = f"{url}/api/v1/jobs/{env['KAON_JOB_ID']}/metrics"
         self._token = env["KAON_JOB_TOKEN"]
+        self._tls = _tls_context(env) if url.startswith("https:") else None
         self._worker = int(env.get("KAON_WORKER_INDEX", "0"))
         visible = env.get("CUDA_VISIBLE_DEVICES", "")
         self._gpus = [d.strip() for d in visible.split(",") if d.strip()]
@@ -183,7 +194,9 @@ class UsageReporter:
         body = json.dumps({"worker": self._worker, "points": batch}).encode()
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
         request = urllib.request.Request(self._endpoint, body, headers, method="POST")
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self._tls)
+        )
         try:
             with opener.open(request, timeout=POST_TIMEOUT_S) as response:
                 response.read()

@@ -32,6 +32,9 @@ class ClientConfig:
     token: str | None = None
     workspace: str = "default"
     gateway_url: str = DEFAULT_GATEWAY_URL  # where deployments answer (`kaon up` saves it)
+    # The certificate an https control plane is verified by (its CA's, or its own,
+    # pinned); None: the system's trust store. KAON_CA_FILE, or `kaon up --tls-*` saves it.
+    ca_file: str | None = None
 
 
 def load_config() -> ClientConfig:
@@ -43,6 +46,7 @@ def load_config() -> ClientConfig:
         gateway_url=os.environ.get("KAON_GATEWAY_URL")
         or data.get("gateway_url")
         or DEFAULT_GATEWAY_URL,
+        ca_file=os.environ.get("KAON_CA_FILE") or data.get("ca_file"),
     )
 
 
@@ -50,20 +54,26 @@ def save_config(config: ClientConfig) -> Path:
     """Write the config readable by this user only: it holds a token. What else the file
     records (this home's instance id) stays: logging in elsewhere does not change which
     control plane is this home's own."""
-    return _update(
-        {
-            "url": config.url,
-            "token": config.token,
-            "workspace": config.workspace,
-            "gateway_url": config.gateway_url,
-        }
-    )
+    changes = {
+        "url": config.url,
+        "token": config.token,
+        "workspace": config.workspace,
+        "gateway_url": config.gateway_url,
+    }
+    if config.ca_file is not None:  # KAON_CA_FILE at login, or `kaon up` over TLS
+        changes["ca_file"] = config.ca_file
+    return _update(changes)
 
 
 def save_gateway_url(url: str) -> Path:
     """Record where the gateway answers, keeping everything else in the file as it is
     (values that came from the environment are not written down)."""
     return _update({"gateway_url": url})
+
+
+def save_ca_file(ca_file: str) -> Path:
+    """Record the certificate this home's control plane is verified by (`kaon up`)."""
+    return _update({"ca_file": ca_file})
 
 
 def save_instance_id(instance_id: str) -> Path:

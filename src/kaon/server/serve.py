@@ -18,9 +18,11 @@ import sys
 
 import uvicorn
 
+from kaon.core.tls import is_loopback, listen_refusal
 from kaon.server.app import create_app
 from kaon.server.config import Settings
 from kaon.server.security.home import HomeNotWritableError
+from kaon.server.security.tls import ensure_self_signed
 
 CREDENTIALS = ("KAON_BOOTSTRAP_TOKEN", "KAON_DATABASE_URL")
 HANDED_FD = "KAON_CREDENTIALS_FD"  # the pipe the re-executed server reads them from
@@ -32,13 +34,47 @@ def serve(settings: Settings) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = with_tls(settings)
     app = create_app(settings.with_(shutdown_deadline_s=settings.shutdown_deadline_s or 30.0))
     # What start-up made (modules, models, schemas, the app) lives as long as the process:
     # moved out of the collector's reach, it is not walked again by every collection. With
     # 10,000 queued jobs that walk was a third of a scheduling tick
     # (benchmarks/scheduler_tick.py --gc-freeze).
     gc.freeze()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+    )
+
+
+class ListenRefused(Exception):
+    """The settings would serve the API where it must not go in plain HTTP."""
+
+
+def with_tls(settings: Settings) -> Settings:
+    """`settings` with the certificate it serves: the operator's, or this home's own
+    (made on the first start with ``KAON_TLS_SELF_SIGNED``). Refused, before anything
+    binds, beyond loopback with neither a certificate nor ``KAON_INSECURE``."""
+    if settings.tls_self_signed and settings.tls_cert is None:
+        files = ensure_self_signed(settings.home, settings.host)
+        settings = settings.with_(tls_cert=files.cert, tls_key=files.key)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ListenRefused("KAON_TLS_CERT and KAON_TLS_KEY go together: give both")
+    refusal = listen_refusal(settings.host, settings.tls_cert is not None, settings.insecure)
+    if refusal is not None:
+        raise ListenRefused(refusal)
+    if settings.insecure and settings.tls_cert is None and not is_loopback(settings.host):
+        logging.getLogger("kaon.security").warning(
+            "INSECURE: serving the API on %s in plain HTTP; every token crosses the network "
+            "in clear text",
+            settings.host,
+        )
+    return settings
 
 
 def main() -> None:
@@ -53,7 +89,7 @@ def main() -> None:
         overrides["database_url"] = handed["KAON_DATABASE_URL"]
     try:
         serve(Settings.from_env(**overrides))
-    except HomeNotWritableError as exc:  # the operator's to fix: the reason, not a traceback
+    except (HomeNotWritableError, ListenRefused) as exc:  # the operator's to fix: no traceback
         sys.exit(f"kaon server: {exc}")
 
 

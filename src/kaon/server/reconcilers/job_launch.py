@@ -31,6 +31,7 @@ from kaon.core.secrets import (
     secret_files,
     secret_refs,
 )
+from kaon.core.tls import ENV_CA_PEM
 from kaon.executors.base import Executor, GangLaunch, WorkerLaunch, WorkerState
 from kaon.executors.local import RUN_AS_ENV, LaunchAborts
 from kaon.server.db.models import Job, Worker, Workspace
@@ -57,6 +58,7 @@ class LaunchConfig:
     aborts: LaunchAborts | None = None  # where a launch in progress is told to stop
     worker_uids: tuple[int, int] | None = None  # each workspace's workers as its own uid
     usage_interval_s: float = 5.0  # how often supervisors sample usage (KAON_USAGE_INTERVAL_S)
+    ca_pem: str | None = None  # the API's certificate, when it serves TLS (KAON_CA_PEM)
 
 
 async def launch(
@@ -193,6 +195,7 @@ def gang(
         "KAON_RESTART_COUNT": str(job.restart_count),
         "KAON_USAGE_INTERVAL_S": str(config.usage_interval_s),
         **_replica_key_env(job, config.token_key),
+        **({ENV_CA_PEM: config.ca_pem} if config.ca_pem else {}),
         **({RUN_AS_ENV: str(uid)} if uid is not None else {}),
     }
     snapshot = None

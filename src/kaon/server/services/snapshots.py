@@ -24,12 +24,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.errors import InvalidSpecError, NotFoundError, PayloadTooLargeError
 from kaon.core.resources import describe_memory
 from kaon.server.db.models import Snapshot
 from kaon.server.security.principal import Principal
+from kaon.server.services import storage_use
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,15 @@ async def upload(
 ) -> tuple[str, int]:
     """Receive an upload into the blob store and record it for the workspace."""
     workspace_id = caller.workspace_id(workspace)
+    await storage_use.check_room(session, workspace_id, 0)  # already full: before the body
     sha, size = await receive(chunks, blobs_dir, limits)
     if await session.get(Snapshot, (workspace_id, sha)) is None:
+        try:
+            await storage_use.check_room(session, workspace_id, size)
+        except PayloadTooLargeError:
+            if await session.scalar(select(Snapshot.sha256).where(Snapshot.sha256 == sha)) is None:
+                snapshot_path(blobs_dir, sha).unlink(missing_ok=True)  # no workspace has it
+            raise
         session.add(Snapshot(workspace_id=workspace_id, sha256=sha, size=size))
         await session.commit()
     return sha, size
