@@ -31,6 +31,7 @@ from playwright.sync_api import Page, sync_playwright
 from kaon.sdk.client import Client
 from kaon.server.app import create_app
 from kaon.server.config import Settings, normalize_database_url
+from kaon.server.services.history import INTERVAL_ENV
 
 TOKEN = "kaon_shots-admin-" + "x" * 24
 TRAIN = """
@@ -46,6 +47,22 @@ SLEEP = [
     "python",
     "-c",
     "import time\nwhile True: print('serving', flush=True); time.sleep(5)",
+]
+# The pool's GPUs are declared (NVML sees none), so this job reports its utilisation
+# itself, under the reserved name and with its own token, as a worker's supervisor does
+# where NVML measures it: the overview's utilisation chart then has a line to draw.
+GPU_BUSY = [
+    "python",
+    "-c",
+    "import math, os, time, httpx\n"
+    "e = os.environ\n"
+    "url = f\"{e['KAON_API_URL']}/api/v1/jobs/{e['KAON_JOB_ID']}/metrics\"\n"
+    "auth = {'Authorization': f\"Bearer {e['KAON_JOB_TOKEN']}\"}\n"
+    "while True:\n"
+    "    util = 78 + 15 * math.sin(time.time() / 9)\n"
+    "    point = {'time': time.time(), 'values': {'sys/gpu_util': util}}\n"
+    "    httpx.post(url, json={'points': [point]}, headers=auth)\n"
+    "    time.sleep(2)\n",
 ]
 SERVICE = """
 import kaon
@@ -87,7 +104,7 @@ def stage(url: str, home: Path) -> dict[str, str]:
         admin.workspaces.create(ws)
     http.put("/api/v1/quotas/vision", json={"gpus": 2, "cpus": 8, "memory": "32Gi"})
     http.put(
-        "/api/v1/quotas/nlp", json={"gpus": 2, "cpus": 8, "memory": "32Gi", "borrow_limit": 1}
+        "/api/v1/quotas/nlp", json={"gpus": 2, "cpus": 4, "memory": "32Gi", "borrow_limit": 1}
     )
     vision = Client(url, token=TOKEN, workspace="vision")
     nlp = Client(url, token=TOKEN, workspace="nlp")
@@ -101,7 +118,9 @@ def stage(url: str, home: Path) -> dict[str, str]:
     )
     vision.jobs.wait(bad.id, timeout=60)
     train = vision.jobs.submit([py, "-c", TRAIN], name="resnet50", cpu=4, memory="8Gi", gpus=2)
-    nlp.jobs.submit(SLEEP, name="bert-finetune", cpu=4, memory="16Gi", gpus=2)
+    nlp.jobs.submit(GPU_BUSY, name="bert-finetune", cpu=4, memory="16Gi", gpus=2)
+    # Over nlp's 4 CPUs of quota: it borrows 3 of the 4 that vision leaves unused.
+    nlp.jobs.submit(SLEEP, name="tokenize-corpus", cpu=3, memory="4Gi")
     waits = nlp.jobs.submit(SLEEP, name="lr-sweep", cpu=2, memory="8Gi", gpus=2)
     svc = home / "svc"
     svc.mkdir()
@@ -199,6 +218,7 @@ def shoot(page: Page, url: str, out: Path, name: str, wait_for: str, full: bool 
 def main() -> None:
     # Jobs run `python` from this environment (their specs, on screen, read as a user's do).
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    os.environ.setdefault(INTERVAL_ENV, "2")  # a history point every 2 s, not 15: a short day
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
     parser.add_argument("--chromium", default=shutil.which("chromium"))
@@ -234,7 +254,6 @@ def main() -> None:
         page.wait_for_selector("[data-testid=whoami]")
         page.select_option("[data-testid=workspace]", "vision")
         c = f"{url}/console/#"
-        shoot(page, f"{c}/overview", args.out, "overview", "[data-testid=allocation]")
         shoot(page, f"{c}/nodes", args.out, "nodes", "[data-testid=nodes]")
         shoot(page, f"{c}/jobs", args.out, "jobs", "[data-testid=jobs]")
         shoot(
@@ -254,7 +273,6 @@ def main() -> None:
         )
         page.select_option("[data-testid=workspace]", "default")
         shoot(page, f"{c}/deployments", args.out, "deployments", "[data-testid=deployments]")
-        shoot(page, f"{c}/quotas", args.out, "quotas", "[data-testid=quotas]")
         page.select_option("[data-testid=workspace]", "vision")
         shoot(page, f"{c}/artifacts", args.out, "artifacts", "[data-testid=artifacts]")
         model = f"{c}/models/resnet50?ws=vision"
@@ -273,6 +291,10 @@ def main() -> None:
         time.sleep(2.5)
         page.screenshot(path=str(args.out / "console-deployment.png"), full_page=True)
         print(f"saved {args.out / 'console-deployment.png'}")
+        # Last, so the control plane has recorded a few minutes of history by now.
+        chart = "[data-testid=history] [data-metric='GPU utilisation (%, measured)']"
+        shoot(page, f"{c}/overview", args.out, "overview", chart, full=True)
+        shoot(page, f"{c}/quotas", args.out, "quotas", "[data-testid=quota-history]", full=True)
         browser.close()
     stop.set()
     gateway_proc.terminate()

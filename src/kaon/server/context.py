@@ -13,6 +13,7 @@ from kaon.server.reconcilers.jobs import JobReconciler
 from kaon.server.reconcilers.pools import PoolReconciler
 from kaon.server.reconcilers.usage import UsageRetention
 from kaon.server.services.gateway import RouteVersions
+from kaon.server.services.history import PoolHistory
 from kaon.server.services.timeline import DeploymentTimeline
 from kaon.server.wake import Wake
 
@@ -33,6 +34,7 @@ class ControlPlane:
     routes: RouteVersions
     usage: UsageRetention
     timeline: DeploymentTimeline = field(default_factory=DeploymentTimeline)  # console charts
+    history: PoolHistory = field(default_factory=PoolHistory.from_env)  # the pool over a day
 
     @property
     def wake(self) -> Wake:

@@ -87,8 +87,9 @@ export function Loading() {
 
 const PALETTE = ["#3b6fd8", "#d8743b", "#2e9e6a", "#a24bd0", "#c43d5a", "#6b7d2a"];
 
-// A line chart of { x: number[], series: [{ label, values: (number|null)[] }] }.
-export function Chart({ title, x, series, xLabel, yRange }) {
+// A line chart of { x: number[], series: [{ label, values: (number|null)[] }] }; with
+// `time`, x is unix seconds, shown as clock times.
+export function Chart({ title, x, series, xLabel, yRange, time = false }) {
   const box = useRef(null);
   const plot = useRef(null);
   useEffect(() => {
@@ -96,7 +97,7 @@ export function Chart({ title, x, series, xLabel, yRange }) {
     const opts = {
       width,
       height: 220,
-      scales: yRange ? { x: { time: false }, y: { range: yRange } } : { x: { time: false } },
+      scales: yRange ? { x: { time }, y: { range: yRange } } : { x: { time } },
       axes: [{ label: xLabel }, {}],
       series: [{ label: xLabel }, ...series.map((s, i) => ({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: true }))],
     };

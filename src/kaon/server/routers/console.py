@@ -5,11 +5,13 @@ The files are public (they hold no data; every number the console shows comes fr
 API with the signed-in token). Pages are addressed by the URL's fragment
 (`/console/#/jobs`), so the server only ever serves files that exist.
 
-Two API routes exist for the console's deployment page: a deployment's recent traffic and
-scaling (`services.timeline`), and trying one of its handlers. The page cannot call the
-gateway itself (another origin, and the page may talk only to this server), so the
-control plane forwards the call to the gateway with the caller's own token (or the
-deployment token they paste): the gateway makes the same decision on it as on any call.
+Three API routes exist for the console alone: the pool's allocation over the last day
+(`services.history`), for the overview and quotas pages; and for the deployment page, a
+deployment's recent traffic and scaling (`services.timeline`), and trying one of its
+handlers. The page cannot call the gateway itself (another origin, and the page may talk
+only to this server), so the control plane forwards the call to the gateway with the
+caller's own token (or the deployment token they paste): the gateway makes the same
+decision on it as on any call.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ import time
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Header
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kaon.console import INDEX, STATIC_DIR
 from kaon.core.errors import InvalidSpecError, NotFoundError, UnavailableError
 from kaon.server.deps import CallerDep, PlaneDep, SessionDep
 from kaon.server.security.principal import bearer
-from kaon.server.services import deployments
+from kaon.server.services import deployments, history
 from kaon.server.services.timeline import DeploymentTimelineView
 
 router = APIRouter(tags=["console"], include_in_schema=False)
@@ -195,3 +197,30 @@ async def timeline(
     them)."""
     await deployments.get(session, caller, workspace, name)  # 404 unless the caller sees it
     return plane.timeline.view(name)
+
+
+# --- the overview's and quotas page's API ----------------------------------------------
+
+history_api = APIRouter(prefix="/api/v1/history", tags=["console"])
+
+
+@history_api.get("", response_model=history.HistoryView)
+async def pool_history(
+    caller: CallerDep,
+    session: SessionDep,
+    plane: PlaneDep,
+    window_s: Annotated[
+        float, Query(gt=0, le=history.RETENTION_S, description="seconds back from now")
+    ] = 3600.0,
+) -> Response:
+    """The pool's allocation, queue and GPU utilisation over the last `window_s`, one point
+    per interval from the control plane's memory (a restart forgets them) and one taken
+    now; per workspace its use, quota, borrowed and lent, for the caller's workspaces only
+    (an admin's: every one). Pool-wide totals name no workspace."""
+    at = time.time()
+    now = await history.sample(session, at, plane.history.readings.values(at))
+    await session.close()
+    # Serialised once, by pydantic's core: FastAPI's generic encoder would walk every number
+    # of a day's series again (several times slower for the same bytes).
+    view = plane.history.view(caller, window_s, now)
+    return Response(view.model_dump_json(), media_type="application/json")
