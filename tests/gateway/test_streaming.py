@@ -52,11 +52,12 @@ def base(request: pytest.FixtureRequest, replica_url: str) -> str:
 
 
 def wait_for(path: Path) -> str:
+    """The mark's text, once written: the file exists a moment before its text is in it."""
     deadline = time.monotonic() + LIMIT_S
-    while not path.exists():
+    while not (path.exists() and (text := path.read_text())):
         assert time.monotonic() < deadline, f"{path.name} never appeared"
         time.sleep(0.01)
-    return path.read_text()
+    return text
 
 
 class TestStreaming:
