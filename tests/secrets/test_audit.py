@@ -20,6 +20,7 @@ from kaon.cli.main import app
 from kaon.core.errors import AuthError, NotFoundError, PermissionDeniedError
 from kaon.core.jobs import JobStatus
 from kaon.core.secrets import AuditRecordView
+from kaon.sdk.admin import Users
 from kaon.sdk.client import Client
 from tests.conftest import RunningServer, ThreadServer, test_settings
 
@@ -135,11 +136,13 @@ class TestVisibility:
         client.workspaces.create("team-b")
         client.secrets.set("a", VALUE)
         client.secrets.set("b", VALUE, workspace="team-b")
-        bob = client.tokens.create("bob", workspaces=["team-b"]).token
+        Users(client).create("bob")  # the audit log of team-b is its admins'
+        client.workspaces.add_member("team-b", "bob", "admin")
+        bob = client.tokens.create("bob", workspaces=["team-b"], role="admin", user="bob").token
         with server.client(bob, workspace="team-b") as b:
             b.secrets.set("c", VALUE)
             seen = b.audit.list()
-            assert {r.workspace for r in seen} == {"team-b"} and len(seen) == 2
+            assert {r.workspace for r in seen} == {"team-b"} and len(seen) == 3  # bob joined
             with pytest.raises(NotFoundError):
                 b.audit.list(workspace="default")
             with pytest.raises(PermissionDeniedError):

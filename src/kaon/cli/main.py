@@ -30,6 +30,7 @@ from kaon.cli import models as models_cli
 from kaon.cli import pools as pools_cli
 from kaon.cli import quotas as quotas_cli
 from kaon.cli import secrets as secrets_cli
+from kaon.cli import users as users_cli
 from kaon.cli.common import (
     EXIT_INPUT,
     EXIT_TIMEOUT,
@@ -51,6 +52,7 @@ from kaon.cli.daemon import (
 from kaon.cli.render import console, err, nodes_table, print_json, rows_table
 from kaon.core.auth import parse_expiry
 from kaon.core.errors import KaonError
+from kaon.core.tls import CERT_FILE, SELF_SIGNED_DIR, fingerprint, is_loopback, listen_refusal
 from kaon.core.writable import unwritable_message
 from kaon.sdk.admin import Tokens
 from kaon.sdk.client import Client
@@ -59,6 +61,7 @@ from kaon.sdk.config import (
     home,
     load_config,
     own_instance_id,
+    save_ca_file,
     save_config,
     save_gateway_url,
     save_instance_id,
@@ -88,6 +91,7 @@ workspace_app = typer.Typer(
 )
 app.add_typer(token_app, name="token")
 app.add_typer(workspace_app, name="workspace")
+users_cli.register(app, workspace_app)
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVER = "kaon.server"
@@ -134,12 +138,24 @@ def up(
     host: Annotated[
         str, typer.Option(help="address to listen on; other machines need a reachable one")
     ] = "127.0.0.1",
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="serve the API over TLS with this certificate (PEM)")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
+    tls_self_signed: Annotated[
+        bool, typer.Option(help="serve TLS with a key and self-signed certificate made here")
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="serve plain HTTP beyond loopback: tokens in clear text")
+    ] = False,
 ) -> None:
     """Start the control plane and its gateway in the background; print the URL and token.
 
-    This home's control plane, if it runs, is reused; a port held by anything else is not."""
-    url = f"http://127.0.0.1:{port}"
-    probe = Client(url, token="", timeout=1.0)  # a local server answers in ms
+    This home's control plane, if it runs, is reused; a port held by anything else is not.
+    Beyond loopback it takes a certificate (or --tls-self-signed), or --insecure."""
+    tls = _tls_choice(host, tls_cert, tls_key, tls_self_signed, insecure)  # before any bind
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    probe = Client(url, token="", timeout=1.0, verify=False)  # no token: nothing to protect
     if _check_ports(probe, port, gateway_port, host):
         daemon = _server_daemon()  # ours, maybe still starting
         _await(daemon, "control plane", port, lambda: _health(probe) is not None, timeout)
@@ -147,18 +163,67 @@ def up(
         problem = unwritable_message(home())  # before a log or pid file is written there
         if problem is not None:
             _fail(problem, EXIT_INPUT)
-        env = _server_env(port, host, database_url, ray_address)
+        env = {**_server_env(port, host, database_url, ray_address), **(tls or {})}
         env["KAON_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"  # the console's "try it"
-        _start_server(probe, env, timeout)
+        _start_server(probe, env, timeout, _ca_file(tls))
     _record_instance(probe)
+    ca_file = _ca_file(tls)
+    if ca_file is not None:
+        save_ca_file(ca_file)  # every later command verifies this home's server by it
     config = load_config()
-    gateway = _start_gateway(url, config.token, port, gateway_port)
+    gateway = _start_gateway(url, config.token, port, gateway_port, ca_file)
     if gateway is not None and gateway != config.gateway_url:
         save_gateway_url(gateway)  # `kaon deploy` prints this address
     if ray_address and config.token:
         with exit_on_error():
-            pools_cli.wait_connected(Client(url, token=config.token).pools.get, "ray", 180)
+            client = Client(url, token=config.token, ca_file=ca_file)
+            pools_cli.wait_connected(client.pools.get, "ray", 180)
     _print_up(url, gateway, config.token, (port, gateway_port))
+    if ca_file is not None:
+        pem = Path(ca_file).read_text()
+        console.print(f"TLS certificate: {escape(ca_file)}", soft_wrap=True)
+        console.print(  # no emoji: ":AB:" pairs of the fingerprint are not codes
+            f"  SHA-256 fingerprint: [bold]{fingerprint(pem)}[/]", soft_wrap=True, emoji=False
+        )
+
+
+def _tls_choice(
+    host: str, cert: Path | None, key: Path | None, self_signed: bool, insecure: bool
+) -> dict[str, str] | None:
+    """The server's TLS settings (environment) for these flags, or None for plain HTTP.
+    Exits with the reason, before anything binds, when plain HTTP would leave loopback
+    without --insecure (which is then said loudly)."""
+    if (cert is None) != (key is None):
+        _fail("--tls-cert and --tls-key go together: give both", EXIT_INPUT)
+    if cert is not None and self_signed:
+        _fail("give --tls-cert and --tls-key, or --tls-self-signed, not both", EXIT_INPUT)
+    refusal = listen_refusal(host, cert is not None or self_signed, insecure)
+    if refusal is not None:
+        _fail(refusal, EXIT_INPUT)
+    if cert is not None and key is not None:
+        for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+            if not path.is_file():
+                _fail(f"{flag}: no file at {path}", EXIT_INPUT)
+        return {"KAON_TLS_CERT": str(cert.resolve()), "KAON_TLS_KEY": str(key.resolve())}
+    if self_signed:
+        return {"KAON_TLS_SELF_SIGNED": "1"}
+    if insecure and not is_loopback(host):
+        err.print(
+            f"[bold red]WARNING: INSECURE[/]: the API on {escape(host)} speaks plain HTTP; "
+            "every token crosses the network in clear text",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return {"KAON_INSECURE": "1"}
+    return None
+
+
+def _ca_file(tls: dict[str, str] | None) -> str | None:
+    """The certificate clients verify this home's server by: the operator's, or the
+    self-signed one the server keeps under the home."""
+    if tls is None:
+        return None
+    return tls.get("KAON_TLS_CERT") or str(home() / SELF_SIGNED_DIR / CERT_FILE)
 
 
 def _check_ports(probe: Client, port: int, gateway_port: int, host: str) -> bool:
@@ -222,7 +287,9 @@ def _server_env(
     return env
 
 
-def _start_server(probe: Client, env: dict[str, str], timeout: float) -> None:
+def _start_server(
+    probe: Client, env: dict[str, str], timeout: float, ca_file: str | None = None
+) -> None:
     """Start this home's control plane; ready once it serves this home's instance id (so
     another server that answers meanwhile is never taken for it)."""
     daemon = _server_daemon()
@@ -232,15 +299,18 @@ def _start_server(probe: Client, env: dict[str, str], timeout: float) -> None:
     _await(daemon, "control plane", port, lambda: _is_own(_health(probe)), timeout, offset)
     bootstrap = env["KAON_BOOTSTRAP_TOKEN"]
     try:
-        Client(probe.url, token=bootstrap).whoami()
-        save_config(ClientConfig(url=probe.url, token=bootstrap))
+        Client(probe.url, token=bootstrap, ca_file=ca_file).whoami()
+        save_config(ClientConfig(url=probe.url, token=bootstrap, ca_file=ca_file))
     except Exception:
         pass  # an admin token existed already; keep the saved one
 
 
-def _start_gateway(url: str, token: str | None, port: int, gateway_port: int) -> str | None:
+def _start_gateway(
+    url: str, token: str | None, port: int, gateway_port: int, ca_file: str | None = None
+) -> str | None:
     """Start the gateway with a token of its own (role 'gateway'), unless it runs. None
-    if it cannot: making its token takes an admin token."""
+    if it cannot: making its token takes an admin token. Over TLS it verifies the control
+    plane by `ca_file` (``SSL_CERT_FILE``, which its HTTP client reads)."""
     daemon = _gateway_daemon()
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     if daemon.pid() is not None:
@@ -249,12 +319,15 @@ def _start_gateway(url: str, token: str | None, port: int, gateway_port: int) ->
         return None
     name = f"{GATEWAY_TOKEN_PREFIX}{secrets.token_hex(3)}"
     with exit_on_error():
-        tokens = Client(url, token=token).tokens
+        tokens = Client(url, token=token, ca_file=ca_file).tokens
         secret = tokens.create(name, role="gateway").token
         _revoke_old_gateway_tokens(tokens, keep=name)
     offset = daemon.log_size()
+    env = {"KAON_GATEWAY_TOKEN": secret, "KAON_HOME": str(home())}  # its home: `describe`
+    if ca_file is not None:
+        env["SSL_CERT_FILE"] = ca_file
     daemon.start(
-        {"KAON_GATEWAY_TOKEN": secret, "KAON_HOME": str(home())},  # its home, for `describe`
+        env,
         ["--port", str(gateway_port), "--control-plane", url, "--poll", "0.25"],
     )
     ready = Client(gateway_url, token="").healthy
@@ -445,22 +518,26 @@ def token_create(
     workspace: Annotated[
         list[str] | None, typer.Option("--workspace", "-w", help="repeatable")
     ] = None,
-    role: Annotated[str, typer.Option(help="member or admin")] = "member",
+    role: Annotated[str, typer.Option(help="viewer, member or admin")] = "member",
     expires: Annotated[
         str | None,
         typer.Option(help="when it stops working: 7d, 12h, 30m or a date, 2026-12-31 (UTC)"),
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option(help="the user it acts for (default: this token's user)")
     ] = None,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Create a token (its secret is shown once). It can do no more than the token that
-    creates it, never outlives it, and is revoked with it."""
+    creates it or its user's role in each workspace, never outlives it, and is revoked
+    with it (or with its user)."""
     try:
         expires_at = parse_expiry(expires, datetime.now(UTC)) if expires else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--expires") from None
     with exit_on_error():
-        created = make_client(client).tokens.create(name, workspace, role, expires_at)
+        created = make_client(client).tokens.create(name, workspace, role, expires_at, user)
     if json_:
         print_json(created)
     else:

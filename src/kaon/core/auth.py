@@ -29,6 +29,7 @@ class CreateWorkspace(BaseModel):
 class TokenView(BaseModel):
     id: str
     name: str
+    user: str | None = Field(default=None, description="the user it acts for")
     prefix: str = Field(description="the first characters, to tell tokens apart")
     role: str
     workspaces: list[str]
@@ -45,7 +46,10 @@ class CreateToken(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
     workspaces: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
-    role: str = Field(default="member", pattern="^(admin|member|gateway)$")
+    role: str = Field(default="member", pattern="^(admin|member|viewer|gateway)$")
+    user: str | None = Field(
+        default=None, description="the user it acts for; none: the creating token's user"
+    )
     expires_at: datetime | None = Field(
         default=None, description="when it stops working (with a time zone); at most its parent's"
     )
@@ -85,6 +89,8 @@ class WhoAmI(BaseModel):
     token: str
     role: str
     workspaces: list[str]
+    user: str | None = None
+    roles: dict[str, str] = Field(default_factory=dict, description="workspace -> role")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -1,5 +1,5 @@
-"""``client.nodes``, ``client.tokens``, ``client.workspaces``, ``client.quotas``: the pool
-and who may use it."""
+"""``client.nodes``, ``client.tokens``, ``client.workspaces``, ``client.quotas`` and
+`Users`: the pool and who may use it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from kaon.core.errors import NotFoundError
 from kaon.core.nodes import NodeView
 from kaon.core.pools import PoolView
 from kaon.core.quotas import QuotaView
+from kaon.core.users import MemberView, UserView
 
 if TYPE_CHECKING:
     from kaon.sdk.client import Client
@@ -34,9 +35,11 @@ class Tokens:
         workspaces: list[str] | None = None,
         role: str = "member",
         expires_at: datetime | None = None,
+        user: str | None = None,
     ) -> CreatedToken:
         """A token minted by this client's token, which it cannot outlive or outrank;
-        `expires_at` (aware) ends it sooner."""
+        `expires_at` (aware) ends it sooner. It acts for `user` (default: this token's
+        user), with `role` (viewer, member or admin) at most that user's role."""
         body: dict[str, object] = {
             "name": name,
             "workspaces": workspaces or [self._c.workspace],
@@ -44,6 +47,8 @@ class Tokens:
         }
         if expires_at is not None:
             body["expires_at"] = expires_at.isoformat()
+        if user is not None:
+            body["user"] = user
         return CreatedToken.model_validate(
             self._c.request("POST", "/api/v1/tokens", json=body).json()
         )
@@ -66,11 +71,45 @@ class Workspaces:
             self._c.request("POST", "/api/v1/workspaces", json={"name": name}).json()
         )
 
+    def members(self, workspace: str) -> list[MemberView]:
+        """The users of a workspace and their roles there."""
+        found = self._c.request("GET", f"/api/v1/workspaces/{workspace}/members").json()
+        return [MemberView.model_validate(m) for m in found]
+
+    def add_member(self, workspace: str, user: str, role: str = "member") -> MemberView:
+        """Add `user` to `workspace` as viewer, member or admin (or change its role):
+        the workspace's admins only."""
+        path = f"/api/v1/workspaces/{workspace}/members/{user}"
+        return MemberView.model_validate(self._c.request("PUT", path, json={"role": role}).json())
+
+    def remove_member(self, workspace: str, user: str) -> MemberView:
+        """Take `user` out of `workspace`; its tokens stop seeing it at once."""
+        path = f"/api/v1/workspaces/{workspace}/members/{user}"
+        return MemberView.model_validate(self._c.request("DELETE", path).json())
+
     def list(self) -> list[WorkspaceView]:
         return [
             WorkspaceView.model_validate(w)
             for w in self._c.request("GET", "/api/v1/workspaces").json()
         ]
+
+
+class Users:
+    """Users (the instance admin's): ``Users(client).create("ada")``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(self, name: str, admin: bool = False) -> UserView:
+        body = {"name": name, "is_admin": admin}
+        return UserView.model_validate(self._c.request("POST", "/api/v1/users", json=body).json())
+
+    def list(self) -> list[UserView]:
+        return [UserView.model_validate(u) for u in self._c.request("GET", "/api/v1/users").json()]
+
+    def delete(self, name: str) -> UserView:
+        """Remove a user; its tokens, and the tokens they minted, are revoked."""
+        return UserView.model_validate(self._c.request("DELETE", f"/api/v1/users/{name}").json())
 
 
 class Quotas:

@@ -13,6 +13,8 @@ HTTP errors come back as the same `kaon.core.errors` classes the server raised, 
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,9 +31,10 @@ from kaon.core.errors import (
     PermissionDeniedError,
 )
 from kaon.core.quotas import QuotaSpec
+from kaon.core.tls import ENV_CA_PEM, client_context, is_verify_failure
 from kaon.sdk.admin import Nodes, Pools, Quotas, Tokens, Workspaces
 from kaon.sdk.artifacts import Artifacts
-from kaon.sdk.config import load_config
+from kaon.sdk.config import config_path, load_config
 from kaon.sdk.deployments import Deployments
 from kaon.sdk.jobs import Jobs
 from kaon.sdk.models import Models
@@ -76,14 +79,24 @@ class Client:
         workspace: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        ca_file: str | None = None,
+        verify: bool = True,
     ) -> None:
+        """`ca_file`: the certificate an https URL is verified by (default: the config's
+        ``ca_file``, then ``KAON_CA_PEM`` inside a job, then the system's trust store).
+        `verify` False only for probes that send no token (`kaon up`'s health check)."""
         config = load_config()
         self.url = (url or config.url).rstrip("/")
         self.token = token if token is not None else config.token
         self.workspace = workspace or config.workspace
+        self.ca_file = ca_file or config.ca_file
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=self._verify() if verify else False,
         )
         self.jobs = Jobs(self)
         self.nodes = Nodes(self)
@@ -98,6 +111,28 @@ class Client:
         self.admin = Admin(self)
         self.artifacts = Artifacts(self)
 
+    def _verify(self) -> ssl.SSLContext | bool:
+        if not self.url.startswith("https:"):
+            return True
+        pem = os.environ.get(ENV_CA_PEM)
+        if self.ca_file or pem:
+            return client_context(ca_file=self.ca_file, ca_pem=None if self.ca_file else pem)
+        return True
+
+    def _unreachable(self, e: httpx.TransportError) -> ConnectionFailed:
+        if is_verify_failure(e):
+            anchor = self.ca_file or "the system's trust store"
+            return ConnectionFailed(
+                f"the control plane at {self.url} presented a certificate that {anchor} does "
+                f"not trust ({e}). If its certificate changed, get the new one from its "
+                "operator (kaon up prints its SHA-256 fingerprint) and point KAON_CA_FILE, or "
+                f"'ca_file' in {config_path()}, at it; otherwise this is not your control plane"
+            )
+        return ConnectionFailed(
+            f"cannot reach the Kaon control plane at {self.url} ({e}); "
+            "is it running? try 'kaon up'"
+        )
+
     def close(self) -> None:
         self._http.close()
 
@@ -111,10 +146,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ConnectionFailed(
-                f"cannot reach the Kaon control plane at {self.url} ({e}); "
-                "is it running? try 'kaon up'"
-            ) from e
+            raise self._unreachable(e) from e
         _raise_for(response)
         return response
 
@@ -136,6 +168,12 @@ class Client:
 
     def whoami(self) -> WhoAmI:
         return WhoAmI.model_validate(self.request("GET", "/api/v1/whoami").json())
+
+    def storage(self, workspace: str | None = None) -> dict[str, Any]:
+        """The bytes the workspace stores (``used``: ``blobs`` and ``snapshots``) and its
+        ``limit``, past which uploads are refused."""
+        body: dict[str, Any] = self.request("GET", self.ws_path("/storage", workspace)).json()
+        return body
 
     def healthy(self) -> bool:
         try:

@@ -16,7 +16,7 @@ from kaon.server.config import Settings
 from kaon.server.context import ControlPlane
 from kaon.server.db.session import Database
 from kaon.server.security.audit import note_caller
-from kaon.server.security.principal import Principal, authenticate, bearer
+from kaon.server.security.principal import Principal, authenticate, authorize, bearer
 from kaon.server.services.gateway import RouteVersions
 from kaon.server.wake import Wake
 
@@ -73,11 +73,13 @@ SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 
 
 async def _caller(
-    session: SessionDep, authorization: Annotated[str | None, Header()] = None
+    request: Request,
+    session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
     caller = await authenticate(session, bearer(authorization))
     note_caller(caller.token_id, caller.name)  # for the audit log's record of this call
-    return caller
+    return authorize(caller, request)  # the caller's role, checked here for every route
 
 
 CallerDep = Annotated[Principal, Depends(_caller)]

@@ -80,6 +80,11 @@ class Token(Base):
     parent_id: Mapped[str | None] = mapped_column(
         ForeignKey("tokens.id"), default=None, index=True
     )
+    # the user it acts for (its role is capped by the user's membership in each
+    # workspace); None for system tokens (the gateway's)
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
+    )
 
 
 class TokenWorkspace(Base):
@@ -454,3 +459,30 @@ class ModelAlias(Base):
     version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
     updated_by: Mapped[str] = mapped_column(String(63))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """A person (or team account) that tokens act for. `is_admin`: the instance's
+    administrator, who may do everything in every workspace."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(63), default=None)
+
+
+class Membership(Base):
+    """A user's role in one workspace: viewer, member or admin."""
+
+    __tablename__ = "memberships"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))

@@ -14,8 +14,9 @@ from kaon.core.auth import MAX_TOKEN_LIFETIME_S
 from kaon.core.errors import InvalidSpecError, PermissionDeniedError
 
 MINTS: dict[str, frozenset[str]] = {
-    "admin": frozenset({"admin", "member", "gateway"}),
-    "member": frozenset({"member"}),
+    "admin": frozenset({"admin", "member", "viewer", "gateway"}),
+    "member": frozenset({"member", "viewer"}),
+    "viewer": frozenset({"viewer"}),
     "gateway": frozenset(),  # the gateway reads routes and posts reports, nothing more
 }
 """Parent role -> the roles it may give a token it creates."""

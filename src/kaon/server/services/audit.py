@@ -282,8 +282,9 @@ async def list_records(
     since: datetime | None = None,
     limit: int = 1000,
 ) -> list[AuditRecordView]:
-    """Newest last. Admins see every record; anyone else only their workspaces' records
-    (a member is its workspace's administrator: it makes the workspace's tokens)."""
+    """Newest last. The instance admin sees every record; anyone else only the records
+    of the workspaces it administers (`security.principal.authorize` narrows the caller
+    to those)."""
     query = select(AuditRecord)
     if workspace is not None:
         if not caller.is_admin:

@@ -23,7 +23,7 @@ from kaon.server.db.models import (
     TokenWorkspace,
     utcnow,
 )
-from kaon.server.security.principal import Principal
+from kaon.server.security.principal import Principal, may_call_deployments
 from kaon.server.security.tokens import replica_key
 from kaon.server.services.timeline import DeploymentTimeline
 from kaon.server.wake import Wake
@@ -145,6 +145,7 @@ async def _member_token_hashes(session: AsyncSession) -> dict[str, list[str]]:
         .join(Token, Token.id == TokenWorkspace.token_id)
         .where(Token.revoked_at.is_(None))
         .where(or_(Token.expires_at.is_(None), Token.expires_at > utcnow()))
+        .where(may_call_deployments())  # viewers read; calling is a member's
     )
     return _grouped(rows.tuples())
 
