@@ -23,14 +23,14 @@ import os
 import re
 import ssl
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from kaon.console import INDEX, STATIC_DIR
+from kaon.core.deployments import HandlerCall, HandlerReply
 from kaon.core.errors import InvalidSpecError, NotFoundError, UnavailableError
 from kaon.server.deps import CallerDep, PlaneDep, SessionDep
 from kaon.server.security.principal import bearer
@@ -109,41 +109,15 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-class TryCall(BaseModel):
-    """A call of a deployment's handler, as the console's form sends it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    handler: str = Field(max_length=200, description="e.g. 'predict' or 'v1/chat'")
-    body: Any = Field(default=None, description="the JSON body to send (none: {})")
-    token: str | None = Field(
-        default=None,
-        max_length=500,
-        description="a deployment token to call with; none: the signed-in token",
-    )
-
-
-class TryResult(BaseModel):
-    """What the gateway answered: its status, how long it took from the control plane (the
-    gateway's queue and the handler included), and the reply's first `REPLY_LIMIT` bytes."""
-
-    status: int
-    latency_ms: float
-    content_type: str | None
-    body: str
-    truncated: bool
-    gateway: str
-
-
-@api.post("/{name}/try", response_model=TryResult)
+@api.post("/{name}/try", response_model=HandlerReply)
 async def try_handler(
     workspace: str,
     name: str,
-    call: TryCall,
+    call: HandlerCall,
     caller: CallerDep,
     session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
-) -> TryResult:
+) -> HandlerReply:
     """Call a handler through the gateway: the deployment must be one the caller sees (404
     otherwise, as everywhere), and the gateway decides on the token, as for any client."""
     handler = call.handler.strip("/")
@@ -178,7 +152,7 @@ async def try_handler(
             f"the gateway at {gateway_url()} did not answer ({type(e).__name__}); is it "
             f"running? `kaon up` starts it, and {GATEWAY_ENV} tells the control plane where"
         ) from e
-    return TryResult(
+    return HandlerReply(
         status=reply.status_code,
         latency_ms=round(latency_ms, 2),
         content_type=reply.headers.get("content-type"),

@@ -97,18 +97,9 @@ async def _validate(
     await quotas.check_fits_quota(session, workspace_id, spec.resources)
     if spec.from_job is None:
         return None
-    job = await session.get(Job, spec.from_job)
-    if job is None or job.workspace_id != workspace_id or job.kind != "job":
-        raise InvalidSpecError(f"job {spec.from_job!r} not found", field="from_job")
-    if job.status != JobStatus.SUCCEEDED.value:
-        raise InvalidSpecError(
-            f"job {job.id} is {job.status}; deploy a job that succeeded", field="from_job"
-        )
-    folder = checkpoint_dir(job.id)
-    if not folder.is_dir() or not any(folder.iterdir()):
-        raise InvalidSpecError(
-            f"job {job.id} saved no checkpoint; train it with kaon.train", field="from_job"
-        )
+    _, folder = await models.trained_checkpoints(
+        session, workspace_id, spec.from_job, checkpoint_dir, "deploy"
+    )
     return str(folder)
 
 

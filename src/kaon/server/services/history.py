@@ -25,7 +25,7 @@ import os
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +37,6 @@ from kaon.core.errors import InvalidSpecError
 from kaon.core.jobs import JobStatus
 from kaon.core.usage import GPU_UTIL
 from kaon.server.db.models import Job, Metric, Node, Quota, Worker, Workspace
-from kaon.server.db.session import Database
-from kaon.server.reconcilers.loop import Loop
 from kaon.server.security.principal import Principal
 
 INTERVAL_S = 15.0  # one point every this many seconds
@@ -418,25 +416,3 @@ def _workspace(name: str, rows: list[Sequence[float]]) -> WorkspaceSeries:
         queued=_column(columns[n + 1], integral=True),
         gpu_util=_column(columns[n + 2]),
     )
-
-
-class HistoryRecorder(Loop):
-    """Samples the pool into `history` every `history.interval_s`."""
-
-    name = "history"
-
-    def __init__(
-        self, db: Database, history: PoolHistory, clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__()
-        self.db = db
-        self.history = history
-        self.interval_s = history.interval_s
-        self.clock = clock
-
-    async def run_once(self) -> bool:
-        now = self.clock()
-        async with self.db.session() as s:
-            await self.history.readings.read(s, now)
-            self.history.record(await sample(s, now, self.history.readings.values(now)))
-        return False
