@@ -13,6 +13,27 @@ class GpuInfo(BaseModel):
     memory: int = Field(description="bytes")
 
 
+class GpuUse(BaseModel):
+    """One GPU of a node now: who holds it and what NVML measured there.
+
+    A worker's supervisor measures its GPUs together (`kaon.core.usage`): `util` is the
+    mean over the worker's GPUs and `memory_used` their sum shared equally, so both are
+    exact for a worker with one GPU. None is "not measured" (a free GPU, GPUs only
+    declared with ``KAON_NODE_GPUS``, or no sample in the last minute), never zero. The
+    job is named only to a member of its workspace (and to the instance's admin); to
+    anyone else the GPU is only `held`."""
+
+    index: int
+    held: bool = False
+    workspace: str | None = None
+    job_id: str | None = None
+    job_name: str | None = None
+    worker: int | None = None
+    util: float | None = Field(default=None, description="percent; None: not measured")
+    memory_used: float | None = Field(default=None, description="bytes; None: not measured")
+    memory_total: int = Field(description="bytes")
+
+
 class NodeView(BaseModel):
     """A node as the API returns it: capacity, what jobs hold, and what is free."""
 
@@ -30,6 +51,9 @@ class NodeView(BaseModel):
     memory_allocated: int = 0
     gpus_allocated: list[int] = Field(default_factory=list)
     heartbeat_at: datetime | None = None
+    gpu_use: list[GpuUse] = Field(
+        default_factory=list, description="each GPU now, in the nodes listing (`GpuUse`)"
+    )
 
     @property
     def cpu_free(self) -> float:

@@ -117,6 +117,23 @@ export function Overview({ me }) {
   </section>`;
 }
 
+// One GPU of a node: its model, who holds it (named only for the token's own workspaces)
+// and its utilisation and memory as NVML last measured them ("not measured" otherwise).
+function Gpu({ gpu, use }) {
+  const held = use ? use.held : false;
+  const holder = !held ? html`<span class="muted">free</span>`
+    : use.job_id ? html`<a class="mono" href=${jobPath(use.workspace, use.job_id)}>${use.job_name || use.job_id}</a> worker ${use.worker}`
+    : html`<span class="muted">in use</span>`;
+  const measured = use && use.util !== null && use.util !== undefined;
+  return html`<div class=${held ? "gpu busy" : "gpu"} data-testid="gpu">
+    <div>${gpu.index}: ${gpu.model} ${bytes(gpu.memory)} · ${holder}</div>
+    ${held && (measured
+      ? html`<div data-testid="gpu-util"><${Meter} used=${use.util} total=${100} label=${`${Math.round(use.util)} %`} /></div>
+        ${use.memory_used !== null && html`<div><${Meter} used=${use.memory_used} total=${use.memory_total} label=${`${bytes(use.memory_used)} / ${bytes(use.memory_total)}`} /></div>`}`
+      : html`<div class="muted" data-testid="gpu-util">not measured</div>`)}
+  </div>`;
+}
+
 export function Nodes({ me }) {
   const { data, error } = usePoll(async (signal) => {
     const [nodes, spaces] = await Promise.all([get("/api/v1/nodes", signal), workload(me.workspaces, signal)]);
@@ -136,7 +153,7 @@ export function Nodes({ me }) {
         <td><${Badge} state=${n.state} />${n.message && html`<div class="muted">${n.message}</div>`}</td>
         <td><${Meter} used=${n.cpu_allocated} total=${n.cpu} label=${`${n.cpu_allocated} / ${n.cpu}`} /></td>
         <td><${Meter} used=${n.memory_allocated} total=${n.memory} label=${`${bytes(n.memory_allocated)} / ${bytes(n.memory)}`} /></td>
-        <td>${n.gpus.length === 0 ? html`<span class="muted">none</span>` : n.gpus.map((g) => html`<div class=${n.gpus_allocated.includes(g.index) ? "gpu busy" : "gpu"}>${g.index}: ${g.model} ${bytes(g.memory)}${n.gpus_allocated.includes(g.index) ? " (allocated)" : ""}</div>`)}</td>
+        <td>${n.gpus.length === 0 ? html`<span class="muted">none</span>` : n.gpus.map((g) => html`<${Gpu} gpu=${g} use=${(n.gpu_use || []).find((u) => u.index === g.index)} />`)}</td>
         <td>${Object.entries(n.labels).map(([k, v]) => html`<span class="label">${k}=${v}</span>`)}</td>
         <td>${on(n).map((j) => html`<div><a class="mono" href=${jobPath(j.ws, j.id)}>${j.id}</a></div>`)}</td>
         <td>${ago(n.heartbeat_at)}</td>

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.errors import InvalidSpecError
 from kaon.core.jobs import JobStatus
-from kaon.core.usage import GPU_UTIL
+from kaon.core.usage import GPU_MEM, GPU_UTIL
 from kaon.server.db.models import Job, Metric, Node, Quota, Worker, Workspace
 from kaon.server.security.principal import Principal
 
@@ -199,32 +199,42 @@ def _quota(row: Quota, resource: str) -> float | None:
 
 
 class UtilReadings:
-    """Each GPU worker's latest utilisation, read incrementally: only the metric rows added
-    since the last read (by id, the primary key), so a read costs what arrived since,
-    never the samples a week-long job has piled up. After a restart, readings start with
-    the rows that arrive next (within one supervisor interval)."""
+    """Each GPU worker's latest utilisation (and GPU memory in use, for the nodes page),
+    read incrementally: only the metric rows added since the last read (by id, the primary
+    key), so a read costs what arrived since, never the samples a week-long job has piled
+    up. After a restart, readings start with the rows that arrive next (within one
+    supervisor interval)."""
 
     def __init__(self) -> None:
         self.last_id: int | None = None
         self.latest: dict[tuple[str, int], tuple[float, float]] = {}  # -> (time, percent)
+        self.memory: dict[tuple[str, int], tuple[float, float]] = {}  # -> (time, bytes)
 
     async def read(self, session: AsyncSession, now: float) -> None:
         top = await session.scalar(select(func.max(Metric.id))) or 0
         if self.last_id is not None and top > self.last_id:
             rows = await session.execute(
-                select(Metric.job_id, Metric.worker, Metric.time, Metric.value).where(
-                    Metric.id > self.last_id, Metric.id <= top, Metric.name == GPU_UTIL
+                select(Metric.job_id, Metric.worker, Metric.time, Metric.name, Metric.value).where(
+                    Metric.id > self.last_id,
+                    Metric.id <= top,
+                    Metric.name.in_((GPU_UTIL, GPU_MEM)),
                 )
             )
-            for job_id, worker, at, value in rows.tuples():
-                seen = self.latest.get((job_id, worker))
+            for job_id, worker, at, name, value in rows.tuples():
+                kept = self.latest if name == GPU_UTIL else self.memory
+                seen = kept.get((job_id, worker))
                 if seen is None or at >= seen[0]:
-                    self.latest[(job_id, worker)] = (at, value)
+                    kept[(job_id, worker)] = (at, value)
         self.last_id = top
         self.latest = {k: v for k, v in self.latest.items() if v[0] >= now - UTIL_FRESH_S}
+        self.memory = {k: v for k, v in self.memory.items() if v[0] >= now - UTIL_FRESH_S}
 
     def values(self, now: float) -> dict[tuple[str, int], float]:
         return {k: v for k, (at, v) in self.latest.items() if at >= now - UTIL_FRESH_S}
+
+    def memory_values(self, now: float) -> dict[tuple[str, int], float]:
+        """Each GPU worker's latest GPU memory in use (bytes, summed over its GPUs)."""
+        return {k: v for k, (at, v) in self.memory.items() if at >= now - UTIL_FRESH_S}
 
 
 # --- what the API answers ----------------------------------------------------------------
