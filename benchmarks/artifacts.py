@@ -18,6 +18,10 @@ interpreter. The file is random bytes (nothing compresses). Each round times, in
   only counts the bytes: the transport's own ceiling on this machine, for reading the
   two above (what is left between http and push is hashing, sealing and writing).
 
+Push, pull and http also report the CPU seconds per GiB that the client and the server
+each spent (user and system, every thread): unlike wall time, that barely moves with what
+else the machine runs, so it is the number to compare between versions on a busy machine.
+
 Each push is of new bytes (the last 8 bytes of the file change between rounds), so none
 is skipped as a duplicate. The median of the rounds is reported; the goal is push and
 pull at 0.5x the speed of ``cp`` or better.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -137,6 +142,34 @@ def copy_in_python(src: Path, dst: Path) -> None:
             out.write(chunk)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user and system, every thread) of this process or of `pid`: what a step
+    costs whatever else the machine runs, unlike its wall time."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class CpuMeter:
+    """CPU seconds of the client (this process) and of one server, per step."""
+
+    def __init__(self) -> None:
+        self.client: dict[str, list[float]] = {}
+        self.server: dict[str, list[float]] = {}
+
+    def timed(self, name: str, server_pid: int, fn: Any) -> float:
+        c0, s0 = cpu_seconds(), cpu_seconds(server_pid)
+        wall = timed(fn)
+        self.client.setdefault(name, []).append(cpu_seconds() - c0)
+        self.server.setdefault(name, []).append(cpu_seconds(server_pid) - s0)
+        return wall
+
+
 def timed(fn: Any) -> float:
     start = time.perf_counter()
     fn()
@@ -146,8 +179,10 @@ def timed(fn: Any) -> float:
 def run(size: int, rounds: int, work: Path) -> dict[str, Any]:
     src = work / "big.bin"
     write_random(src, size)
+    load_before = os.getloadavg()[0]
     proc, url = start_server(work / "home")
     drain, drain_url = start_server(work, DRAIN)
+    cpu = CpuMeter()
     results: dict[str, list[float]] = {
         "cp": [],
         "cp+fsync": [],
@@ -167,16 +202,22 @@ def run(size: int, rounds: int, work: Path) -> dict[str, Any]:
                 dst.unlink()
                 results["py-copy"].append(timed(lambda: copy_in_python(src, dst)))  # noqa: B023
                 dst.unlink()
-                results["http"].append(timed(lambda: put_file(drain_url, src)))
+                results["http"].append(
+                    cpu.timed("http", drain.pid, lambda: put_file(drain_url, src))
+                )
                 pushed: dict[str, str] = {}
 
                 def push() -> None:
                     pushed["ref"] = client.artifacts.push("bench", src).ref  # noqa: B023
 
-                results["push"].append(timed(push))
+                results["push"].append(cpu.timed("push", proc.pid, push))
                 out = work / f"pull-{i}"
                 results["pull"].append(
-                    timed(lambda: client.artifacts.download(pushed["ref"], out))  # noqa: B023
+                    cpu.timed(
+                        "pull",
+                        proc.pid,
+                        lambda: client.artifacts.download(pushed["ref"], out),  # noqa: B023
+                    )
                 )
                 shutil.rmtree(out)
     finally:
@@ -194,6 +235,15 @@ def run(size: int, rounds: int, work: Path) -> dict[str, Any]:
         "pull_vs_cp": speed["pull"] / speed["cp"],
         "push_vs_cp_fsync": speed["push"] / speed["cp+fsync"],
         "goal": GOAL_RATIO,
+        "load_average": [load_before, os.getloadavg()[0]],
+        "cpu_s_per_GiB": {
+            k: {
+                "client": statistics.median(cpu.client[k]) * 2**30 / size,
+                "server": statistics.median(cpu.server[k]) * 2**30 / size,
+            }
+            for k in cpu.client
+        },
+        "cpus": os.cpu_count(),
     }
 
 
@@ -211,8 +261,14 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"file: {size / MiB:.0f} MiB, median of {args.rounds} rounds")
+    before, after = report["load_average"]
+    print(f"  machine: {report['cpus']} CPUs, load average {before:.1f} before, {after:.1f} after")
     for key in ("cp", "cp+fsync", "py-copy", "http", "push", "pull"):
         print(f"  {key:8s} {report['seconds'][key]:7.2f} s  {report['MiB_per_s'][key]:8.1f} MiB/s")
+    for key, used in report["cpu_s_per_GiB"].items():
+        print(
+            f"  {key:8s} CPU per GiB: client {used['client']:.2f} s, server {used['server']:.2f} s"
+        )
     for key in ("push_vs_cp", "pull_vs_cp", "push_vs_cp_fsync"):
         verdict = "ok" if report[key] >= GOAL_RATIO else "below the goal"
         print(f"  {key}: {report[key]:.2f}x (goal >= {GOAL_RATIO}x: {verdict})")

@@ -5,6 +5,7 @@ succeeds, and bad inputs are refused at submit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -13,12 +14,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from kaon.core.errors import InvalidSpecError, PermanentBackendError
+from kaon.core.errors import InvalidSpecError, PermanentBackendError, TemporaryBackendError
 from kaon.core.jobs import JobStatus
+from kaon.core.pools import LOCAL_POOL
 from kaon.sdk.client import Client
 from kaon.server.db.models import Job, Node, Workspace
 from kaon.server.db.session import Database
-from kaon.server.services.artifacts import inputs_for
+from kaon.server.security.keys import KeyRing, load_master_keys
+from kaon.server.services.artifacts import attach_store, inputs_for
+from kaon.server.services.secrets import attach_keys
+from kaon.server.storage.blobstore import LocalBlobStore
 from tests.conftest import RunningServer
 
 PY = sys.executable
@@ -158,3 +163,49 @@ class TestRayPools:
 
         with pytest.raises(PermanentBackendError, match="Ray pools do not fetch artifacts"):
             asyncio.run(launch_inputs())
+
+
+class TestPreparingInputs:
+    def test_a_copy_is_made_off_the_pass_and_the_job_waits_for_it(
+        self, client: Client, server: RunningServer, tmp_path: Path
+    ) -> None:
+        """The launch step does not copy in its own pass: the first call starts the copy
+        and answers "retry later"; once the copy is whole and verified the launch gets
+        it, and a second job of the same version gets it at once."""
+        _push_data(client, tmp_path, "1,2,3\n")
+        spec = {"command": ["true"], "inputs": [{"artifact": "digits:1", "path": "d"}]}
+        digest = client.artifacts.get("digits:1").digest
+
+        async def launches() -> tuple[str, list[tuple[str, str]], tuple[tuple[str, str], ...]]:
+            db = Database(server.settings.database_url)
+            attach_keys(db, KeyRing(load_master_keys(server.settings.home)))
+            attach_store(
+                db,
+                LocalBlobStore(server.settings.artifacts_dir),
+                server.settings.artifact_cache_dir,
+            )
+            try:
+                async with db.session() as s:
+                    workspace_id = await s.scalar(
+                        select(Workspace.id).where(Workspace.name == "default")
+                    )
+                    node = await s.scalar(select(Node.id).where(Node.executor == LOCAL_POOL))
+                assert workspace_id is not None and node is not None
+                job = Job(id="j-prep1", workspace_id=workspace_id, spec=spec)
+                with pytest.raises(TemporaryBackendError) as first:
+                    await inputs_for(db, job, [node])
+                got: tuple[tuple[str, str], ...] = ()
+                while not got:  # the copy finishes in a task of its own
+                    await asyncio.sleep(0.05)
+                    with contextlib.suppress(TemporaryBackendError):
+                        got = await inputs_for(db, job, [node])
+                other = Job(id="j-prep2", workspace_id=workspace_id, spec=spec)
+                return str(first.value), list(got), await inputs_for(db, other, [node])
+            finally:
+                await db.dispose()
+
+        message, got, again = asyncio.run(launches())
+        assert "preparing inputs: copying digits:1" in message
+        copy = server.settings.artifact_cache_dir / digest
+        assert got == [("d", str(copy))] and list(again) == got
+        assert (copy / "train.csv").read_text() == "1,2,3\n"

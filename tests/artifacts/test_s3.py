@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,9 @@ class TestS3BlobStore:
         assert b"".join(store.get("ws-1/empty")) == b""
         assert store.exists("ws-1/abc") and not store.exists("ws-1/nope")
         assert sorted(store.keys()) == ["ws-1/abc", "ws-1/empty"]
+        listed = dict(store.entries("ws-1/"))  # with when each was written, for the clean-up
+        assert sorted(listed) == ["ws-1/abc", "ws-1/empty"]
+        assert all(abs(t - datetime.now(UTC)) < timedelta(hours=1) for t in listed.values())
         assert set(_objects(s3_endpoint)) == {"pfx/ws-1/abc", "pfx/ws-1/empty"}
         store.delete("ws-1/abc")
         store.delete("ws-1/abc")  # no error for what is not there

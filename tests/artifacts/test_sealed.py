@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
+from kaon.server.storage.blobstore import LocalBlobStore
 from kaon.server.storage.sealed import (
     CHUNK,
     FIRST,
     MAGIC,
     RECORD,
+    HashMismatchError,
     TamperedBlobError,
     open_value,
     seal_value,
@@ -86,3 +89,28 @@ class TestRefused:
     def test_not_a_sealed_value(self) -> None:
         with pytest.raises(TamperedBlobError, match="not a sealed Kaon blob"):
             opened(self.data, hashlib.sha256(self.data).hexdigest())
+
+
+class TestVerifiedSealing:
+    """Sealing with `verify` hashes as it seals and refuses a false name before the last
+    record, so an atomic store keeps nothing and never replaces a good value."""
+
+    @pytest.mark.parametrize("size", [0, 10, FIRST, 2 * CHUNK + 5])
+    def test_a_true_name_seals_as_without_verify(self, size: int) -> None:
+        data = os.urandom(size)
+        sha = hashlib.sha256(data).hexdigest()
+        value = b"".join(seal_value(KEY, "ws-a", sha, [data], verify=True))
+        assert opened(value, sha) == data
+
+    def test_a_false_name_never_replaces_the_stored_value(self, tmp_path: Path) -> None:
+        store = LocalBlobStore(tmp_path)
+        good = os.urandom(2 * CHUNK + 7)
+        sha = hashlib.sha256(good).hexdigest()
+        store.put(f"ws-a/{sha}", seal_value(KEY, "ws-a", sha, [good], verify=True))
+        before = b"".join(store.get(f"ws-a/{sha}"))
+        bad = good[:-1] + bytes([good[-1] ^ 1])  # differs in the last byte only
+        with pytest.raises(HashMismatchError, match=f"not {sha}"):
+            store.put(f"ws-a/{sha}", seal_value(KEY, "ws-a", sha, [bad], verify=True))
+        assert b"".join(store.get(f"ws-a/{sha}")) == before
+        assert opened(before, sha) == good
+        assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [sha]  # no temp left

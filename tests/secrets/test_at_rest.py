@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sys
 import threading
 from pathlib import Path
@@ -17,10 +18,12 @@ from kaon.core.jobs import JobStatus
 from kaon.sdk.client import Client
 from kaon.sdk.secrets import secret
 from kaon.server.security.keys import MASTER_KEY_FILE, decode_key
+from tests.backup.conftest import backup_cli
 from tests.conftest import RunningServer
 
 PY = sys.executable
 VALUE = "kaon-plaintext-canary-5d1c9e77a0b3"
+MARKER = b"KAON-ARTIFACT-MARKER-8e2f41c7"
 USES_IT = "import hashlib, os; print(hashlib.sha256(os.environ['API_KEY'].encode()).hexdigest())"
 
 
@@ -81,6 +84,32 @@ class TestAtRest:
             assert hits == []
         assert files_holding(home, VALUE.encode()) == []
         assert files_holding(home.parent, VALUE.encode()) == []  # the SQLite file's folder
+
+    def test_no_plaintext_in_a_backup_or_the_artifact_store(
+        self, server: RunningServer, client: Client, tmp_path: Path
+    ) -> None:
+        """A backup made with `kaon backup create` while Kaon runs, and every stored
+        value of the artifact store, hold neither a secret's value nor an artifact's
+        bytes in plain text."""
+        client.secrets.set("api-key", VALUE)
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "small.txt").write_bytes(MARKER + b" a line\n")
+        (data / "big.bin").write_bytes(MARKER + os.urandom(2**20) + MARKER)  # two records
+        client.artifacts.push("dataset", data, kind="dataset")
+        home = server.settings.home
+        store = [p for p in (home / "artifacts").rglob("*") if p.is_file()]
+        assert len(store) == 2
+        assert files_holding(home / "artifacts", MARKER) == []
+        assert files_holding(home, MARKER) == []  # nothing materialised it, nothing leaked
+        file = tmp_path / "kaon.backup"
+        made = backup_cli("create", file, home, server.settings.database_url)
+        assert made.exit_code == 0, made.output
+        assert made.result["contents"]["artifacts"] == 2, made.result  # the values are in it
+        body = file.read_bytes()
+        assert len(body) > 2**20
+        assert VALUE.encode() not in body and VALUE.encode().hex().encode() not in body
+        assert MARKER not in body and MARKER.hex().encode() not in body
 
     def test_the_grep_would_find_a_plaintext_value(self, server: RunningServer) -> None:
         """The search itself works: a value written in plain text is found."""

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from kaon.sdk.client import Client
 
 CHUNK = 1 << 20
+HASH_CHUNK = 8 << 20
+SEND_CHUNK = 4 << 20  # fewer, larger writes to the socket
 Progress = Callable[[int], None]
 """Called with each count of bytes sent or received."""
 
@@ -63,9 +65,11 @@ def scan(source: Path) -> list[LocalFile]:
 
 def _entry(path: Path, rel: str) -> ManifestEntry:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
+    buf = bytearray(HASH_CHUNK)  # one buffer, read into: no new bytes per read
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])  # large buffers: hashed without the GIL
     st = path.stat()
     return ManifestEntry(
         path=rel, sha256=digest.hexdigest(), size=st.st_size, mode=st.st_mode & 0o777
@@ -73,8 +77,8 @@ def _entry(path: Path, rel: str) -> ManifestEntry:
 
 
 def _read(path: Path, progress: Progress | None) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
+    with path.open("rb", buffering=0) as f:
+        while chunk := f.read(SEND_CHUNK):
             if progress:
                 progress(len(chunk))
             yield chunk

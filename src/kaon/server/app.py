@@ -34,9 +34,12 @@ from kaon.server.db.models import Pool
 from kaon.server.db.session import Database
 from kaon.server.errors import install_error_handlers
 from kaon.server.middleware import BodyLimit, RefuseNul
+from kaon.server.reconcilers.artifact_cleanup import ArtifactCleanup
 from kaon.server.reconcilers.deployments import DeploymentReconciler
+from kaon.server.reconcilers.history import HistoryRecorder
 from kaon.server.reconcilers.jobs import JobReconciler, LaunchConfig
 from kaon.server.reconcilers.pools import PoolReconciler
+from kaon.server.reconcilers.retention import Retention
 from kaon.server.reconcilers.usage import UsageRetention
 from kaon.server.routers import artifacts as artifacts_router
 from kaon.server.routers import audit as audit_router
@@ -53,13 +56,14 @@ from kaon.server.routers import pools as pools_router
 from kaon.server.routers import quotas as quotas_router
 from kaon.server.routers import secrets as secrets_router
 from kaon.server.routers import snapshots as snapshots_router
+from kaon.server.routers import storage as storage_router
 from kaon.server.security.audit import AuditTrail
 from kaon.server.security.home import make_home_private
 from kaon.server.security.keys import KeyRing, load_master_keys
 from kaon.server.security.ratelimit import AuthFailureLimit
 from kaon.server.security.tokens import ADMIN_TOKEN_FILE, load_token_key, write_private
 from kaon.server.services import artifacts as artifact_store
-from kaon.server.services import auth, pools
+from kaon.server.services import auth, pools, storage_use
 from kaon.server.services import secrets as secret_store
 from kaon.server.services.audit import AuditAppender, record_in_transactions
 from kaon.server.services.gateway import RouteVersions
@@ -76,6 +80,7 @@ ROUTERS = (
     jobs_router.router,
     jobs_router.report_router,
     snapshots_router.router,
+    storage_router.router,
     job_files_router.router,
     quotas_router.router,
     deployments_router.router,
@@ -83,6 +88,7 @@ ROUTERS = (
     metrics_router.router,
     console_router.router,
     console_router.api,
+    console_router.history_api,
     secrets_router.router,
     secrets_router.worker_router,
     secrets_router.admin_router,
@@ -111,6 +117,7 @@ def build_plane(settings: Settings) -> ControlPlane:
         settings.artifact_store, settings.artifacts_dir, settings.s3_endpoint_url
     )
     artifact_store.attach_store(db, blobs, settings.artifact_cache_dir)
+    storage_use.attach_limit(db, settings.workspace_storage_limit)
     gpus = declared_gpus(settings.node_gpus) if settings.node_gpus else discover_gpus()
     nodes = local_nodes(
         settings.node_name,
@@ -131,6 +138,7 @@ def build_plane(settings: Settings) -> ControlPlane:
         aborts=aborts,
         worker_uids=settings.worker_uids,
         usage_interval_s=settings.usage_interval_s,
+        ca_pem=settings.ca_pem(),
     )
     jobs = JobReconciler(db, executor, config, interval_s=settings.reconcile_interval_s)
     loads = LoadBoard()
@@ -239,6 +247,19 @@ async def _lifespan(plane: ControlPlane, run_reconcilers: bool) -> AsyncIterator
             asyncio.create_task(plane.pools.run_forever(), name="pools"),
             asyncio.create_task(plane.deployments.run_forever(), name="deployments"),
             asyncio.create_task(plane.usage.run_forever(), name="usage"),
+            asyncio.create_task(
+                ArtifactCleanup(
+                    plane.db,
+                    grace_s=plane.settings.artifact_grace_s,
+                    cache_limit=plane.settings.artifact_cache_limit,
+                    interval_s=plane.settings.artifact_cleanup_interval_s,
+                ).run_forever(),
+                name="artifact-cleanup",
+            ),
+            asyncio.create_task(_retention(plane).run_forever(), name="retention"),
+            asyncio.create_task(
+                HistoryRecorder(plane.db, plane.history).run_forever(), name="history"
+            ),
         ]
     try:
         yield
@@ -250,6 +271,18 @@ async def _lifespan(plane: ControlPlane, run_reconcilers: bool) -> AsyncIterator
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await plane.db.dispose()
+
+
+def _retention(plane: ControlPlane) -> Retention:
+    settings = plane.settings
+    return Retention(
+        plane.db,
+        settings.runs_dir,
+        settings.checkpoints_dir,
+        settings.blobs_dir,
+        settings.retention_s,
+        settings.retention_interval_s,
+    )
 
 
 def _exit_by_deadline(deadline_s: float | None) -> None:

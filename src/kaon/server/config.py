@@ -79,6 +79,24 @@ class Settings:
     artifact_store: str | None = None
     s3_endpoint_url: str | None = None
     artifact_blob_limit: int = 64 * 2**30  # bytes of one uploaded blob (one file)
+    # The artifact clean-up loop: blobs and values nothing references, after a grace
+    # period (an upload in progress is never collected), and the node cache's size bound.
+    artifact_grace_s: float = 86400.0
+    artifact_cache_limit: int = 50 * 2**30
+    artifact_cleanup_interval_s: float = 600.0
+    # TLS for the API (kaon.server.security.tls): the operator's certificate and key, or
+    # one the server makes under the home. Beyond loopback, one of them or `insecure`.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
+    insecure: bool = False  # plain HTTP beyond loopback, asked for in so many words
+    # Bytes one workspace may store (artifact blobs and code snapshots), unless its quota
+    # says otherwise (kaon.server.services.storage_use).
+    workspace_storage_limit: int = 100 * 2**30
+    # Finished work's run folders, checkpoints and snapshots go this long after it ended
+    # (kaon.server.reconcilers.retention), looked for this often.
+    retention_s: float = 30 * 86400.0
+    retention_interval_s: float = 3600.0
 
     @property
     def runs_dir(self) -> Path:
@@ -104,8 +122,20 @@ class Settings:
         return self.home / "checkpoints"
 
     @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None or self.tls_self_signed
+
+    @property
     def api_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        if not self.tls:
+            return self.public_url or f"http://{self.host}:{self.port}"
+        # a wildcard is no name a certificate holds: local workers use loopback
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return self.public_url or f"https://{host}:{self.port}"
+
+    def ca_pem(self) -> str | None:
+        """The certificate workers trust the API by (KAON_CA_PEM), when it serves TLS."""
+        return self.tls_cert.read_text() if self.tls_cert is not None else None
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -145,7 +175,19 @@ class Settings:
             artifact_store=env.get("KAON_ARTIFACT_STORE") or None,
             s3_endpoint_url=env.get("KAON_S3_ENDPOINT_URL") or None,
             artifact_blob_limit=parse_memory(env.get("KAON_ARTIFACT_BLOB_LIMIT", "64Gi")),
+            artifact_grace_s=float(env.get("KAON_ARTIFACT_GRACE_HOURS", "24")) * 3600.0,
+            artifact_cache_limit=parse_memory(env.get("KAON_ARTIFACT_CACHE_LIMIT", "50Gi")),
+            tls_cert=Path(cert) if (cert := env.get("KAON_TLS_CERT")) else None,
+            tls_key=Path(key) if (key := env.get("KAON_TLS_KEY")) else None,
+            tls_self_signed=_flag(env.get("KAON_TLS_SELF_SIGNED")),
+            insecure=_flag(env.get("KAON_INSECURE")),
+            workspace_storage_limit=parse_memory(env.get("KAON_WORKSPACE_STORAGE_LIMIT", "100Gi")),
+            retention_s=float(env.get("KAON_RETENTION_DAYS", "30")) * 86400.0,
         )
         if "database_url" in overrides and isinstance(overrides["database_url"], str):
             overrides["database_url"] = normalize_database_url(overrides["database_url"])
         return replace(settings, **overrides)  # type: ignore[arg-type]
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")

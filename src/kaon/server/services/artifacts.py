@@ -52,28 +52,45 @@ from kaon.core.artifacts import (
     parse_ref,
 )
 from kaon.core.errors import (
+    ConflictError,
     InvalidSpecError,
-    KaonError,
     NotFoundError,
     PayloadTooLargeError,
     PermanentBackendError,
     PermissionDeniedError,
+    TemporaryBackendError,
 )
+from kaon.core.jobs import JobStatus
 from kaon.core.pools import LOCAL_POOL
 from kaon.core.validation import is_sha256
 from kaon.executors.base import Executor
 from kaon.executors.local import LocalExecutor
 from kaon.executors.pools import Pools
-from kaon.server.db.models import Artifact, ArtifactBlob, Blob, Job, Node, Workspace, utcnow
+from kaon.server.db.models import (
+    Artifact,
+    ArtifactBlob,
+    Blob,
+    Job,
+    Model,
+    ModelVersion,
+    Node,
+    Workspace,
+    utcnow,
+)
 from kaon.server.db.session import Database
 from kaon.server.security.audit import AuditEntry, current
 from kaon.server.security.principal import Principal
 from kaon.server.security.tokens import new_id
-from kaon.server.services import audit
+from kaon.server.services import audit, storage_use
 from kaon.server.services.pool import stored_spec
 from kaon.server.services.secrets import ring_for, workspace_data_key
 from kaon.server.storage.blobstore import CHUNK, BlobStore
-from kaon.server.storage.sealed import TamperedBlobError, open_value, seal_value
+from kaon.server.storage.sealed import (
+    HashMismatchError,
+    TamperedBlobError,
+    open_value,
+    seal_value,
+)
 from kaon.server.storage.streams import to_async_iter, to_thread_iter
 
 VERSION_TRIES = 5  # concurrent creates of one name: retry on the unique version
@@ -110,7 +127,7 @@ def blob_key(workspace_id: str, sha256: str) -> str:
 def _may_use(caller: Principal, workspace: str) -> str:
     """The workspace's id: members and admins only (404 for other workspaces)."""
     workspace_id = caller.workspace_id(workspace)
-    if caller.role not in ("admin", "member"):
+    if caller.role == "gateway":  # writes need the member role: `security.roles`
         raise PermissionDeniedError("artifacts need a member or admin token")
     return workspace_id
 
@@ -197,21 +214,28 @@ async def put_blob(
     existing = await session.get(Blob, (workspace_id, sha256))
     if existing is not None:
         return BlobView(sha256=sha256, size=existing.size, stored_size=existing.stored_size)
+    await storage_use.check_room(session, workspace_id, length or 0)  # before the body
     key = await workspace_data_key(session, ring_for(db), workspace_id)
     await session.commit()  # a data key made just now is kept before anything uses it
     store = store_for(db).blobs
     received, pump = to_thread_iter(body, asyncio.get_running_loop())
     plain = _Counted(received, limit)
-    sealed = seal_value(key, workspace_id, sha256, plain)
+    # One pass in one thread: hashed and sealed a MiB at a time, each record written with
+    # one call; a mismatch raises before the last record, so the store's atomic write
+    # keeps nothing (and never replaces a good value of the same name).
+    sealed = seal_value(key, workspace_id, sha256, plain, verify=True)
     try:
         stored = await asyncio.to_thread(store.put, blob_key(workspace_id, sha256), sealed)
+    except HashMismatchError as e:
+        raise InvalidSpecError(str(e), field="sha256") from None
     finally:
         pump.cancel()  # the body is not read on once the store stopped (413, an error)
-    if plain.hexdigest() != sha256:
+    try:
+        await storage_use.check_room(session, workspace_id, stored)
+    except PayloadTooLargeError:
+        await session.rollback()
         await _discard_value(db, workspace_id, sha256)
-        raise InvalidSpecError(
-            f"the uploaded bytes hash to {plain.hexdigest()}, not {sha256}", field="sha256"
-        )
+        raise
     await _add_blob(session, workspace_id, sha256, plain.size, stored)
     await session.commit()
     return BlobView(sha256=sha256, size=plain.size, stored_size=stored)
@@ -224,12 +248,12 @@ def _too_large(limit: int) -> PayloadTooLargeError:
 
 
 class _Counted:
-    """A plaintext stream being sealed: counts and hashes it, and stops it at `limit`."""
+    """A plaintext stream being sealed: counts it, and stops it at `limit` (the sealer
+    hashes it)."""
 
     def __init__(self, chunks: Iterable[bytes], limit: int) -> None:
         self._chunks = chunks
         self._limit = limit
-        self._hash = hashlib.sha256()
         self.size = 0
 
     def __iter__(self) -> Iterator[bytes]:
@@ -237,11 +261,7 @@ class _Counted:
             self.size += len(chunk)
             if self.size > self._limit:
                 raise _too_large(self._limit)
-            self._hash.update(chunk)
             yield chunk
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
 
 async def _add_blob(
@@ -341,9 +361,9 @@ async def _require_blobs(
     sizes: dict[str, int] = {}
     for chunk in _batches(sorted(wanted), 500):
         rows = await session.execute(
-            select(Blob.sha256, Blob.size).where(
-                Blob.workspace_id == workspace_id, Blob.sha256.in_(chunk)
-            )
+            select(Blob.sha256, Blob.size)
+            .where(Blob.workspace_id == workspace_id, Blob.sha256.in_(chunk))
+            .with_for_update(read=True)  # the clean-up cannot take them meanwhile
         )
         sizes.update(rows.tuples().all())
     for i, entry in enumerate(files):
@@ -443,11 +463,74 @@ async def delete_version(
     if ":" not in ref:
         raise InvalidSpecError(f"delete needs NAME:VERSION, not {ref!r}", field="ref")
     row = await find(session, workspace_id, ref)
+    if not await hold(session, row.id):
+        raise NotFoundError(f"artifact {ref!r} not found")
+    users = await users_of(session, row)
+    if users:
+        raise ConflictError(
+            f"artifact {row.name}:{row.version} is used by {users[0]}; delete or finish that first"
+        )
     view = view_of(row, workspace)
     unused = await _drop_version(session, row)
     await session.commit()
     await _delete_values(db, workspace_id, unused)
     return view
+
+
+async def hold(session: AsyncSession, artifact_id: str) -> bool:
+    """Lock the version's row until the transaction ends (PostgreSQL; SQLite orders every
+    write anyway), so a delete and a use of it (a model version registered on it) are
+    ordered and each sees the other; False when it is gone."""
+    found = await session.scalar(
+        select(Artifact.id).where(Artifact.id == artifact_id).with_for_update()
+    )
+    return found is not None
+
+
+async def users_of(session: AsyncSession, row: Artifact) -> list[str]:
+    """What needs the version now, named for a refusal: the model versions that hold it
+    and the jobs not yet ended that read it as an input (pinned ``name:version`` at
+    submit). Empty when a delete breaks nothing."""
+    users: list[str] = []
+    models = await session.execute(
+        select(Model.name, ModelVersion.version)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .where(ModelVersion.artifact_id == row.id)
+        .order_by(Model.name, ModelVersion.version)
+    )
+    users += [f"model version {m}:{v}" for m, v in models.tuples()]
+    ref = f"{row.name}:{row.version}"
+    jobs = await session.scalars(
+        select(Job)
+        .where(Job.workspace_id == row.workspace_id, Job.status.not_in(_ENDED))
+        .order_by(Job.id)
+    )
+    users += [
+        f"job {j.id} ({j.status})"
+        for j in jobs
+        if j.spec.get("inputs") and any(i.artifact == ref for i in stored_spec(j).inputs)
+    ]
+    return users
+
+
+_ENDED = [s.value for s in JobStatus if s.is_terminal()]
+
+
+async def release(session: AsyncSession, artifact_id: str, model: str) -> list[str]:
+    """After a model version's row is deleted: delete its artifact too when it was made for
+    that model (kind ``model``, pushed or registered as `model`) and nothing else uses it
+    (another model version, a job not yet ended). An artifact pushed on its own and
+    registered by name stays. Rows only, in the caller's transaction; the stored values
+    of the blobs it released go with the clean-up loop's next pass. The names of the
+    released blobs (empty when it stays)."""
+    if not await hold(session, artifact_id):
+        return []
+    row = await session.get(Artifact, artifact_id)
+    if row is None or row.kind != ArtifactKind.MODEL.value or row.metadata_.get("model") != model:
+        return []
+    if await users_of(session, row):
+        return []
+    return await _drop_version(session, row)
 
 
 async def _drop_version(session: AsyncSession, row: Artifact) -> list[str]:
@@ -622,6 +705,8 @@ async def materialise(db: Database, artifact: Artifact) -> Path:
     store = store_for(db)
     target = store.cache_dir / artifact.digest
     if target.is_dir():
+        with contextlib.suppress(OSError):  # its last use, for the cache's LRU eviction
+            os.utime(target)
         return target
     async with db.session() as s:
         key = await workspace_data_key(s, ring_for(db), artifact.workspace_id)
@@ -660,6 +745,20 @@ def _read_only_folders(root: Path) -> None:
         for d in dirs:
             os.chmod(Path(folder) / d, 0o555)
     os.chmod(root, 0o555)
+
+
+def evict_copy(cache_dir: Path, digest: str) -> None:
+    """Remove a version's copy from this node's cache: renamed away first, so a reader
+    finds the whole folder or none, then deleted."""
+    target = cache_dir / digest
+    if not target.is_dir():
+        return
+    gone = cache_dir / f".evicted-{digest[:12]}-{new_id('x')}"
+    try:
+        os.rename(target, gone)
+    except OSError:
+        return
+    _remove_tree(gone)
 
 
 def _remove_tree(root: Path) -> None:
@@ -720,11 +819,43 @@ async def inputs_for(db: Database, job: Job, node_ids: list[str]) -> tuple[tuple
             "jobs with inputs run only on the local pool for now: Ray pools do not fetch "
             "artifacts yet (copy the data in the job's code, or run it on the local pool)"
         )
-    try:
-        copies = [await materialise(db, row) for row in rows]
-    except KaonError as e:
-        raise PermanentBackendError(f"cannot prepare the job's inputs: {e}") from e
+    copies = [_prepared(db, row) for row in rows]
+    waiting = [f"{r.name}:{r.version}" for r, c in zip(rows, copies, strict=True) if c is None]
+    if waiting:
+        raise TemporaryBackendError(f"preparing inputs: copying {', '.join(waiting)}")
     return tuple((item.path, str(copy)) for item, copy in zip(inputs, copies, strict=True))
+
+
+_PREPARING: weakref.WeakKeyDictionary[Database, dict[str, asyncio.Task[Path]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _prepared(db: Database, row: Artifact) -> Path | None:
+    """The version's verified copy in this node's cache when it is whole; else None, and
+    its copy is being made by a task of its own (one per version, however many jobs wait
+    for it), so a large copy never holds up the reconciler's pass: the job's launch is
+    retried on a later pass and starts only once the copy is whole and verified. A copy
+    that failed raises PermanentBackendError (once: a later launch tries again)."""
+    target = store_for(db).cache_dir / row.digest
+    if target.is_dir():
+        with contextlib.suppress(OSError):  # its last use, for the cache's LRU eviction
+            os.utime(target)
+        return target
+    tasks = _PREPARING.setdefault(db, {})
+    task = tasks.get(row.digest)
+    if task is None:
+        tasks[row.digest] = asyncio.get_running_loop().create_task(
+            materialise(db, row), name=f"prepare-{row.digest[:12]}"
+        )
+        return None
+    if not task.done():
+        return None
+    del tasks[row.digest]
+    error = task.exception()
+    if error is None:
+        return task.result()
+    raise PermanentBackendError(f"cannot prepare the job's inputs: {error}") from error
 
 
 async def keep_job_outputs(db: Database, executor: Executor, job: Job) -> ArtifactView | None:

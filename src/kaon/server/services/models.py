@@ -56,7 +56,7 @@ def _may_use(caller: Principal, workspace: str) -> str:
     """The workspace's id: members and admins of the workspace (404 for others, as
     everywhere; a gateway token routes requests and registers nothing: 403)."""
     workspace_id = caller.workspace_id(workspace)
-    if caller.role not in ("admin", "member"):
+    if caller.role == "gateway":  # writes need the member role: `security.roles`
         raise PermissionDeniedError("the model registry needs a member or admin token")
     return workspace_id
 
@@ -194,17 +194,22 @@ async def get_model(
 # --- register ---------------------------------------------------------------------------------
 
 
-async def _job_checkpoints(
-    session: AsyncSession, workspace_id: str, job_id: str, checkpoint_dir: CheckpointDir
+async def trained_checkpoints(
+    session: AsyncSession,
+    workspace_id: str,
+    job_id: str,
+    checkpoint_dir: CheckpointDir,
+    use: str = "register",
 ) -> tuple[Job, Path]:
-    """A succeeded job of the workspace and its checkpoint folder (as `from_job`
-    deployments check it)."""
+    """A succeeded job of the workspace and its checkpoint folder: what a model is
+    registered from, and what a `from_job` deployment serves (`use` says which, in the
+    error)."""
     job = await session.get(Job, job_id)
     if job is None or job.workspace_id != workspace_id or job.kind != "job":
         raise InvalidSpecError(f"job {job_id!r} not found", field="from_job")
     if job.status != JobStatus.SUCCEEDED.value:
         raise InvalidSpecError(
-            f"job {job.id} is {job.status}; register a job that succeeded", field="from_job"
+            f"job {job.id} is {job.status}; {use} a job that succeeded", field="from_job"
         )
     folder = checkpoint_dir(job.id)
     if not folder.is_dir() or not any(folder.iterdir()):
@@ -243,7 +248,9 @@ async def register(
     _checked_name(name)
     workspace_id = _may_use(caller, workspace)
     if body.from_job is not None:
-        job, folder = await _job_checkpoints(session, workspace_id, body.from_job, checkpoint_dir)
+        job, folder = await trained_checkpoints(
+            session, workspace_id, body.from_job, checkpoint_dir
+        )
         await session.commit()  # no read transaction held across the upload's own writes
         stored = await artifacts.store_folder(
             db,
@@ -279,6 +286,8 @@ async def register(
         )
         or 0
     ) + 1
+    if not await artifacts.hold(session, artifact.id):  # ordered with its delete
+        raise ConflictError(f"artifact {artifact.name}:{artifact.version} was just deleted")
     row = ModelVersion(
         id=new_id("mv"),
         model_id=model.id,
@@ -469,8 +478,9 @@ async def _deployments_where(
 async def delete_version(
     session: AsyncSession, caller: Principal, workspace: str, name: str, version: int
 ) -> ModelVersionView:
-    """Delete one version (its artifact stays, as artifacts are kept by their own
-    rules); refused while an alias points at it or a deployment serves it."""
+    """Delete one version; refused while an alias points at it or a deployment serves
+    it. Its artifact goes with it when it was made for this model and nothing else uses
+    it (`artifacts.release`)."""
     workspace_id = _may_use(caller, workspace)
     model = await _model(session, workspace_id, name)
     row = await _version(session, model, version)
@@ -487,6 +497,8 @@ async def delete_version(
         raise ConflictError(f"deployment {users[0]!r} serves {name}:{version}; delete it first")
     view = _version_view(model, row, aliases)
     await session.delete(row)
+    await session.flush()
+    await artifacts.release(session, row.artifact_id, model=name)
     await session.commit()
     return view
 

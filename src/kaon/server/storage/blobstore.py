@@ -11,10 +11,12 @@ values through this interface, as stored, so they work the same for both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -41,6 +43,10 @@ class BlobStore(Protocol):
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Every key that starts with prefix, in no promised order."""
+        ...
+
+    def entries(self, prefix: str = "") -> Iterator[tuple[str, datetime]]:
+        """Every key that starts with prefix, with when its value was written (UTC)."""
         ...
 
 
@@ -107,6 +113,12 @@ class LocalBlobStore:
                 key = f"{workspace.name}/{path.name}"
                 if not path.name.startswith(".") and key.startswith(prefix):
                     yield key
+
+    def entries(self, prefix: str = "") -> Iterator[tuple[str, datetime]]:
+        for key in self.keys(prefix):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                mtime = self._path(key).stat().st_mtime
+                yield key, datetime.fromtimestamp(mtime, UTC)
 
 
 def _read(handle: BinaryIO) -> Iterator[bytes]:

@@ -11,6 +11,7 @@ an instance role); values are already encrypted, so the bucket needs no server-s
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -117,6 +118,16 @@ class S3BlobStore:
         for page in pages:
             for item in page.get("Contents", []):
                 yield str(item["Key"])[len(base) :]
+
+    def entries(self, prefix: str = "") -> Iterator[tuple[str, datetime]]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base + prefix
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                modified: datetime = item["LastModified"]
+                yield str(item["Key"])[len(base) :], modified.astimezone(UTC)
 
 
 def _stream(body: Any) -> Iterator[bytes]:

@@ -104,13 +104,36 @@ def _pieces(plain: Iterable[bytes]) -> Iterator[tuple[memoryview, bool]]:
             return
 
 
+class HashMismatchError(KaonError):
+    """The plaintext being sealed does not hash to the name it is sealed under."""
+
+    status_code = 422
+
+
 def seal_value(
-    key: bytes, workspace_id: str, sha256: str, plain: Iterable[bytes]
+    key: bytes,
+    workspace_id: str,
+    sha256: str,
+    plain: Iterable[bytes],
+    *,
+    verify: bool = False,
 ) -> Iterator[bytes]:
-    """The stored value of the plaintext `plain` (any chunking) for blob `sha256`."""
+    """The stored value of the plaintext `plain` (any chunking) for blob `sha256`.
+
+    With `verify`, the plaintext is hashed piece by piece as it is sealed (one pass over
+    the bytes, a MiB per call, which releases the GIL) and `HashMismatchError` is raised
+    instead of yielding the last record when it is not `sha256`: a store that writes
+    atomically then never keeps a value sealed under a false name."""
     aead = AESGCM(key)
+    digest = hashlib.sha256() if verify else None
     yield MAGIC
     for index, (piece, last) in enumerate(_pieces(plain)):
+        if digest is not None:
+            digest.update(piece)
+            if last and digest.hexdigest() != sha256:
+                raise HashMismatchError(
+                    f"the uploaded bytes hash to {digest.hexdigest()}, not {sha256}"
+                )
         nonce = os.urandom(NONCE)
         yield nonce  # apart: joining them would copy the whole record once more
         yield aead.encrypt(nonce, piece, _aad(workspace_id, sha256, index, last))
