@@ -43,7 +43,7 @@ demo: install
 	$(PY) scripts/demo.py $(DEMO_PORTS)
 
 test: install-ray
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q --durations=15
 
 # The quick loop: no multi-process end-to-end tests and no Ray clusters.
 test-fast: install

@@ -60,12 +60,22 @@ class Daemon:
             return None
         try:
             proc = psutil.Process(pid)
-            if proc.status() != psutil.STATUS_ZOMBIE and self.module in " ".join(proc.cmdline()):
+            if proc.status() != psutil.STATUS_ZOMBIE and self._ours(proc):
                 return pid
-        except psutil.Error:
+        except (psutil.Error, OSError):
             pass
         self.pid_file.unlink(missing_ok=True)
         return None
+
+    def _ours(self, proc: psutil.Process) -> bool:
+        """Whether the pid file's process is this daemon, not another program that got the
+        pid later. A process that is executing itself anew (the control plane does, to
+        drop its credentials from its environment) shows no command line for a moment:
+        it is ours when it started no later than its pid file was written."""
+        cmdline = proc.cmdline()
+        if cmdline:
+            return self.module in " ".join(cmdline)
+        return proc.create_time() <= self.pid_file.stat().st_mtime + 1.0
 
     def start(self, env: dict[str, str], args: list[str] | None = None) -> int:
         self.home.mkdir(parents=True, exist_ok=True)
