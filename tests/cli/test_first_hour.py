@@ -275,11 +275,11 @@ def kaon_up(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProces
         )
 
     port = _free_port_pair()
-    started = kaon("up", "--port", str(port), "--gateway-port", str(port + 1))
-    assert started.returncode == 0, started.stderr
     try:
+        started = kaon("up", "--port", str(port), "--gateway-port", str(port + 1))
+        assert started.returncode == 0, started.stderr
         yield kaon
-    finally:
+    finally:  # also after a failed start: what did start must not outlive the test
         kaon("down", timeout=60)
         kill_workers(home)
 
