@@ -19,6 +19,7 @@ prints it) somewhere else to catch that too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import weakref
@@ -259,19 +260,9 @@ class AuditAppender:
 
 
 def _view(r: AuditRecord) -> AuditRecordView:
+    """The record as the API shows it: what it says (`_entry`) and its place in the chain."""
     return AuditRecordView(
-        seq=r.seq,
-        time=r.time,
-        principal=r.principal,
-        token_name=r.token_name,
-        workspace=r.workspace,
-        action=r.action,
-        resource=r.resource,
-        outcome=r.outcome,
-        status=r.status,
-        source=r.source,
-        prev_hash=r.prev_hash,
-        hash=r.hash,
+        seq=r.seq, prev_hash=r.prev_hash, hash=r.hash, **dataclasses.asdict(_entry(r))
     )
 
 
