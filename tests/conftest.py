@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -113,13 +114,14 @@ class RunningServer:
 class ThreadServer:
     """The real app under uvicorn, on a free loopback port, in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **uvicorn_options: Any) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", settings.port))
         port = self.sock.getsockname()[1]
         self.settings = settings.with_(port=port)
         app = create_app(self.settings)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )

@@ -8,62 +8,41 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import ssl
 import stat
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from kaon.core.jobs import JobStatus
 from kaon.core.tls import ENV_CA_PEM, fingerprint, listen_refusal
 from kaon.sdk.client import Client, ConnectionFailed
 from kaon.sdk.secrets import secret
-from kaon.server.app import create_app
 from kaon.server.config import Settings
 from kaon.server.security.tls import ensure_self_signed
 from tests.cli.test_up import free_port_pair, kaon
-from tests.conftest import ADMIN_TOKEN, kill_workers, test_settings
+from tests.conftest import ADMIN_TOKEN, ThreadServer, test_settings
 
 PY = sys.executable
 
 
-class TlsServer:
-    """The real app under uvicorn serving TLS with a self-signed certificate, on a free
-    loopback port, in a thread (as `tests.conftest.ThreadServer`, over https)."""
+class TlsServer(ThreadServer):
+    """`tests.conftest.ThreadServer` serving TLS with a self-signed certificate."""
 
     def __init__(self, settings: Settings) -> None:
         files = ensure_self_signed(settings.home, "127.0.0.1")
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        port = self.sock.getsockname()[1]
-        self.settings = settings.with_(port=port, tls_cert=files.cert, tls_key=files.key)
-        config = uvicorn.Config(
-            create_app(self.settings),
-            log_level="warning",
-            lifespan="on",
+        super().__init__(
+            settings.with_(tls_cert=files.cert, tls_key=files.key),
             ssl_certfile=str(files.cert),
             ssl_keyfile=str(files.key),
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
 
-    def __enter__(self) -> TlsServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
+    def __enter__(self) -> TlsServer:  # type: ignore[override]
+        super().__enter__()
         return self
 
     @property
@@ -74,12 +53,6 @@ class TlsServer:
     def cert(self) -> str:
         assert self.settings.tls_cert is not None
         return str(self.settings.tls_cert)
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-        kill_workers(self.settings.home)
 
 
 @pytest.fixture
