@@ -254,6 +254,46 @@ class TestWorkspaceAdmin:
             assert revoked.get("/api/v1/whoami").status_code == 401
 
 
+class TestGatewayToken:
+    """The gateway's token reads the route table and posts load reports, nothing more;
+    the route table (every workspace's deployments, callers' token hashes and replicas'
+    credentials) is the gateway's and the instance admin's, never a workspace admin's."""
+
+    def test_reaches_its_two_routes_and_nothing_else(self, team: Team) -> None:
+        with team.http(team.admin) as http:
+            gateway = str(
+                _ok(http.post("/api/v1/tokens", json={"name": "gw", "role": "gateway"}), 201)[
+                    "token"
+                ]
+            )
+        report = {"gateway_id": "gw-1", "time": 1.0, "window_s": 1.0, "deployments": []}
+        with team.http(gateway) as gw:
+            _ok(gw.get("/api/v1/gateway/routes"))
+            assert gw.post("/api/v1/gateway/report", json=report).status_code == 204
+            assert _ok(gw.get("/api/v1/whoami"))["user"] is None
+            for method, path in (
+                ("GET", f"{WS}/default/jobs"),
+                ("GET", f"{WS}/default/deployments"),
+                ("GET", f"{WS}/default/secrets"),
+                ("POST", f"{WS}/default/jobs"),
+                ("GET", WS),
+                ("GET", "/api/v1/nodes"),
+                ("GET", "/api/v1/pools"),
+                ("GET", "/api/v1/quotas"),
+                ("GET", "/api/v1/tokens"),
+            ):
+                answer = _call(gw, method, path, JOB)
+                assert answer.status_code == 403, (method, path, answer.text)
+                assert "route table" in answer.json()["detail"]
+
+    def test_the_route_table_is_not_a_workspace_admins(self, team: Team) -> None:
+        for token in (team.ws_admin, team.member, team.viewer):
+            with team.http(token) as http:
+                assert http.get("/api/v1/gateway/routes").status_code == 403
+        with team.http(team.admin) as http:
+            _ok(http.get("/api/v1/gateway/routes"))
+
+
 class TestRolesTrackMemberships:
     def test_a_lowered_or_removed_membership_counts_at_the_next_request(self, team: Team) -> None:
         with team.http(team.member) as mel, team.http(team.admin) as admin:

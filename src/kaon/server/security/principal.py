@@ -22,10 +22,12 @@ from kaon.server.security.ratelimit import note_auth_failure
 from kaon.server.security.roles import (
     ADMIN,
     AUDIT_ROUTES,
+    GATEWAY,
     MEMBER,
     VIEWER,
     at_least,
     effective_role,
+    gateway_may,
     instance_admin,
     needed_role,
 )
@@ -80,8 +82,11 @@ class Principal:
             raise PermissionDeniedError("this needs an admin token")
 
     def require_gateway(self) -> None:
-        if self.role not in ("admin", "gateway"):
-            raise PermissionDeniedError("this needs a gateway or admin token")
+        """The route table holds every workspace's deployments, their callers' token
+        hashes and the replicas' credentials: a gateway's token or the instance admin's
+        only, never a workspace admin's."""
+        if self.role != GATEWAY and not self.is_admin:
+            raise PermissionDeniedError("this needs a gateway token or the instance admin")
 
 
 def expired(expires_at: datetime | None, now: datetime) -> bool:
@@ -166,6 +171,8 @@ def authorize(caller: Principal, request: Request) -> Principal:
     the one place roles are enforced, so a route cannot forget it. The audit log is its
     workspaces' admins': for the others the caller is narrowed to those workspaces."""
     template = str(getattr(request.scope.get("route"), "path", ""))
+    if caller.role == GATEWAY and not gateway_may(template):
+        raise PermissionDeniedError("a gateway token reads the route table and posts reports only")
     workspace = request.path_params.get("workspace")
     needed = needed_role(request.method, template)
     if needed is not None and isinstance(workspace, str):

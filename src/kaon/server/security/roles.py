@@ -38,6 +38,8 @@ WORKSPACE_ROUTES: Final = "/api/v1/workspaces/{workspace}"
 """Every route of a workspace's resources starts so; its ``workspace`` parameter names it."""
 
 AUDIT_ROUTES: Final = "/api/v1/audit"
+GATEWAY_ROUTES: Final = ("/api/v1/gateway/", "/api/v1/whoami")
+"""The route table, load reports, and who the token is: all a gateway's token reaches."""
 _READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _ADMIN_ROUTES: Final = ("/members",)  # under WORKSPACE_ROUTES: writes need admin
 
@@ -52,10 +54,11 @@ def lesser(a: str, b: str) -> str:
     return a if _RANK[a] <= _RANK[b] else b
 
 
-def cap(token_role: str) -> str:
-    """The most a token of `token_role` may do in a workspace: the gateway's token only
-    reads (it fetches the route table, which is not a workspace's)."""
-    return token_role if token_role in _RANK else VIEWER
+def cap(token_role: str) -> str | None:
+    """The most a token of `token_role` may do in a workspace; None for the gateway's
+    token, which sees no workspace at all (its route table and reports are not a
+    workspace's, see `gateway_may`)."""
+    return token_role if token_role in _RANK else None
 
 
 def effective_role(
@@ -65,17 +68,26 @@ def effective_role(
     membership there; None when its user is no longer a member (the workspace is then
     not the token's). An instance admin's tokens are capped only by their own role; a
     token of no user (a system token) only by its role."""
-    if not has_user or user_is_admin:
-        return cap(token_role)
+    most = cap(token_role)
+    if most is None or not has_user or user_is_admin:
+        return most
     if membership not in _RANK:
         return None
-    return lesser(cap(token_role), membership)
+    return lesser(most, membership)
 
 
 def instance_admin(token_role: str, has_user: bool, user_is_admin: bool) -> bool:
     """Whether a token acts as the instance's administrator: an admin token of an
     instance-admin user (or of no user: admin tokens from before users existed)."""
     return token_role == ADMIN and (not has_user or user_is_admin)
+
+
+def gateway_may(route: str) -> bool:
+    """Whether a gateway's token may use `route` (a route template): the gateway's two
+    routes and whoami only. Everything else, the instance-wide reads included (nodes, pools, the
+    caller's own workspaces), is refused, so a stolen gateway token reads the route table
+    and can post load reports, and nothing more."""
+    return route.startswith(GATEWAY_ROUTES)
 
 
 def needed_role(method: str, route: str) -> str | None:

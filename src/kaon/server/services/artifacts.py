@@ -57,7 +57,6 @@ from kaon.core.errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermanentBackendError,
-    PermissionDeniedError,
     TemporaryBackendError,
 )
 from kaon.core.jobs import JobStatus
@@ -124,14 +123,6 @@ def blob_key(workspace_id: str, sha256: str) -> str:
 # --- views and lookups ---------------------------------------------------------------------
 
 
-def _may_use(caller: Principal, workspace: str) -> str:
-    """The workspace's id: members and admins only (404 for other workspaces)."""
-    workspace_id = caller.workspace_id(workspace)
-    if caller.role == "gateway":  # writes need the member role: `security.roles`
-        raise PermissionDeniedError("artifacts need a member or admin token")
-    return workspace_id
-
-
 def view_of(row: Artifact, workspace: str, with_files: bool = False) -> ArtifactView:
     files = [ManifestEntry.model_validate(e) for e in row.manifest] if with_files else None
     return ArtifactView(
@@ -186,7 +177,7 @@ async def blob_info(
     session: AsyncSession, caller: Principal, workspace: str, sha256: str
 ) -> BlobView:
     """The blob's sizes; NotFoundError when the workspace has no such blob."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     row = await session.get(Blob, (workspace_id, _check_sha(sha256)))
     if row is None:
         raise NotFoundError(f"blob {sha256} not found")
@@ -207,7 +198,7 @@ async def put_blob(
     """Store an uploaded blob: sealed as it streams in, its sha256 recomputed on the way
     (422 naming ``sha256`` on a mismatch, 413 past `limit`, nothing kept either way). A
     blob the workspace has already is not uploaded again (the body is left unread)."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     _check_sha(sha256)
     if length is not None and length > limit:
         raise _too_large(limit)
@@ -330,7 +321,7 @@ async def create_version(
 ) -> ArtifactView:
     """The next version of `name`, from blobs already uploaded (422 naming the first
     missing one, or one whose size differs from the manifest's)."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     _check_name(name)
     await _require_blobs(session, workspace_id, body.files)
     row = await _new_version(
@@ -437,7 +428,7 @@ async def list_artifacts(
     session: AsyncSession, caller: Principal, workspace: str, name: str | None = None
 ) -> list[ArtifactView]:
     """Every version (of `name`, if given), by name then newest first."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     query = select(Artifact).where(Artifact.workspace_id == workspace_id)
     if name is not None:
         query = query.where(Artifact.name == name)
@@ -449,7 +440,7 @@ async def get_artifact(
     session: AsyncSession, caller: Principal, workspace: str, ref: str
 ) -> ArtifactView:
     """One version with its manifest."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     return view_of(await find(session, workspace_id, ref), workspace, with_files=True)
 
 
@@ -459,7 +450,7 @@ async def delete_version(
     """Delete one version (``name:VERSION``; a bare name is refused, so a delete never
     guesses). Its row goes, then the blobs no remaining version of the workspace names:
     their rows in the same transaction, their stored values just after it commits."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     if ":" not in ref:
         raise InvalidSpecError(f"delete needs NAME:VERSION, not {ref!r}", field="ref")
     row = await find(session, workspace_id, ref)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.core.artifacts import ArtifactKind
 from kaon.core.deployments import DeploymentSpec, DeploymentStatus
-from kaon.core.errors import ConflictError, InvalidSpecError, NotFoundError, PermissionDeniedError
+from kaon.core.errors import ConflictError, InvalidSpecError, NotFoundError
 from kaon.core.jobs import JobStatus
 from kaon.core.registry import (
     ModelVersionView,
@@ -50,15 +50,6 @@ from kaon.server.services.pool import stored_spec
 from kaon.server.wake import Wake
 
 CheckpointDir = Callable[[str], Path]
-
-
-def _may_use(caller: Principal, workspace: str) -> str:
-    """The workspace's id: members and admins of the workspace (404 for others, as
-    everywhere; a gateway token routes requests and registers nothing: 403)."""
-    workspace_id = caller.workspace_id(workspace)
-    if caller.role == "gateway":  # writes need the member role: `security.roles`
-        raise PermissionDeniedError("the model registry needs a member or admin token")
-    return workspace_id
 
 
 def _checked_name(name: str) -> str:
@@ -177,7 +168,7 @@ async def _model_view(
 
 
 async def list_models(session: AsyncSession, caller: Principal, workspace: str) -> list[ModelView]:
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     rows = await session.scalars(
         select(Model).where(Model.workspace_id == workspace_id).order_by(Model.name)
     )
@@ -187,7 +178,7 @@ async def list_models(session: AsyncSession, caller: Principal, workspace: str) 
 async def get_model(
     session: AsyncSession, caller: Principal, workspace: str, name: str
 ) -> ModelView:
-    model = await _model(session, _may_use(caller, workspace), name)
+    model = await _model(session, caller.workspace_id(workspace), name)
     return await _model_view(session, model, workspace, with_versions=True)
 
 
@@ -246,7 +237,7 @@ async def register(
     """A new version of `name` (made on its first version): a succeeded job's checkpoint
     folder, uploaded as an artifact of kind ``model``, or an artifact already stored."""
     _checked_name(name)
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     if body.from_job is not None:
         job, folder = await trained_checkpoints(
             session, workspace_id, body.from_job, checkpoint_dir
@@ -360,7 +351,7 @@ async def set_alias(
         check_alias(alias)
     except ValueError as e:
         raise InvalidSpecError(str(e), field="alias") from None
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     model = await _model(session, workspace_id, name)
     row = await _version(session, model, version)
     found = await session.get(ModelAlias, (model.id, alias))
@@ -446,7 +437,7 @@ async def remove_alias(
     session: AsyncSession, caller: Principal, workspace: str, name: str, alias: str
 ) -> ModelView:
     """Remove an alias; refused while a deployment follows it."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     model = await _model(session, workspace_id, name)
     found = await session.get(ModelAlias, (model.id, alias))
     if found is None:
@@ -481,7 +472,7 @@ async def delete_version(
     """Delete one version; refused while an alias points at it or a deployment serves
     it. Its artifact goes with it when it was made for this model and nothing else uses
     it (`artifacts.release`)."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     model = await _model(session, workspace_id, name)
     row = await _version(session, model, version)
     aliases = await _aliases(session, model.id)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kaon.core.errors import AuthError, InvalidSpecError, NotFoundError, PermissionDeniedError
+from kaon.core.errors import AuthError, InvalidSpecError, NotFoundError
 from kaon.core.jobs import JobStatus
 from kaon.core.secrets import (
     MASK,
@@ -56,15 +56,6 @@ def ring_for(db: Database) -> KeyRing:
 def _aad(workspace_id: str, name: str, version: int) -> bytes:
     """What a sealed value is bound to: a copy in another row does not decrypt."""
     return f"secret:{workspace_id}:{name}:{version}".encode()
-
-
-def _may_use(caller: Principal, workspace: str) -> str:
-    """The workspace's id: members and admins of the workspace only (404 for others, as
-    everywhere; gateway tokens, which route requests, hold no secrets: 403)."""
-    workspace_id = caller.workspace_id(workspace)
-    if caller.role == "gateway":  # writes need the member role: `security.roles`
-        raise PermissionDeniedError("secrets need a member or admin token")
-    return workspace_id
 
 
 def _view(row: Secret, workspace: str) -> SecretView:
@@ -128,7 +119,7 @@ async def put_secret(
         check_secret_name(name)
     except ValueError as e:
         raise InvalidSpecError(str(e), field="name") from None
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     key = await _data_key(session, ring, workspace_id)
     data_key = _open_key(ring, key)
     now = utcnow()
@@ -158,7 +149,7 @@ async def put_secret(
 async def list_secrets(
     session: AsyncSession, caller: Principal, workspace: str
 ) -> list[SecretView]:
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     rows = await session.execute(
         select(Secret).where(Secret.workspace_id == workspace_id).order_by(Secret.name)
     )
@@ -169,7 +160,7 @@ async def delete_secret(
     session: AsyncSession, caller: Principal, workspace: str, name: str
 ) -> SecretView:
     """Delete a secret. Jobs that reference it and start later fail with the reason."""
-    workspace_id = _may_use(caller, workspace)
+    workspace_id = caller.workspace_id(workspace)
     row = await session.scalar(
         select(Secret).where(Secret.workspace_id == workspace_id, Secret.name == name)
     )
