@@ -16,9 +16,11 @@ import pytest
 
 from kaon.core.errors import PermanentBackendError, TemporaryBackendError
 from kaon.core.jobs import JobStatus, JobView
-from kaon.executors.node_sync import CheckpointMirror, fetch_code
+from kaon.executors.node_sync import CheckpointMirror, TrustStore, fetch_code
 from kaon.server.security.tokens import job_token, load_token_key
 from tests.conftest import RunningServer, free_port
+from tests.security.test_tls import TlsServer
+from tests.security.test_tls import tls_server as tls_server  # a fixture: https, self-signed
 
 PY = sys.executable
 SLEEP = [PY, "-c", "import time; time.sleep(60)"]
@@ -365,3 +367,20 @@ class TestCheckpointMirror:
         assert len(report.transferred) == 4
         with pytest.raises(PermanentBackendError, match="401"):
             CheckpointMirror(http).push(job.id, "kjob_" + "0" * 64, url, folder)
+
+
+class TestTrustStore:
+    """A Ray node's agent builds its client once and learns the control plane's
+    certificate from the gangs it is given: connections after `add` verify by it."""
+
+    def test_a_self_signed_control_plane_is_trusted_once_its_certificate_is_added(
+        self, tls_server: TlsServer
+    ) -> None:
+        trust = TrustStore()
+        with httpx.Client(verify=trust.context, timeout=10) as http:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                http.get(f"{tls_server.url}/healthz")
+            trust.add(None)  # a plain-HTTP control plane's gangs bring none
+            trust.add(Path(tls_server.cert).read_text())
+            trust.add(Path(tls_server.cert).read_text())  # again: once is enough
+            assert http.get(f"{tls_server.url}/healthz").status_code == 200

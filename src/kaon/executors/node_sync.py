@@ -48,6 +48,7 @@ from urllib.parse import quote
 import httpx
 
 from kaon.core.errors import BackendError, PermanentBackendError, TemporaryBackendError
+from kaon.core.tls import client_context
 
 __all__ = [
     "MAX_PATH",
@@ -55,6 +56,7 @@ __all__ = [
     "SHA256_HEADER",
     "CheckpointMirror",
     "SyncReport",
+    "TrustStore",
     "fetch_code",
     "is_scratch",
     "path_problem",
@@ -294,6 +296,28 @@ class _Known:
 
 
 _Key = tuple[str, str, str]  # (api_url, job_id, folder)
+
+
+class TrustStore:
+    """What a node's sync client trusts: the system's store, plus the certificate of each
+    control plane whose gangs it ran (``KAON_CA_PEM`` in the gang's environment). A Ray
+    node cannot read the control plane's home, and a self-signed certificate is in no
+    system store, so the certificate travels with the work. Certificates are added to
+    the one context the client was built with, so connections made after `add` verify
+    by it; one added before a rotation stays trusted until the process ends."""
+
+    def __init__(self) -> None:
+        self.context = client_context()
+        self._added: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, ca_pem: str | None) -> None:
+        if not ca_pem:
+            return
+        with self._lock:
+            if ca_pem not in self._added:
+                self.context.load_verify_locations(cadata=ca_pem)
+                self._added.add(ca_pem)
 
 
 class CheckpointMirror:

@@ -37,10 +37,11 @@ from typing import Any
 import httpx
 
 from kaon._version import __version__
+from kaon.core.tls import ENV_CA_PEM
 from kaon.executors.base import NodeInventory, WorkerState
 from kaon.executors.gpus import discover_gpus
 from kaon.executors.local import LocalExecutor, read_json
-from kaon.executors.node_sync import CheckpointMirror, fetch_code
+from kaon.executors.node_sync import CheckpointMirror, TrustStore, fetch_code
 from kaon.executors.ray import wire
 
 logger = logging.getLogger("kaon.ray.agent")
@@ -94,7 +95,10 @@ class NodeAgent:
             watch_pid=self.raylet_pid,
             host_env=_worker_base_env,
         )
-        self.http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        self.trust = TrustStore()  # the system's, and each control plane's certificate
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(30.0, connect=5.0), verify=self.trust.context
+        )
         self.mirror = CheckpointMirror(self.http)
         self.changed = threading.Event()
         self._wake = threading.Event()  # a supervisor ended: look now, not at the next tick
@@ -130,6 +134,8 @@ class NodeAgent:
         gang = wire.gang_from_wire(gang_data)
         gang = replace(gang, env={**self._interface_env, **gang.env})
         api_url, token = gang.env.get("KAON_API_URL", ""), gang.env.get("KAON_JOB_TOKEN", "")
+        ca_pem = gang.env.get(ENV_CA_PEM)
+        self.trust.add(ca_pem)
         if gang.snapshot_sha256:
             path = fetch_code(
                 self.http, api_url, gang.job_id, token, gang.snapshot_sha256, self.cache
@@ -144,7 +150,7 @@ class NodeAgent:
             pulled.touch()
         with self._lock:
             self._jobs[gang.job_id] = (api_url, token)
-        _keep_credentials(attempt_dir, api_url, token)
+        _keep_credentials(attempt_dir, api_url, token, ca_pem)
         states = self.local.launch_on(gang, {self.node_id})
         with self._lock:
             self._watched.update(st.handle for st in states)
@@ -218,10 +224,18 @@ class NodeAgent:
                 and not (wdir / FINALIZED).exists()
             ):
                 out.append(str(wdir.relative_to(runs)))
-                kept = _kept_credentials(wdir.parent)
+                kept = self._kept(wdir.parent)
                 if kept is not None:  # its checkpoints are pushed again, as before
                     self._jobs[wdir.parent.parent.name] = kept
         return out
+
+    def _kept(self, attempt_dir: Path) -> tuple[str, str] | None:
+        """An adopted attempt's address and token, its certificate trusted again."""
+        data = read_json(attempt_dir / CREDENTIALS)
+        if not data or not data.get("token"):
+            return None
+        self.trust.add(data.get("ca_pem"))
+        return str(data.get("api_url", "")), str(data["token"])
 
     def _watch(self) -> None:
         while True:
@@ -238,7 +252,7 @@ class NodeAgent:
         """A worker ended: push its job's checkpoints a last time, then report it."""
         job_id, attempt, _ = handle.split("/")
         with self._lock:
-            api_url, token = self._jobs.get(job_id) or _kept_credentials(wdir.parent) or ("", "")
+            api_url, token = self._jobs.get(job_id) or self._kept(wdir.parent) or ("", "")
         folder = self.local.checkpoint_dir(job_id)
         if api_url and token and _has_files(folder):
             for _ in range(FINAL_PUSH_TRIES):
@@ -288,7 +302,7 @@ class NodeAgent:
                     logger.warning("checkpoint push of %s failed: %s", job_id, e)
 
 
-def _keep_credentials(attempt_dir: Path, api_url: str, token: str) -> None:
+def _keep_credentials(attempt_dir: Path, api_url: str, token: str, ca_pem: str | None) -> None:
     """The attempt's control-plane address and token, in a file only this agent's user
     reads: launch files hold no tokens, and an agent that restarts must still push the
     checkpoints of the workers it adopts."""
@@ -296,14 +310,7 @@ def _keep_credentials(attempt_dir: Path, api_url: str, token: str) -> None:
     path = attempt_dir / CREDENTIALS
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"api_url": api_url, "token": token}, f)
-
-
-def _kept_credentials(attempt_dir: Path) -> tuple[str, str] | None:
-    data = read_json(attempt_dir / CREDENTIALS)
-    if not data or not data.get("token"):
-        return None
-    return str(data.get("api_url", "")), str(data["token"])
+        json.dump({"api_url": api_url, "token": token, "ca_pem": ca_pem}, f)
 
 
 def _has_files(folder: Path) -> bool:
