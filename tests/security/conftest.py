@@ -49,6 +49,8 @@ class Tokens:
     member: str  # a member of the default workspace only
     job_id: str  # a job of the default workspace, as if its first attempt were launched
     job: str  # that attempt's token
+    viewer: str  # a viewer of the default workspace (its user's role there)
+    gateway: str  # a gateway's token: the route table and reports only
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,13 @@ def _tokens(url: str, settings: Settings) -> Tokens:
     with httpx.Client(base_url=url, headers=admin) as http:
         member = http.post("/api/v1/tokens", json={"name": "member", "workspaces": ["default"]})
         member.raise_for_status()
+        http.post("/api/v1/users", json={"name": "vera"}).raise_for_status()
+        http.put("/api/v1/workspaces/default/members/vera", json={"role": "viewer"})
+        body = {"name": "viewer", "user": "vera", "role": "viewer", "workspaces": ["default"]}
+        viewer = http.post("/api/v1/tokens", json=body)
+        viewer.raise_for_status()
+        gateway = http.post("/api/v1/tokens", json={"name": "gateway", "role": "gateway"})
+        gateway.raise_for_status()
         job = http.post(
             "/api/v1/workspaces/default/jobs", json={"command": ["true"], "resources": {"cpu": 1}}
         )
@@ -77,7 +86,14 @@ def _tokens(url: str, settings: Settings) -> Tokens:
     job_id = job.json()["id"]
     token = job_token(load_token_key(settings.home), job_id, 1)
     asyncio.run(_mark_launched(settings.database_url, job_id, token))
-    return Tokens(ADMIN_TOKEN, member.json()["token"], job_id, token)
+    return Tokens(
+        ADMIN_TOKEN,
+        member.json()["token"],
+        job_id,
+        token,
+        viewer.json()["token"],
+        gateway.json()["token"],
+    )
 
 
 async def _mark_launched(url: str, job_id: str, token: str) -> None:

@@ -3,8 +3,8 @@ not, gets a server error (5xx) from a real control plane on loopback.
 
 Schemathesis generates requests for every operation, both ones that follow the schema
 (positive) and ones that break it (negative). Each request is sent with the token of one
-role (admin, member of the default workspace, or, on the job-token routes, a launched
-attempt's own token) and, half the time, with the path naming things that exist (the
+role (admin, member or viewer of the default workspace, a gateway's, or, on the job-token
+routes, a launched attempt's own token) and, half the time, with the path naming things that exist (the
 default workspace, a real job), so requests get past the 404 into the code behind it.
 
 Bounded so the whole run stays well under a minute per database: a few examples per
@@ -37,7 +37,7 @@ def _run_operation(
     quiet: Quiet, operation: Any, mode: GenerationMode, examples: int, errors: list[str]
 ) -> None:
     tokens = quiet.tokens
-    role_tokens = [tokens.admin, tokens.member]
+    role_tokens = [tokens.admin, tokens.member, tokens.viewer, tokens.gateway]
     if operation.path.startswith(JOB_ROUTES):
         role_tokens.append(tokens.job)
 
