@@ -14,6 +14,10 @@ It loads two kinds of folder:
   the reason, since text could not be turned into the model's tokens.
 
 The model's name in ``/v1/models`` is the deployment's (``KAON_DEPLOYMENT``).
+
+With ``KAON_LLM_ENGINE=vllm`` in the replica's environment (``--env``), a Hugging Face
+folder is decoded by vLLM instead of Kaon's engine, behind the same API
+(`kaon.llm.vllm_engine`; ``pip install 'kaon[vllm]'`` and a CUDA GPU).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kaon.llm.models import DecoderLM
 from kaon.llm.protocol import ChatMessage
 from kaon.llm.service import LLMService
 from kaon.llm.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
+from kaon.llm.vllm_engine import ENV_ENGINE, engine_choice, serve_with_vllm
 from kaon.train.checkpoint import CARD_FILE
 from kaon.train.tokenizer import TOKENIZER_FILE, read_tokenizer
 
@@ -54,15 +59,40 @@ def tokenizer_from(spec: dict[str, Any]) -> Tokenizer:
     return ByteTokenizer(eos_id=spec.get("eos_id"))
 
 
+def _model_dir() -> str:
+    path = os.environ.get(ENV_MODEL_DIR)
+    if not path:
+        raise ValueError(f"{ENV_MODEL_DIR} is not set: deploy with --model or --hf-path")
+    return path
+
+
 class ModelDirLLM(HFChat):
     """A ready `LLMService` over ``$KAON_MODEL_DIR``."""
 
     _kaon_train = False  # set by load: chats then use LLMService's plain template
 
+    def setup(self) -> None:
+        if engine_choice() == "vllm":
+            self._setup_vllm()
+        else:
+            super().setup()
+
+    def _setup_vllm(self) -> None:
+        path = _model_dir()
+        if describe_folder(Path(path)) != "hf":
+            raise ValueError(
+                f"{ENV_ENGINE}=vllm serves Hugging Face folders ({HF_CONFIG}); {path} is not "
+                f"one: unset {ENV_ENGINE} to serve it with Kaon's engine"
+            )
+        self.hf_tokenizer = serve_with_vllm(self, path)
+        self._name_after(path)
+
+    def _name_after(self, path: str) -> None:
+        if type(self).model_name in (HFChat.model_name, LLMService.model_name):
+            self.model_name = os.environ.get(ENV_DEPLOYMENT) or Path(path).name
+
     def load(self) -> tuple[DecoderLM, Tokenizer]:
-        path = os.environ.get(ENV_MODEL_DIR)
-        if not path:
-            raise ValueError(f"{ENV_MODEL_DIR} is not set: deploy with --model or --hf-path")
+        path = _model_dir()
         kind = describe_folder(Path(path))
         if kind == "kaon.train":
             loaded = self._load_kaon_train(Path(path))
@@ -74,8 +104,7 @@ class ModelDirLLM(HFChat):
                 f"{path} holds neither {HF_CONFIG} (a Hugging Face model) nor {CARD_FILE} "
                 "(a kaon.train checkpoint)"
             )
-        if type(self).model_name in (HFChat.model_name, LLMService.model_name):
-            self.model_name = os.environ.get(ENV_DEPLOYMENT) or Path(path).name
+        self._name_after(path)
         return loaded
 
     def _load_kaon_train(self, folder: Path) -> tuple[DecoderLM, Tokenizer]:

@@ -35,16 +35,17 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from kaon.llm.engine import (
     Engine,
-    Generation,
+    EngineStats,
     PromptTooLongError,
     QueueFullError,
     SamplingParams,
+    Token,
 )
 from kaon.llm.models import DecoderLM
 from kaon.llm.protocol import (
@@ -58,10 +59,28 @@ from kaon.llm.tokenizers import Tokenizer
 from kaon.serving.service import Service, handler
 from kaon.serving.streaming import Request, Response
 
-__all__ = ["LLMService", "StopScanner"]
+__all__ = ["LLMService", "StopScanner", "TokenEngine", "TokenStream"]
 
 _SSE = "text/event-stream"
 _DONE = b"data: [DONE]\n\n"
+
+
+class TokenStream(Protocol):
+    """One sequence's tokens as an engine makes them (`kaon.llm.engine.Generation`)."""
+
+    def tokens(self) -> AsyncIterator[Token]: ...
+
+    def cancel(self) -> None: ...
+
+
+class TokenEngine(Protocol):
+    """What the routes need of an engine: the built-in `Engine`, or another one behind
+    the same API (`kaon.llm.vllm_engine.VLLMEngine`). `submit` raises `QueueFullError`
+    or `PromptTooLongError` at once."""
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> TokenStream: ...
+
+    def stats(self) -> EngineStats: ...
 
 
 class StopScanner:
@@ -105,6 +124,7 @@ class LLMService(Service):
     max_queue = 64  # requests waiting beyond the running ones; more get 429
     max_step_tokens = 1024  # tokens per decoding step: one per sequence, plus prompts
     default_max_tokens = 16  # /v1/completions without max_tokens, as OpenAI's default
+    engine: TokenEngine  # set by `setup`
 
     def load(self) -> tuple[DecoderLM, Tokenizer]:
         """The model (with its cache for `slots` sequences) and its tokenizer."""
@@ -118,14 +138,15 @@ class LLMService(Service):
 
     def setup(self) -> None:
         model, self.tokenizer = self.load()
-        self.engine = Engine(
+        engine = Engine(
             model,
             max_queue=self.max_queue,
             max_step_tokens=self.max_step_tokens,
             vocab_limit=self.tokenizer.vocab_size,
         )
         self.context = model.context
-        self.engine.start()
+        engine.start()
+        self.engine = engine
 
     # --- routes -------------------------------------------------------------------------
 
@@ -194,7 +215,7 @@ class LLMService(Service):
         max_tokens = limit or (room if chat else min(room, self.default_max_tokens))
         eos = self.tokenizer.eos_id
         stop_ids = frozenset() if eos is None else frozenset([eos])
-        gens: list[Generation] = []
+        gens: list[TokenStream] = []
         try:
             for i in range(req.n):
                 seed = None if req.seed is None else req.seed + i
@@ -222,7 +243,7 @@ class LLMService(Service):
         return await _collect_unless_gone(meta, pieces, req.n, request)
 
     async def _pieces(
-        self, gens: list[Generation], stops: list[str]
+        self, gens: list[TokenStream], stops: list[str]
     ) -> AsyncGenerator[_Piece, None]:
         """The text of all choices as it is made, merged, each piece tagged by its choice.
         Closing this cancels every sequence still running."""
@@ -250,7 +271,7 @@ class LLMService(Service):
     async def _choice(
         self,
         index: int,
-        gen: Generation,
+        gen: TokenStream,
         stops: list[str],
         queue: asyncio.Queue[_Piece | BaseException],
     ) -> None:
