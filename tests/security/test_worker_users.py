@@ -8,6 +8,7 @@ commands: the test's Python may live under a folder closed to other users.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -47,15 +48,26 @@ exit 0
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
+def server() -> Iterator[RunningServer]:
     """A control plane whose home sits in a folder every user may enter, so only the
-    home's own modes keep a worker out."""
+    home's own modes keep a worker out: no sandbox (``tests/security/test_sandbox.py``
+    checks bubblewrap on top of them)."""
+    with uids_server(sandbox="off") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def uids_server(sandbox: str, db_url: str | None = None) -> Iterator[RunningServer]:
+    """A control plane with ``KAON_WORKER_UIDS`` and ``KAON_SANDBOX`` = `sandbox`, its
+    home in a folder every user may enter; on `db_url`, or a SQLite file in the home."""
     base = Path(tempfile.mkdtemp(prefix="kaon-uids-"))
     os.chmod(base, 0o755)
-    url = normalize_database_url(str(base / "home" / "kaon.db"))
+    url = db_url or normalize_database_url(str(base / "home" / "kaon.db"))
     try:
-        with ThreadServer(test_settings(base / "home", url, worker_uids=UIDS)) as running:
-            yield running
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("KAON_SANDBOX", sandbox)  # read by the executor as the plane starts
+            with ThreadServer(test_settings(base / "home", url, worker_uids=UIDS)) as running:
+                yield running
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -14,7 +14,8 @@ psutil only when it first checks memory. It:
   does);
 - starts the worker's command in a process group of its own, output into ``WORKER_DIR/log``
   (0600), as the workspace's own user when the launch names a ``uid`` (a root control
-  plane with ``KAON_WORKER_UIDS``);
+  plane with ``KAON_WORKER_UIDS``), inside bubblewrap when the launch names a ``sandbox``
+  (`kaon.executors.sandbox`: then bwrap runs as root and the user is taken on inside it);
 - enforces the worker's memory limit by watching the resident memory of the whole process
   tree, and stops an offender with a reason a user can read;
 - on SIGTERM forwards SIGTERM to the group, waits the grace period, then sends SIGKILL;
@@ -114,8 +115,19 @@ def _with_secrets(
         folders.append(folder)
         for var in as_files & values.keys():
             values[var] = _secret_file(folder, var, values[var], spec.get("uid"))
+        spec = _shown_in_sandbox(spec, folder)
     env.update(values)
     return {**spec, "env": env}
+
+
+def _shown_in_sandbox(spec: dict[str, Any], folder: str) -> dict[str, Any]:
+    """The launch spec with `folder` bound read-only into the worker's sandbox, if it has
+    one: after the sandbox's own tmpfs over /dev/shm, so it shows through."""
+    sandbox = spec.get("sandbox")
+    if not sandbox:
+        return spec
+    argv = [*sandbox["argv"], "--ro-bind", folder, folder]
+    return {**spec, "sandbox": {**sandbox, "argv": argv}}
 
 
 def _secret_folder(uid: int | None) -> str:
@@ -184,8 +196,12 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _describe(code: int) -> tuple[int, str | None]:
-    """Exit code as a shell reports it (128+N for signal N) and a reason for signals."""
+def _describe(code: int, sandboxed: bool = False) -> tuple[int, str | None]:
+    """Exit code as a shell reports it (128+N for signal N) and a reason for signals.
+    bwrap reports its worker's death by signal N as status 128+N: from a sandbox, such a
+    status reads as that signal."""
+    if sandboxed and 128 < code < 128 + signal.NSIG:
+        code = 128 - code
     if code >= 0:
         return code, None
     sig = -code
@@ -206,10 +222,36 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def _argv(spec: dict[str, Any]) -> list[str]:
+    """What the supervisor executes: the worker's command, or bwrap with the worker's
+    view of the file system, then the step that takes on its user, then the command."""
+    sandbox = spec.get("sandbox")
+    if not sandbox:
+        return list(spec["command"])
+    return [*sandbox["argv"], "--", *sandbox["then"], *spec["command"]]
+
+
+def _check_runnable(spec: dict[str, Any]) -> None:
+    """Inside a sandbox a command that cannot be found fails in there, where no error
+    reaches the supervisor: look for it first, so it reads "cannot start" as without."""
+    program = spec["command"][0]
+    where = os.path.join(spec["cwd"], program) if "/" in program else None
+    found = where if where else shutil.which(program, path=spec["env"].get("PATH", os.defpath))
+    if not found or not os.path.isfile(found):
+        raise OSError(2, f"No such file or directory: {program!r}")
+
+
 def _spawn(spec: dict[str, Any], log_fd: int) -> int:
     """Fork and exec the worker in a process group of its own, output into the log.
     Raises OSError (as ``subprocess`` would) when the command cannot be started: the
-    child reports a failed exec through a close-on-exec pipe."""
+    child reports a failed exec through a close-on-exec pipe.
+
+    In a sandbox, bwrap itself ignores SIGTERM (the worker gets it back inside): bwrap
+    killed by the stop's SIGTERM would take the worker down at once, with no grace."""
+    sandboxed = bool(spec.get("sandbox"))
+    if sandboxed:
+        _check_runnable(spec)
+    argv = _argv(spec)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # the child: only async-signal-safe work until exec
@@ -217,7 +259,9 @@ def _spawn(spec: dict[str, Any], log_fd: int) -> int:
             os.close(read_end)
             os.setpgid(0, 0)
             uid = spec.get("uid")
-            if uid is not None:  # the workspace's own user: no group, nothing of root's
+            if sandboxed:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            elif uid is not None:  # the workspace's own user: no group, nothing of root's
                 os.setgroups([])
                 os.setgid(int(uid))
                 os.setuid(int(uid))
@@ -226,7 +270,7 @@ def _spawn(spec: dict[str, Any], log_fd: int) -> int:
             os.dup2(null, 0)
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
-            os.execvpe(spec["command"][0], spec["command"], spec["env"])
+            os.execvpe(argv[0], argv, spec["env"])
         except OSError as e:
             os.write(write_end, f"{e.errno}:{e.strerror}".encode())
         finally:
@@ -365,7 +409,7 @@ def _supervise(
                 log.write(f"\nkaon: {state['reason']}\n".encode())
                 _killpg(child_pid, signal.SIGKILL)
     _killpg(child_pid, signal.SIGKILL)  # leftovers of the group
-    code, reason = _describe(status["code"])
+    code, reason = _describe(status["code"], sandboxed=bool(spec.get("sandbox")))
     ended = {"exit_code": None if state["lost"] else code, "reason": state["reason"] or reason}
     if state["lost"]:
         ended["lost"] = True

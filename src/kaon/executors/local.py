@@ -36,6 +36,14 @@ from kaon.core.nodes import GpuInfo
 from kaon.core.replicas import ENV_REPLICA_KEY
 from kaon.executors.base import GangLaunch, NodeInventory, WorkerLaunch, WorkerState
 from kaon.executors.env import worker_env
+from kaon.executors.sandbox import (
+    SandboxPolicy,
+    Tools,
+    WorkerView,
+    devices,
+    sandbox_spec,
+    tools_for,
+)
 from kaon.executors.spawner import SpawnerClient
 
 SHIM = Path(__file__).with_name("_shim.py")
@@ -117,6 +125,7 @@ class LocalExecutor:
         watch_pid: int | None = None,
         host_env: Callable[[], dict[str, str]] | None = None,
         aborts: LaunchAborts | None = None,
+        sandbox: SandboxPolicy | None = None,
     ) -> None:
         """One node, or several that share this machine (a pool to test gangs that span
         nodes and placement across them, as Ray's ``cluster_utils.Cluster`` does).
@@ -126,6 +135,9 @@ class LocalExecutor:
         `watch_pid`: supervisors stop their worker when that process is gone (the Ray
         node's raylet: a worker must not outlive its node's membership of the cluster,
         or it could run twice once its job is placed elsewhere).
+        `sandbox`: when workers get a private view of the file system (bubblewrap); by
+        default ``KAON_SANDBOX`` with the runs folder's parent (the home) hidden, except
+        on a Ray node (`watch_pid`), whose workers run without one for now.
         """
         self.runs_dir = runs_dir
         self.checkpoints_dir = checkpoints_dir
@@ -135,6 +147,7 @@ class LocalExecutor:
         self.watch_pid = watch_pid
         self.host_env = host_env or _host_env
         self.aborts = aborts or LaunchAborts()
+        self.sandbox = sandbox or _default_sandbox(runs_dir, watch_pid)
         self._spawner: SpawnerClient | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
@@ -174,12 +187,13 @@ class LocalExecutor:
         cwd = self._working_dir(gang)
         self.output_dir(gang.job_id).mkdir(exist_ok=True)
         uid = run_as(gang)
+        tools = tools_for(self.sandbox.mode, uid)  # refused before any worker is begun
         if uid is not None:
             self._open_to(uid, gang.job_id, attempt_dir, cwd)
         master = gang.master or (self.node.address, self.gang_port(gang.job_id, gang.attempt))
         mine = [w for w in gang.workers if w.node_id in node_ids]
         return [
-            self._launch_worker(gang, worker, attempt_dir, cwd, master)
+            self._launch_worker(gang, worker, attempt_dir, cwd, master, tools)
             if not self.aborts.asked(gang.job_id, gang.attempt)
             else _not_started(gang, worker)
             for worker in sorted(mine, key=lambda w: w.index)
@@ -249,6 +263,7 @@ class LocalExecutor:
         attempt_dir: Path,
         cwd: Path,
         master: tuple[str, int],
+        tools: Tools | None = None,
     ) -> WorkerState:
         wdir = attempt_dir / str(worker.index)
         handle = f"{gang.job_id}/{gang.attempt}/{worker.index}"
@@ -287,6 +302,8 @@ class LocalExecutor:
             "watch_pid": self.watch_pid,
             "uid": uid,  # None: as this process's user
         }
+        if tools is not None:  # a private view of the file system (kaon.executors.sandbox)
+            spec["sandbox"] = sandbox_spec(tools, self._view(gang, wdir, cwd, uid), uid)
         _write_json(wdir / "launch.json", spec)
         try:
             pid = self._spawn(wdir)
@@ -312,6 +329,29 @@ class LocalExecutor:
             self._children[handle] = proc
         threading.Thread(target=self._reap, args=(handle, proc), daemon=True).start()
         return WorkerState(handle=handle, alive=True, pid=proc.pid, port=own_port)
+
+    def _view(self, gang: GangLaunch, wdir: Path, cwd: Path, uid: int | None) -> WorkerView:
+        """What the worker sees besides the read-only root: its own folders (HOME and
+        TMPDIR, not the rest of its run folder: the launch file and log are the
+        supervisor's), its inputs (the cache entries its code links to; a worker of a
+        workspace's uid has copies in its code instead), nothing of the control plane's."""
+        inputs = () if uid is not None else gang.inputs
+        hidden = [Path(p).resolve() for p in self.sandbox.hidden if os.path.lexists(p)]
+        own = (
+            wdir / "home",
+            wdir / "tmp",
+            cwd,
+            self.checkpoint_dir(gang.job_id),
+            self.output_dir(gang.job_id),
+        )
+        return WorkerView(
+            cwd=str(cwd.resolve()),
+            writable=tuple(str(p.resolve()) for p in own),
+            readable=tuple(str(Path(source).resolve()) for _, source in inputs),
+            hidden_dirs=tuple(str(p) for p in hidden if p.is_dir()),
+            hidden_files=tuple(str(p) for p in hidden if not p.is_dir()),
+            devices=devices(),
+        )
 
     def _spawn(self, wdir: Path) -> int:
         """A supervisor forked by this run folder's spawner (see `kaon.executors.spawner`):
@@ -427,6 +467,13 @@ def _host_env() -> dict[str, str]:
         [bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]]
     )
     return env
+
+
+def _default_sandbox(runs_dir: Path, watch_pid: int | None) -> SandboxPolicy:
+    """``KAON_SANDBOX`` with the home hidden; off on a Ray node (see `LocalExecutor`)."""
+    if watch_pid is not None:
+        return SandboxPolicy(mode="off")
+    return SandboxPolicy.from_env(os.environ, str(runs_dir.parent))
 
 
 def _not_started(gang: GangLaunch, worker: WorkerLaunch) -> WorkerState:
