@@ -5,7 +5,8 @@ GPT-3 XL's shape (24 layers, d=2048, 16 heads, 2048 tokens); "tiny" is for tests
 vocabulary is GPT-2's 50,257 tokens padded to 50,304, a multiple of 64 that the matmul
 kernels prefer. Attention is `F.scaled_dot_product_attention`, which picks a fused
 (flash) kernel on GPUs that have one. `RandomTokens` is the synthetic data for throughput
-runs, here so the benchmark can import both from one module.
+runs, here so the benchmark can import both from one module; `TextWindows` is a text's
+bytes, for a model worth serving (``train.py --text``).
 """
 
 import math
@@ -116,4 +117,22 @@ class RandomTokens(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         window = self.tokens[i * self.context : (i + 1) * self.context + 1]
+        return window[:-1], window[1:]
+
+
+class TextWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A text's UTF-8 bytes as tokens 0-255 (the rest of the vocabulary goes unused), in
+    windows of `context` tokens that overlap by half; the target is shifted by one. Bytes
+    need no vocabulary to ship: ``kaon.train.save_byte_tokenizer`` records just the kind."""
+
+    def __init__(self, data: bytes, context: int) -> None:
+        self.tokens = torch.tensor(list(data), dtype=torch.long)
+        self.context, self.stride = context, max(1, context // 2)
+        self.count = max(0, (len(data) - context - 1) // self.stride + 1)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        window = self.tokens[i * self.stride : i * self.stride + self.context + 1]
         return window[:-1], window[1:]
