@@ -527,3 +527,20 @@ def _wait_running(client: Client, job_id: str) -> None:
     while client.jobs.get(job_id).status is not JobStatus.RUNNING:
         assert time.monotonic() < deadline, f"{job_id} never ran"
         time.sleep(0.1)
+
+
+def test_the_control_planes_files_outside_its_home_are_hidden_too(tmp_path: Path) -> None:
+    """A SQLite database (and its WAL) and a TLS key kept outside the home are on the
+    sandbox's hidden list, with the home itself."""
+    from kaon.server.app import _sandbox
+    from tests.conftest import test_settings
+
+    db = tmp_path / "elsewhere" / "kaon.db"
+    key = tmp_path / "tls" / "key.pem"
+    settings = test_settings(tmp_path / "home", f"sqlite+aiosqlite:///{db}", tls_key=key)
+    hidden = _sandbox(settings).hidden
+    assert str(settings.home) in hidden
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), key):
+        assert str(path.resolve()) in hidden
+    on_postgres = test_settings(tmp_path / "home", "postgresql+asyncpg://u@h/db")
+    assert not any(p.endswith(".db") for p in _sandbox(on_postgres).hidden)

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 from kaon._version import __version__
 from kaon.autoscaling import LoadBoard
@@ -28,6 +29,7 @@ from kaon.executors.base import Executor
 from kaon.executors.gpus import declared_gpus, discover_gpus
 from kaon.executors.local import LaunchAborts, LocalExecutor, local_nodes
 from kaon.executors.pools import Pools
+from kaon.executors.sandbox import SandboxPolicy
 from kaon.server.config import Settings
 from kaon.server.context import ControlPlane
 from kaon.server.db.models import Pool
@@ -128,7 +130,13 @@ def build_plane(settings: Settings) -> ControlPlane:
         labels=settings.labels,
     )
     aborts = LaunchAborts()  # the launch step tells the executor of a job stopped meanwhile
-    local = LocalExecutor(settings.runs_dir, settings.checkpoints_dir, nodes, aborts=aborts)
+    local = LocalExecutor(
+        settings.runs_dir,
+        settings.checkpoints_dir,
+        nodes,
+        aborts=aborts,
+        sandbox=_sandbox(settings),
+    )
     executor = Pools(local, settings.checkpoints_dir)
     config = LaunchConfig(
         api_url=settings.api_url,
@@ -319,3 +327,19 @@ async def start_plane(plane: ControlPlane) -> None:
     if created and not settings.bootstrap_token:
         _hand_over_admin_token(settings.home, created)
     await plane.pools.register_local()
+
+
+def _sandbox(settings: Settings) -> SandboxPolicy:
+    """How workers are sandboxed (``KAON_SANDBOX``), hiding the home and the CLI's, and
+    what of the control plane lives outside the home: a SQLite database (with its WAL)
+    and the TLS key. Their modes keep other users out already; a sandboxed worker does
+    not even see them."""
+    policy = SandboxPolicy.from_env(os.environ, str(settings.home))
+    outside: list[str] = []
+    url = make_url(settings.database_url)
+    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+        db = str(Path(url.database).resolve())
+        outside += [db, f"{db}-wal", f"{db}-shm"]
+    if settings.tls_key is not None:
+        outside.append(str(settings.tls_key.resolve()))
+    return SandboxPolicy(policy.mode, (*policy.hidden, *outside))
