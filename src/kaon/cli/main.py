@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -52,7 +53,14 @@ from kaon.cli.daemon import (
 from kaon.cli.render import console, err, nodes_table, print_json, rows_table
 from kaon.core.auth import parse_expiry
 from kaon.core.errors import KaonError
-from kaon.core.tls import CERT_FILE, SELF_SIGNED_DIR, fingerprint, is_loopback, listen_refusal
+from kaon.core.tls import (
+    CERT_FILE,
+    KEY_FILE,
+    SELF_SIGNED_DIR,
+    fingerprint,
+    is_loopback,
+    listen_refusal,
+)
 from kaon.core.writable import unwritable_message
 from kaon.sdk.admin import Tokens
 from kaon.sdk.client import Client
@@ -139,7 +147,8 @@ def up(
         str, typer.Option(help="address to listen on; other machines need a reachable one")
     ] = "127.0.0.1",
     tls_cert: Annotated[
-        Path | None, typer.Option(help="serve the API over TLS with this certificate (PEM)")
+        Path | None,
+        typer.Option(help="serve the API and the gateway over TLS with this certificate (PEM)"),
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
     tls_self_signed: Annotated[
@@ -152,9 +161,13 @@ def up(
     """Start the control plane and its gateway in the background; print the URL and token.
 
     This home's control plane, if it runs, is reused; a port held by anything else is not.
-    Beyond loopback it takes a certificate (or --tls-self-signed), or --insecure."""
+    Both listen on --host; beyond loopback they take a certificate (or --tls-self-signed),
+    which both serve, or --insecure."""
     tls = _tls_choice(host, tls_cert, tls_key, tls_self_signed, insecure)  # before any bind
-    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    scheme = "https" if _serves_tls(tls) else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    gateway_url = f"{scheme}://127.0.0.1:{gateway_port}"
+    ca_file = _ca_file(tls)
     probe = Client(url, token="", timeout=1.0, verify=False)  # no token: nothing to protect
     if _check_ports(probe, port, gateway_port, host):
         daemon = _server_daemon()  # ours, maybe still starting
@@ -164,14 +177,16 @@ def up(
         if problem is not None:
             _fail(problem, EXIT_INPUT)
         env = {**_server_env(port, host, database_url, ray_address), **(tls or {})}
-        env["KAON_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"  # the console's "try it"
-        _start_server(probe, env, timeout, _ca_file(tls))
+        env[GATEWAY_URL_ENV] = gateway_url  # the console's "try it" forwards there
+        if ca_file is not None:
+            env[GATEWAY_CA_ENV] = ca_file  # ... and verifies the gateway by this
+        _start_server(probe, env, timeout, ca_file)
     _record_instance(probe)
-    ca_file = _ca_file(tls)
     if ca_file is not None:
         save_ca_file(ca_file)  # every later command verifies this home's server by it
     config = load_config()
-    gateway = _start_gateway(url, config.token, port, gateway_port, ca_file)
+    listen = _GatewayListen(host, gateway_url, _gateway_tls_files(tls), ca_file)
+    gateway = _start_gateway(url, config.token, port, gateway_port, listen)
     if gateway is not None and gateway != config.gateway_url:
         save_gateway_url(gateway)  # `kaon deploy` prints this address
     if ray_address and config.token:
@@ -199,7 +214,7 @@ def _tls_choice(
         _fail("give --tls-cert and --tls-key, or --tls-self-signed, not both", EXIT_INPUT)
     refusal = listen_refusal(host, cert is not None or self_signed, insecure)
     if refusal is not None:
-        _fail(refusal, EXIT_INPUT)
+        _fail(refusal, EXIT_INPUT, hint=GATEWAY_SAME_RULE)
     if cert is not None and key is not None:
         for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
             if not path.is_file():
@@ -209,8 +224,8 @@ def _tls_choice(
         return {"KAON_TLS_SELF_SIGNED": "1"}
     if insecure and not is_loopback(host):
         err.print(
-            f"[bold red]WARNING: INSECURE[/]: the API on {escape(host)} speaks plain HTTP; "
-            "every token crosses the network in clear text",
+            f"[bold red]WARNING: INSECURE[/]: the API and the gateway on {escape(host)} speak "
+            "plain HTTP; every token crosses the network in clear text",
             highlight=False,
             soft_wrap=True,
         )
@@ -218,12 +233,36 @@ def _tls_choice(
     return None
 
 
+GATEWAY_SAME_RULE = (
+    "the gateway listens on the same address, under the same rule: "
+    "it serves the same certificate, or plain HTTP with --insecure"
+)
+GATEWAY_URL_ENV = "KAON_GATEWAY_URL"  # read by the console's "try it" (routers.console)
+GATEWAY_CA_ENV = "KAON_GATEWAY_CA_FILE"  # ... which verifies an https gateway by this file
+
+
+def _serves_tls(tls: dict[str, str] | None) -> bool:
+    """Whether `_tls_choice`'s settings serve TLS (``--insecure`` alone does not)."""
+    return tls is not None and "KAON_INSECURE" not in tls
+
+
 def _ca_file(tls: dict[str, str] | None) -> str | None:
     """The certificate clients verify this home's server by: the operator's, or the
     self-signed one the server keeps under the home."""
-    if tls is None:
+    if tls is None or not _serves_tls(tls):
         return None
     return tls.get("KAON_TLS_CERT") or str(home() / SELF_SIGNED_DIR / CERT_FILE)
+
+
+def _gateway_tls_files(tls: dict[str, str] | None) -> tuple[str, str] | None:
+    """The certificate and key the gateway serves: the control plane's own (the
+    self-signed pair is made by the control plane's first start, before the gateway's)."""
+    if tls is None or not _serves_tls(tls):
+        return None
+    if "KAON_TLS_CERT" in tls:
+        return tls["KAON_TLS_CERT"], tls["KAON_TLS_KEY"]
+    folder = home() / SELF_SIGNED_DIR
+    return str(folder / CERT_FILE), str(folder / KEY_FILE)
 
 
 def _check_ports(probe: Client, port: int, gateway_port: int, host: str) -> bool:
@@ -233,7 +272,7 @@ def _check_ports(probe: Client, port: int, gateway_port: int, host: str) -> bool
     if port == gateway_port:
         _fail(f"the control plane and the gateway need two ports, not {port} twice", EXIT_INPUT)
     running = _check_server_port(probe, port, host)
-    _check_gateway_port(port, gateway_port)
+    _check_gateway_port(port, gateway_port, host)
     return running
 
 
@@ -254,12 +293,12 @@ def _check_server_port(probe: Client, port: int, host: str) -> bool:
     return False
 
 
-def _check_gateway_port(port: int, gateway_port: int) -> None:
+def _check_gateway_port(port: int, gateway_port: int, host: str) -> None:
     """The gateway answers no instance id; this home's is the one its pid file names."""
     daemon = _gateway_daemon()
     if daemon.pid() is not None:
         _check_own_port(daemon, "gateway", gateway_port, "--gateway-port")
-    elif not port_free("127.0.0.1", gateway_port):
+    elif not port_free(host, gateway_port):
         _taken(gateway_port, _holder(gateway_port), _other_gateway_port(port, gateway_port))
 
 
@@ -305,35 +344,60 @@ def _start_server(
         pass  # an admin token existed already; keep the saved one
 
 
+@dataclass(frozen=True)
+class _GatewayListen:
+    """Where and how the gateway of `kaon up` listens: the API's host and TLS choice."""
+
+    host: str
+    url: str  # how this machine reaches it (http or https, on loopback)
+    tls: tuple[str, str] | None  # the certificate and key it serves
+    ca_file: str | None  # what clients verify it (and it the control plane) by
+
+
 def _start_gateway(
-    url: str, token: str | None, port: int, gateway_port: int, ca_file: str | None = None
+    url: str, token: str | None, port: int, gateway_port: int, listen: _GatewayListen
 ) -> str | None:
     """Start the gateway with a token of its own (role 'gateway'), unless it runs. None
-    if it cannot: making its token takes an admin token. Over TLS it verifies the control
-    plane by `ca_file` (``SSL_CERT_FILE``, which its HTTP client reads)."""
+    if it cannot: making its token takes an admin token. Over TLS it serves the control
+    plane's certificate, and verifies the control plane by `ca_file` (``SSL_CERT_FILE``,
+    which its HTTP client reads), as `kaon up`'s readiness probe verifies it."""
     daemon = _gateway_daemon()
-    gateway_url = f"http://127.0.0.1:{gateway_port}"
     if daemon.pid() is not None:
-        return gateway_url
+        return listen.url
     if not token:
         return None
     name = f"{GATEWAY_TOKEN_PREFIX}{secrets.token_hex(3)}"
     with exit_on_error():
-        tokens = Client(url, token=token, ca_file=ca_file).tokens
+        tokens = Client(url, token=token, ca_file=listen.ca_file).tokens
         secret = tokens.create(name, role="gateway").token
         _revoke_old_gateway_tokens(tokens, keep=name)
     offset = daemon.log_size()
-    env = {"KAON_GATEWAY_TOKEN": secret, "KAON_HOME": str(home())}  # its home: `describe`
-    if ca_file is not None:
-        env["SSL_CERT_FILE"] = ca_file
-    daemon.start(
-        env,
-        ["--port", str(gateway_port), "--control-plane", url, "--poll", "0.25"],
-    )
-    ready = Client(gateway_url, token="").healthy
-    hint = functools.partial(_other_gateway_port, port, gateway_port)
-    _await(daemon, "gateway", gateway_port, ready, 30, offset, hint)
-    return gateway_url
+    env = {"KAON_HOME": str(home())}  # its home: `describe`
+    if listen.ca_file is not None:
+        env["SSL_CERT_FILE"] = listen.ca_file
+    token_file = _hand_over(secret)  # the gateway reads and deletes it: not in its environ
+    args = ["--host", listen.host, "--port", str(gateway_port), "--control-plane", url]
+    args += ["--poll", "0.25", "--token-file", str(token_file)]
+    if listen.tls is not None:
+        args += ["--tls-cert", listen.tls[0], "--tls-key", listen.tls[1]]
+    try:
+        daemon.start(env, args)
+        ready = Client(listen.url, token="", ca_file=listen.ca_file).healthy
+        hint = functools.partial(_other_gateway_port, port, gateway_port)
+        _await(daemon, "gateway", gateway_port, ready, 30, offset, hint)
+    finally:
+        token_file.unlink(missing_ok=True)  # read by now, or never: it must not linger
+    return listen.url
+
+
+def _hand_over(secret: str) -> Path:
+    """A new file only this user may read, holding `secret`, under the home (whose
+    ``config.json`` holds the admin token the same way)."""
+    path = home() / f"gateway-token-{secrets.token_hex(8)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    return path
 
 
 GATEWAY_TOKEN_PREFIX = "gateway-"  # the names `kaon up` gives its gateway's tokens

@@ -5,8 +5,9 @@ every client of it (the CLI, the SDK, the gateway, a worker's supervisor, `kaon.
 node sync) verifies its certificate against one trust anchor: the certificate file the
 client config names (``ca_file``, ``KAON_CA_FILE``), or for workers the certificate's
 text in their environment (``KAON_CA_PEM``: a worker run as another user, or on another
-node, cannot read a file of the control plane's home). Standard library only, so the
-worker's supervisor could use the same rules.
+node, cannot read a file of the control plane's home). The gateway serves the same
+certificate (`server_context`), and its callers verify it the same way. Standard library
+only, so the worker's supervisor could use the same rules.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def client_context(ca_file: str | None = None, ca_pem: str | None = None) -> ssl
     name is still checked against the certificate's names."""
     context = ssl.create_default_context(cafile=ca_file, cadata=ca_pem)
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a pinned leaf ends the chain
+    return context
+
+
+def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for the gateway's own HTTP server: this certificate and key,
+    TLS 1.2 or later, HTTP/1.1 offered by ALPN. Loading fails (`ssl.SSLError`,
+    `OSError`) at start rather than at the first handshake."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["http/1.1"])
     return context
 
 

@@ -23,10 +23,19 @@ The authorization and body-limit checks happen as soon as the headers
 are in, so an unauthenticated caller never gets to upload a body.
 
 A streamed reply goes out with chunked transfer, each chunk written as it arrives from the
-replica. Writing waits while the client's socket buffer is over asyncio's high-water mark
+replica; the response head leaves in the same write as the first chunk (and the final empty
+chunk in the same write as the last, when the replica's reply has ended by then): a reply
+of one chunk is one write, not three, and the client never wakes for a head alone. Writing
+waits while the client's socket buffer is over asyncio's high-water mark
 (`pause_writing`/`resume_writing`), which in turn stops reading from the replica, so a slow
 client costs a bounded amount of memory. A client that leaves cancels the request's task,
 which closes the connection to the replica.
+
+With a certificate (`GatewayServer`'s `tls`), the same server speaks HTTPS only: asyncio's
+TLS transport sits under the same protocol, so everything above holds over TLS. A TLS
+handshake gets `HEADER_TIMEOUT_S` too (a client that stalls it never reaches the
+request's deadline, which starts once the handshake is done). The hop to replicas stays
+plain HTTP.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from http import HTTPStatus
 from urllib.parse import unquote
 
@@ -60,6 +70,7 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BACKLOG_LIMIT = 64 * 2**10  # pipelined bytes held while a request is answered
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
 class _Connection(asyncio.Protocol):
@@ -228,22 +239,28 @@ class _Connection(asyncio.Protocol):
         stream: UpstreamStream,
         keep: bool,
     ) -> bool:
-        """Head, then each chunk as it comes (chunked transfer); True if it went through."""
+        """Each chunk as it comes (chunked transfer); True if it went through.
+
+        The head waits for the first chunk and leaves with it in one write: the client
+        is woken once, with its first token, rather than for the head and then again
+        (when the replica sends them apart).
+        A chunk after which the replica's reply is already complete takes the final
+        empty chunk along. Nothing is held back to wait for more."""
         transport = self._transport
         assert transport is not None
-        head = [
-            b"HTTP/1.1 %d %s\r\n" % (reply.status, _REASONS.get(reply.status, b"Unknown")),
-            *(b"%s: %s\r\n" % item for item in reply.headers),
-            b"transfer-encoding: chunked\r\n",
-        ]
-        if not keep:
-            head.append(b"connection: close\r\n")
-        transport.write(b"".join(head) + b"\r\n")
+        pending = [_stream_head(reply, keep)]  # written with the first chunk
+        ended = False
 
         async def write(chunk: bytes) -> None:
+            nonlocal ended
             if transport.is_closing():
                 raise ConnectionResetError("client left")
-            transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            pending.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if stream.complete:  # the replica is done: the end goes in the same write
+                pending.append(_LAST_CHUNK)
+                ended = True
+            transport.write(b"".join(pending))
+            pending.clear()
             if self._writable is not None:  # the client reads slowly: wait for it
                 await self._writable
 
@@ -251,8 +268,11 @@ class _Connection(asyncio.Protocol):
             done = await self._gateway.relay(state, req, stream, write)
         except ConnectionResetError:
             return False
-        if done and not transport.is_closing():
-            transport.write(b"0\r\n\r\n")
+        if done and not ended and not transport.is_closing():
+            pending.append(_LAST_CHUNK)  # the head too, for an empty body
+            transport.write(b"".join(pending))
+        elif not done and pending and not transport.is_closing():
+            transport.write(pending[0])  # broke off before any chunk: the head, then cut
         return done
 
     def _fail(self, answer: bytes = _BAD_REQUEST) -> None:
@@ -309,6 +329,18 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
+def _stream_head(reply: UpstreamReply, keep_alive: bool) -> bytes:
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (reply.status, _REASONS.get(reply.status, b"Unknown")),
+        *(b"%s: %s\r\n" % item for item in reply.headers),
+        b"transfer-encoding: chunked\r\n",
+    ]
+    if not keep_alive:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
 def _encode(reply: UpstreamReply, keep_alive: bool) -> bytes:
     head = [
         b"HTTP/1.1 %d %s\r\n" % (reply.status, _REASONS.get(reply.status, b"Unknown")),
@@ -333,7 +365,8 @@ def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 class GatewayServer:
-    """Runs a `Gateway` on host:port until `stop` (or SIGTERM/SIGINT with `run`)."""
+    """Runs a `Gateway` on host:port until `stop` (or SIGTERM/SIGINT with `run`); over
+    HTTPS only when given `tls` (`kaon.core.tls.server_context`)."""
 
     def __init__(
         self,
@@ -343,12 +376,14 @@ class GatewayServer:
         *,
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_timeout_s: float = BODY_TIMEOUT_S,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.gateway = gateway
         self.host = host
         self.port = port
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
+        self.tls = tls
         self.connections: set[_Connection] = set()
         self.stopping = False
         self._server: asyncio.Server | None = None
@@ -360,10 +395,18 @@ class GatewayServer:
         await self.gateway.startup()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, backlog=4096, reuse_address=True
+            lambda: _Connection(self),
+            self.host,
+            self.port,
+            backlog=4096,
+            reuse_address=True,
+            ssl=self.tls,
+            # a stalled handshake is closed like a stalled head (no 408: no TLS to say it in)
+            ssl_handshake_timeout=self.header_timeout_s if self.tls is not None else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        logger.info("gateway listening on http://%s:%d", self.host, self.port)
+        scheme = "https" if self.tls is not None else "http"
+        logger.info("gateway listening on %s://%s:%d", scheme, self.host, self.port)
 
     async def serve(self, drain_s: float = 30.0) -> None:
         """Start, then serve until `stop()`; in-flight requests get `drain_s` to finish."""
