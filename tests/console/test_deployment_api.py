@@ -29,7 +29,8 @@ def deployed(quiet_server: RunningServer, tmp_path: Path) -> Iterator[Api]:
 
 
 def report(api: Api, gateway_id: str, rps: float, p99: float, errors: float) -> None:
-    load = {"name": "web", "in_flight": 1, "queued": 0, "requests_per_s": rps}
+    load = {"name": "web", "workspace": "default", "in_flight": 1, "queued": 0}
+    load |= {"requests_per_s": rps}
     load |= {"p50_ms": p99 / 2, "p99_ms": p99, "errors_per_s": errors}
     body = {"gateway_id": gateway_id, "time": time.time(), "window_s": 1.0}
     r = api.http.post("/api/v1/gateway/report", json={**body, "deployments": [load]})

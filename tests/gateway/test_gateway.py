@@ -271,7 +271,7 @@ class TestObservability:
         with gateway(route("clf", [replica_url]), report_interval_s=0.3) as gw:
             for _ in range(5):
                 httpx.post(f"{gw.url}/clf/predict", json={"x": [[1.0]]}, headers=AUTH)
-            metrics = httpx.get(f"{gw.url}/metrics").text
+            metrics = httpx.get(f"{gw.url}/metrics", headers=AUTH).text
             assert httpx.get(f"{gw.url}/healthz").status_code == 200
             time.sleep(0.7)
             reports = list(gw.sink.reports)

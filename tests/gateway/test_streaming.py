@@ -146,7 +146,7 @@ class TestStreaming:
             body = {"marks": str(tmp_path), "n": 5}
             r = httpx.post(f"{gw.url}/m/ticks", json=body, headers=AUTH, timeout=LIMIT_S)
             assert r.status_code == 200
-            text = httpx.get(f"{gw.url}/metrics").text
+            text = httpx.get(f"{gw.url}/metrics", headers=AUTH).text
         assert 'kaon_gateway_stream_chunks_total{deployment="m"} 5.0' in text
         assert 'kaon_gateway_stream_first_chunk_seconds_count{deployment="m"} 1.0' in text
         assert 'kaon_gateway_stream_chunk_gap_seconds_count{deployment="m"} 4.0' in text

@@ -10,7 +10,9 @@
   is sent instead;
 - bad tokens from one address get 429 with Retry-After; a good one from another address
   still works;
-- ``/metrics`` is served to loopback callers only.
+- ``/metrics`` needs a token the gateway knows (401 otherwise, counted like any bad token)
+  and shows the deployments that token may call, all of them to an instance admin's;
+- a canonical path, ``/{workspace}/{name}/...``, reaches the replica without both segments.
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ import pytest
 
 from kaon.core.gateway import Route, RouteTable
 from kaon.core.tokens import hash_token
-from kaon.gateway.app import Gateway as GatewayApp
-from kaon.gateway.app import Incoming
-from kaon.gateway.sources import StaticRouteSource
-from kaon.gateway.upstream import UpstreamReply
 from tests.conftest import free_port
 
 TOKEN = "kaon_gateway-hardening-1"
+THEIRS = "kaon_gateway-hardening-2"  # another workspace's member
+ADMIN = "kaon_gateway-hardening-admin"  # the instance admin: every deployment's series
 LIMIT = 5
 SLOW_CONNECTIONS = 300
 
@@ -88,9 +88,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         Route(name=name, replicas=[replica], token_hashes=[hash_token(TOKEN)])
         for name in ("dep", "other")
     ]
+    routes.append(
+        Route(name="theirs", workspace="team", replicas=[replica],
+              token_hashes=[hash_token(THEIRS)])
+    )  # fmt: skip
     folder = tmp_path_factory.mktemp("gateway")
     table = folder / "routes.json"
-    table.write_text(RouteTable(version=1, routes=routes).model_dump_json())
+    full = RouteTable(version=1, routes=routes, metrics_token_hashes=[hash_token(ADMIN)])
+    table.write_text(full.model_dump_json())
     port = free_port()
     log = folder / "gateway.log"
     env = {**os.environ, "KAON_AUTH_FAILURE_LIMIT": str(LIMIT)}
@@ -154,6 +159,8 @@ class TestPaths:
             "/dep/./x",
             "/dep/..",
             "/dep/..\\other",
+            "/team/theirs/../x",
+            "/team/theirs/%2e%2e/dep/x",
         ],
     )
     def test_dot_segments_are_refused_before_any_replica(
@@ -170,9 +177,21 @@ class TestPaths:
         assert answer.status_code == 200
         assert answer.json()["path"] == "/a/b?q=1"
 
+    @pytest.mark.parametrize(
+        ("path", "forwarded"),
+        [("/team/theirs/a/b?q=1", "/a/b?q=1"), ("/team/theirs?q=1", "/?q=1"),
+         ("/team/theirs", "/"), ("/theirs/a", "/a")],
+    )  # fmt: skip
+    def test_a_canonical_path_is_forwarded_without_workspace_and_deployment(
+        self, gateway: Gateway, path: str, forwarded: str
+    ) -> None:
+        answer = httpx.get(f"{gateway.url}{path}", headers=_auth(THEIRS), timeout=10)
+        assert answer.status_code == 200
+        assert answer.json()["path"] == forwarded
 
-def _auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}"}
+
+def _auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class TestForwardedFor:
@@ -272,13 +291,32 @@ class TestBadTokens:
 
 
 class TestMetrics:
-    def test_metrics_are_served_to_loopback_only(self, gateway: Gateway) -> None:
-        assert httpx.get(f"{gateway.url}/metrics", timeout=10).status_code == 200
-        # the tests may open loopback sockets only: another peer is given to the gateway
-        app = GatewayApp(StaticRouteSource(RouteTable()))
-        for peer, status in (("10.1.2.3", 403), (None, 403), ("::1", 200), ("127.0.0.9", 200)):
-            req = Incoming(method="GET", path="/metrics", target=b"/metrics", headers=[],
-                           client=peer)  # fmt: skip
-            answer = app.admit(req)
-            assert isinstance(answer, UpstreamReply)
-            assert answer.status == status, peer
+    def test_metrics_need_a_known_token_and_count_bad_ones(self, gateway: Gateway) -> None:
+        source = "127.0.0.5"  # of its own: other tests' calls do not count
+        bare = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert _status(_raw(gateway.port, bare, source)) == 401
+        for _ in range(LIMIT - 1):
+            assert _status(_raw(gateway.port, _get("/metrics", "kaon_guess"), source)) == 401
+        assert _status(_raw(gateway.port, _get("/metrics"), source)) == 429
+        assert _status(_raw(gateway.port, _get("/metrics"), "127.0.0.6")) == 200
+
+    def test_a_token_sees_the_deployments_it_may_call_and_the_admin_all(
+        self, gateway: Gateway
+    ) -> None:
+        httpx.get(f"{gateway.url}/team/theirs/x", headers=_auth(THEIRS), timeout=10)
+        httpx.get(f"{gateway.url}/dep/x", headers=_auth(), timeout=10)
+
+        def series(token: str) -> set[str]:
+            answer = httpx.get(f"{gateway.url}/metrics", headers=_auth(token), timeout=10)
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert "# TYPE kaon_gateway_requests_total counter" in answer.text
+            return {
+                line.split('deployment="')[1].split('"')[0]
+                for line in answer.text.splitlines()
+                if 'deployment="' in line
+            }
+
+        assert series(TOKEN) == {"dep", "other"}
+        assert series(THEIRS) == {"team/theirs"}
+        assert series(ADMIN) == {"dep", "other", "team/theirs"}

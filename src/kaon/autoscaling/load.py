@@ -61,13 +61,15 @@ class LoadBoard:
 
     def record(self, report: GatewayReport, now: float) -> None:
         for d in report.deployments:
-            self._latest[(report.gateway_id, d.name)] = (now, Load.of(d))
+            self._latest[(report.gateway_id, d.key)] = (now, Load.of(d))
         # Gateways get a new id on every start: forget the reports of ones long gone.
         for key in [k for k, (at, _) in self._latest.items() if now - at > 10 * self.ttl_s]:
             del self._latest[key]
 
     def load(self, deployment: str, now: float) -> Load:
-        """The deployment's load summed over gateways that reported within the TTL."""
+        """The deployment's load summed over gateways that reported within the TTL.
+        `deployment` is its key, ``{workspace}/{name}`` (`kaon.core.gateway.deployment_key`):
+        names are unique within a workspace only."""
         total = Load()
         for (_, name), (at, load) in self._latest.items():
             if name == deployment and now - at < self.ttl_s:

@@ -27,7 +27,7 @@ from kaon.core.jobs import JobStatus
 from kaon.core.replicas import ReplicaStatus
 from kaon.sdk.client import Client
 from kaon.sdk.config import load_config
-from kaon.sdk.deployments import DeploymentFailedError
+from kaon.sdk.deployments import DeploymentFailedError, gateway_path
 
 app = typer.Typer(help="Serve models: deployments behind the gateway.", no_args_is_help=True)
 
@@ -415,7 +415,7 @@ def list_(client: ClientOpt = None, json_: JsonOpt = False) -> None:
             v.status,
             f"{v.ready_replicas}/{v.desired_replicas}",
             str(v.generation),
-            f"{gateway}/{v.name}/",
+            f"{gateway}{gateway_path(v)}/",
             _deployment_info(v),
         )
         for v in views
@@ -555,7 +555,7 @@ def _show(view: DeploymentView, json_: bool) -> None:
         return
     console.print(f"[bold]{view.name}[/] {view.status}: {_deployment_info(view)}")
     gateway = load_config().gateway_url
-    call = f"  call: POST {gateway}/{view.name}/<handler>{_auth_hint(view)}"
+    call = f"  call: POST {gateway}{gateway_path(view)}/<handler>{_auth_hint(view)}"
     console.print(call, highlight=False, soft_wrap=True)  # a command to copy: never broken
     rows = [
         (r.job_id, str(r.generation), r.state, r.url or "-", str(r.pid or "-"), _replica_info(r))

@@ -14,6 +14,10 @@ Tokens never travel in plaintext: a route carries sha256 hex digests
 (`kaon.core.tokens.hash_token`), and the gateway hashes the bearer it receives. The one
 secret a route does carry is each replica's own credential (``replica_keys``), which the
 gateway must send as it is; the table is served only to the gateway's token.
+
+Deployment names are unique within a workspace, so the gateway and the control plane know a
+deployment by its key, ``{workspace}/{name}`` (`deployment_key`): the route table, the
+gateway's paths and metrics, and every load report use it.
 """
 
 from __future__ import annotations
@@ -27,12 +31,22 @@ from kaon.core.validation import MAX_SECONDS, is_sha256
 # --- control plane -> gateway -------------------------------------------------------------
 
 
+def deployment_key(workspace: str, name: str) -> str:
+    """How the gateway and the control plane know a deployment: ``{workspace}/{name}``,
+    also its canonical gateway path. A route of no workspace (a table set in code, for
+    tests and benchmarks) is known by its name alone."""
+    return f"{workspace}/{name}" if workspace else name
+
+
 class Route(BaseModel):
     """Everything the gateway needs to serve one deployment, as of one moment."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     name: str
+    workspace: str = Field(
+        default="", description="the workspace's name: the route's path is /{workspace}/{name}"
+    )
     replicas: list[str] = Field(
         default_factory=list, description="base URLs of READY replicas, e.g. http://10.0.0.5:9001"
     )
@@ -55,12 +69,14 @@ class Route(BaseModel):
         default=30.0, ge=0, description="how long a request waits for a first replica"
     )
 
+    @property
+    def key(self) -> str:
+        return deployment_key(self.workspace, self.name)
+
     @field_validator("token_hashes")
     @classmethod
     def _hashes(cls, value: list[str]) -> list[str]:
-        if not all(is_sha256(item) for item in value):
-            raise ValueError("token_hashes must be lowercase sha256 hex digests")
-        return value
+        return _sha256s(value)
 
     @field_validator("replicas")
     @classmethod
@@ -90,6 +106,22 @@ class RouteTable(BaseModel):
 
     version: int = 0
     routes: list[Route] = Field(default_factory=list)
+    metrics_token_hashes: list[str] = Field(
+        default_factory=list,
+        description="sha256 hex of the tokens that see every deployment on the gateway's "
+        "/metrics (the instance admin's); any other token sees the deployments it may call",
+    )
+
+    @field_validator("metrics_token_hashes")
+    @classmethod
+    def _hashes(cls, value: list[str]) -> list[str]:
+        return _sha256s(value)
+
+
+def _sha256s(value: list[str]) -> list[str]:
+    if not all(is_sha256(item) for item in value):
+        raise ValueError("token hashes must be lowercase sha256 hex digests")
+    return value
 
 
 # --- gateway -> control plane -------------------------------------------------------------
@@ -101,6 +133,7 @@ class DeploymentLoad(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
+    workspace: str = Field(default="", description="the workspace's name, as in the route")
     in_flight: int = Field(ge=0, le=2**31, description="requests at a replica now")
     queued: int = Field(ge=0, le=2**31, description="requests waiting for a replica now")
     requests_per_s: float = Field(ge=0, le=1e12, description="arrivals per second over the window")
@@ -112,6 +145,10 @@ class DeploymentLoad(BaseModel):
     waiting_for_replica: bool = Field(
         default=False, description="requests are held because no replica is ready"
     )
+
+    @property
+    def key(self) -> str:
+        return deployment_key(self.workspace, self.name)
 
 
 class GatewayReport(BaseModel):

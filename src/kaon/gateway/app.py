@@ -1,4 +1,12 @@
-"""The gateway: ``/{deployment}/{path}`` -> one ready replica of that deployment.
+"""The gateway: ``/{workspace}/{deployment}/{path}`` -> one ready replica of that deployment.
+
+Deployment names are unique within a workspace, so a deployment's canonical path names
+both. The short form ``/{deployment}/{path}`` works too: it means the deployment of that
+name among those the caller may call (its token's, and public ones), when there is exactly
+one; when there are several it is a 409 that says to use the canonical path. When
+``/{a}/{b}`` is a deployment the caller may call, the canonical reading wins; otherwise the
+short form. Either way the replica receives ``/{path}``. A deployment the caller may not
+call is answered exactly like a missing one, so no path tells one workspace another's names.
 
 Per request: find the route, check the bearer token (or none, for a public deployment),
 read the body within the route's limit, take a replica slot (`DeploymentState.acquire`),
@@ -8,8 +16,10 @@ forward the request, give the slot back. Answers of its own:
 400    a path with a ``.`` or ``..`` segment (refused, never resolved)
 401    no bearer token, or one that no deployment accepts (an unknown one only after a
        fresh route table was fetched for it, within `TOKEN_WAIT_S`)
+       -- and ``/metrics`` without a token the gateway knows (it shows the series of the
+       deployments that token may call; an instance admin's sees them all)
 404    no such deployment, or the token may not call it (the two look the same)
-403    ``/metrics`` asked from anywhere but loopback
+409    the short form names deployments in several workspaces the caller may call
 413    body over the route's ``max_body_bytes``
 429    the deployment's queue is full, or the caller's address sent too many bad tokens
        (Retry-After; `kaon.core.ratelimit`)
@@ -42,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -51,7 +60,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from kaon.core.gateway import GatewayReport, RouteTable
+from kaon.core.gateway import GatewayReport, Route, RouteTable
 from kaon.core.ratelimit import FailureLimiter
 from kaon.core.replicas import REPLICA_KEY_HEADER
 from kaon.core.tokens import hash_token
@@ -73,7 +82,10 @@ _DROP_HEADERS = frozenset(
 )  # fmt: skip
 # A client's own forwarding headers are dropped, never trusted: the replica hears the
 # peer address the gateway saw, in an X-Forwarded-For of the gateway's making.
-_FIRST_SEGMENT = re.compile(rb"^/[^/?]*")  # the deployment name, as sent
+_PREFIXES = {  # the segments that name the deployment, as sent: short form, canonical
+    1: re.compile(rb"^/[^/?]*"),
+    2: re.compile(rb"^/[^/?]*/[^/?]*"),
+}
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _BEARER = (b"www-authenticate", b"Bearer")
 TOKEN_WAIT_S = 1.0
@@ -105,6 +117,7 @@ class Incoming:
     client: str | None = None
     started: float = field(default_factory=time.perf_counter)
     unverified: bytes | None = None  # a bearer the last table did not know: checked again
+    skip: int = 1  # path segments that name the deployment: 1 short form, 2 canonical
 
 
 class Gateway:
@@ -120,13 +133,17 @@ class Gateway:
         failures: FailureLimiter | None = None,
     ) -> None:
         self.gateway_id = gateway_id or f"gw-{uuid.uuid4().hex[:8]}"
-        self.deployments: dict[str, DeploymentState] = {}
+        self.deployments: dict[str, DeploymentState] = {}  # by `deployment_key`
+        self._by_name: dict[str, tuple[DeploymentState, ...]] = {}  # for the short form
+        self._workspaces: frozenset[str] = frozenset()  # their names: canonical paths
         self.metrics = GatewayMetrics()
         self.table = RouteTable()
         self._source = source
         self._reports = reports
         self._report_interval_s = report_interval_s
         self._tokens_by_prefix: dict[str, list[tuple[str, frozenset[str]]]] = {}
+        self._metrics_tokens: frozenset[str] = frozenset()  # digests that see every series
+        self._nowhere = DeploymentState(Route(name=""))  # see `_pending`
         # bad tokens per source address (`python -m kaon.gateway` sets it from the
         # environment; None: no limit, for a gateway embedded behind its own limiter)
         self.failures = failures
@@ -207,10 +224,6 @@ class Gateway:
         gets to send a body."""
         if req.path == "/healthz":
             return UpstreamReply(200, [(b"content-type", asgi.JSON)], b'{"status":"alive"}')
-        if req.path == "/metrics":
-            if not _loopback(req.client):  # every deployment's name and load: not public
-                return _Answer(403, "/metrics is served to loopback callers only").reply()
-            return UpstreamReply(200, [(b"content-type", _TEXT)], self.metrics.render())
         if _dot_segment(req.path):
             return _Answer(400, "path: '.' and '..' segments are not allowed").reply()
         limiter = self.failures
@@ -219,13 +232,29 @@ class Gateway:
             detail = "too many failed authentications from this address"
             return _Answer(429, detail, asgi.retry_after(wait)).reply()
         try:
+            if req.path == "/metrics":
+                return self._metrics(req)
             state = self._authorize(req)
         except _Answer as answer:
             self._count_failure(req, answer.status)
             return answer.reply()
         if req.unverified is None:  # an unverified one counts once it is known
-            self.metrics.arrived(state.name)
+            self.metrics.arrived(state.key)
         return state
+
+    def _metrics(self, req: Incoming) -> UpstreamReply:
+        """Every deployment's load is not public, nor are the names in it: a token sees
+        the series of the deployments it may call, an instance admin's sees all."""
+        token = _bearer(req.headers)
+        if token is None:
+            raise _Answer(401, "missing bearer token", _BEARER)
+        digest = hash_token(token)
+        if digest in self._metrics_tokens:
+            return UpstreamReply(200, [(b"content-type", _TEXT)], self.metrics.render())
+        keys = self._allowed_digest(digest)
+        if keys is None:
+            raise _Answer(401, "invalid token", _BEARER)
+        return UpstreamReply(200, [(b"content-type", _TEXT)], self.metrics.render(keys))
 
     def too_large(self, state: DeploymentState, req: Incoming) -> UpstreamReply:
         if req.unverified is not None:  # not worth a refresh of the route table
@@ -233,18 +262,18 @@ class Gateway:
             return _Answer(401, "invalid token", _BEARER).reply()
         limit = state.route.max_body_bytes
         reply = _Answer(413, f"body over {limit} bytes").reply()
-        self.metrics.answered(state.name, 413, time.perf_counter() - req.started)
+        self.metrics.answered(state.key, 413, time.perf_counter() - req.started)
         return reply
 
     async def forward(self, state: DeploymentState, req: Incoming, body: bytes) -> UpstreamReply:
         """Send the request to a replica of `state` and return its answer (or ours)."""
         if req.unverified is not None:
             try:
-                state = await self._verify(state, req.unverified)
+                state = await self._verify(req, req.unverified)
             except _Answer as answer:  # not the deployment's traffic: kept out of its load
                 self._count_failure(req, answer.status)
                 return answer.reply()
-            self.metrics.arrived(state.name)
+            self.metrics.arrived(state.key)
         try:
             reply = await self._forward(state, req, body)
         except _Answer as answer:
@@ -252,7 +281,7 @@ class Gateway:
         except Exception:  # a bug of ours: answer it like one, keep serving
             logger.exception("gateway failed on %s", req.path)
             reply = _Answer(500, "gateway error").reply()
-        self.metrics.answered(state.name, reply.status, time.perf_counter() - req.started)
+        self.metrics.answered(state.key, reply.status, time.perf_counter() - req.started)
         return reply
 
     def _count_failure(self, req: Incoming, status: int) -> None:
@@ -267,54 +296,90 @@ class Gateway:
             )
 
     def _authorize(self, req: Incoming) -> DeploymentState:
-        name = req.path[1:].partition("/")[0]
-        state = self.deployments.get(name)
-        if state is not None and state.route.public:
-            return state
+        first, _, rest = req.path[1:].partition("/")
         token = _bearer(req.headers)
+        allowed = None if token is None else self._allowed(token)
+        state = self._resolve(req, first, rest, allowed)
+        if state is not None:
+            return state
         if token is None:
             raise _Answer(401, "missing bearer token", _BEARER)
-        allowed = self._allowed(token)
         if allowed is None:
-            if state is None or not isinstance(self._source, SupportsRefresh):
+            if not isinstance(self._source, SupportsRefresh):
                 raise _Answer(401, "invalid token", _BEARER)
             req.unverified = token  # perhaps made a moment ago: `forward` checks it again
-            return state
-        if state is None or name not in allowed:
-            raise _Answer(404, f"no deployment named {name!r}")
-        return state
+            return self._pending(first, rest.partition("/")[0])
+        raise _missing(first, rest)
 
-    async def _verify(self, state: DeploymentState, token: bytes) -> DeploymentState:
+    def _pending(self, first: str, second: str) -> DeploymentState:
+        """Where a request with a token not known yet waits for its check (its body limit):
+        a deployment the path names, or else one of no deployment. Either way the token is
+        checked against a fresh table before anything is forwarded, so an unknown token
+        waits as long for its 401 whether the path names a deployment or not, and the
+        wait tells no one which names exist."""
+        named = self._by_name.get(first)
+        return self.deployments.get(f"{first}/{second}") or (named[0] if named else self._nowhere)
+
+    def _resolve(
+        self, req: Incoming, first: str, rest: str, allowed: frozenset[str] | None
+    ) -> DeploymentState | None:
+        """The deployment the path ``/{first}/{rest}`` names among those the caller may
+        call (public ones, and those of `allowed`, the token's): canonically, when `first`
+        is a workspace and the next segment one of its deployments, else ``/{first}`` in
+        the short form; None when it names none of them. Sets `Incoming.skip` to 2 for a
+        canonical path. Only a path that starts with a workspace's name costs the
+        canonical lookup (a set's, per request; the rest is built per route table)."""
+        if first in self._workspaces:
+            state = self.deployments.get(f"{first}/{rest.partition('/')[0]}")
+            if state is not None and (
+                state.route.public or (allowed is not None and state.key in allowed)
+            ):
+                req.skip = 2
+                return state
+        named = self._by_name.get(first, ())
+        if len(named) == 1:  # the usual case: the name is in one workspace
+            state = named[0]
+            if state.route.public or (allowed is not None and state.key in allowed):
+                return state
+            return None
+        mine = [s for s in named if s.route.public or (allowed is not None and s.key in allowed)]
+        if len(mine) > 1:
+            raise _ambiguous(first, mine)
+        return mine[0] if mine else None
+
+    async def _verify(self, req: Incoming, token: bytes) -> DeploymentState:
         """A token the last route table did not know may have been created since (a
-        deployment token a moment old): ask the source for a fresh table and check again,
-        waiting at most `TOKEN_WAIT_S`. The source shares one fetch between all who wait
-        and spaces them out, so a flood of bad tokens costs the control plane little; each
-        bad token waits for that fetch before its 401."""
+        deployment token a moment old): ask the source for a fresh table and resolve the
+        path again, waiting at most `TOKEN_WAIT_S`. The source shares one fetch between all
+        who wait and spaces them out, so a flood of bad tokens costs the control plane
+        little; each bad token waits for that fetch before its 401."""
         assert isinstance(self._source, SupportsRefresh)
         await self._source.refresh(TOKEN_WAIT_S)
         allowed = self._allowed(token)
         if allowed is None:
             raise _Answer(401, "invalid token", _BEARER)
-        if state.name not in allowed or self.deployments.get(state.name) is not state:
-            raise _Answer(404, f"no deployment named {state.name!r}")
+        first, _, rest = req.path[1:].partition("/")
+        state = self._resolve(req, first, rest, allowed)
+        if state is None:
+            raise _missing(first, rest)
         return state
 
     def _allowed(self, token: bytes) -> frozenset[str] | None:
-        """The deployments a token may call, or None for an unknown token.
+        """The deployments (keys) a token may call, or None for an unknown token."""
+        return self._allowed_digest(hash_token(token))
 
-        Only digests are compared, never the secret: the caller cannot choose the digest
-        of a guess, so timing tells nothing useful. Digests are bucketed by their first
-        byte (a handful per bucket) and each candidate is checked with
-        `hmac.compare_digest`.
-        """
-        digest = hash_token(token)
-        for known, names in self._tokens_by_prefix.get(digest[:2], ()):
+    def _allowed_digest(self, digest: str) -> frozenset[str] | None:
+        """Only digests are compared, never the secret: the caller cannot choose the
+        digest of a guess, so timing tells nothing useful. Digests are bucketed by their
+        first byte (a handful per bucket) and each candidate is checked with
+        `hmac.compare_digest`."""
+        for known, keys in self._tokens_by_prefix.get(digest[:2], ()):
             if hmac.compare_digest(known, digest):
-                return names
+                return keys
         return None
 
     async def _forward(self, state: DeploymentState, req: Incoming, body: bytes) -> UpstreamReply:
-        target = _FIRST_SEGMENT.sub(b"", req.target, count=1) or b"/"
+        target = _PREFIXES[req.skip].sub(b"", req.target, count=1) or b"/"
         if target[:1] == b"?":
             target = b"/" + target
         headers = _forward_headers(req)
@@ -394,7 +459,7 @@ class Gateway:
         (which waits while the client is slow). True when the whole body went through;
         False when the replica broke off or went silent for ``request_timeout_s``. Always
         closes `stream`; cancelling this (the client left) closes the replica's connection."""
-        timer = StreamTimer(self.metrics.streams(state.name), req.started)
+        timer = StreamTimer(self.metrics.streams(state.key), req.started)
         timeout = state.route.request_timeout_s
         try:
             while True:
@@ -402,7 +467,7 @@ class Gateway:
                     chunk = await stream.next(timeout)
                 except (UpstreamError, TimeoutError) as exc:
                     why = exc or f"no chunk within {timeout} s"
-                    logger.warning("stream from %s broke off: %s", state.name, why)
+                    logger.warning("stream from %s broke off: %s", state.key, why)
                     return False
                 if not chunk:
                     return True
@@ -420,35 +485,43 @@ class Gateway:
     # --- routes and reports -------------------------------------------------------------
 
     def apply(self, table: RouteTable) -> None:
-        """Install a new route table (on the gateway's loop)."""
+        """Install a new route table (on the gateway's loop). Everything a request looks
+        up is built here, once per table: deployments by key and by name, and the keys each
+        token may call."""
         tokens: dict[str, set[str]] = {}
         fresh: dict[str, DeploymentState] = {}
+        by_name: dict[str, list[DeploymentState]] = {}
         for route in table.routes:
-            state = self.deployments.get(route.name)
+            key = route.key
+            state = self.deployments.get(key)
             if state is None:
                 state = DeploymentState(route, on_demand=self._on_demand)
                 self.metrics.attach(state)
             else:
                 for gone in state.update(route):
                     self._pool.forget(gone.host, gone.port)
-            fresh[route.name] = state
+            fresh[key] = state
+            by_name.setdefault(route.name, []).append(state)
             for digest in route.token_hashes:
-                tokens.setdefault(digest, set()).add(route.name)
-        for name, state in self.deployments.items():
-            if name not in fresh:
+                tokens.setdefault(digest, set()).add(key)
+        for key, state in self.deployments.items():
+            if key not in fresh:
                 state.fail_waiters()
         self.deployments = fresh
+        self._by_name = {name: tuple(states) for name, states in by_name.items()}
+        self._workspaces = frozenset(r.workspace for r in table.routes if r.workspace)
         index: dict[str, list[tuple[str, frozenset[str]]]] = {}
-        for digest, names in tokens.items():
-            index.setdefault(digest[:2], []).append((digest, frozenset(names)))
+        for digest, keys in tokens.items():
+            index.setdefault(digest[:2], []).append((digest, frozenset(keys)))
         self._tokens_by_prefix = index
+        self._metrics_tokens = frozenset(table.metrics_token_hashes)
         self.table = table
 
-    def _on_demand(self, name: str) -> None:
-        """A request is held for `name`, which has no ready replica: tell the control plane
+    def _on_demand(self, key: str) -> None:
+        """A request is held for `key`, which has no ready replica: tell the control plane
         at once, and watch its route table closely until the replica shows up."""
         if not self._demand.is_set():  # once per report, not once per held request
-            logger.info("request for %s, which has no ready replica: reporting demand", name)
+            logger.info("request for %s, which has no ready replica: reporting demand", key)
         self._demand.set()
         if isinstance(self._source, SupportsHurry):
             self._source.hurry(self._holding)
@@ -537,13 +610,23 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return token or None
 
 
-def _loopback(client: str | None) -> bool:
-    if client is None:
-        return False
-    try:
-        return ipaddress.ip_address(client).is_loopback
-    except ValueError:
-        return False
+def _missing(first: str, rest: str) -> _Answer:
+    """The 404 of a path ``/{first}/{rest}`` that names no deployment the caller may
+    call: the same whether such a deployment is missing or another workspace's."""
+    second = rest.partition("/")[0]
+    named = f"{first!r} or {first}/{second}" if second else repr(first)
+    return _Answer(404, f"no deployment named {named}")
+
+
+def _ambiguous(name: str, states: list[DeploymentState]) -> _Answer:
+    """The short form names a deployment in several workspaces the caller may call (only
+    those are listed)."""
+    where = ", ".join(sorted(s.route.workspace for s in states))
+    return _Answer(
+        409,
+        f"deployment {name!r} is in several workspaces you may call ({where}): "
+        f"use /{{workspace}}/{name}/... instead of /{name}/...",
+    )
 
 
 def _dot_segment(path: str) -> bool:

@@ -68,6 +68,7 @@ class DeploymentState:
 
     def __init__(self, route: Route, on_demand: Callable[[str], None] | None = None) -> None:
         self.route = route
+        self.key = route.key  # `kaon.core.gateway.deployment_key`: built once, not per request
         self.replicas: list[Replica] = []
         self.waiters: deque[asyncio.Future[Replica]] = deque()
         self._on_demand = on_demand
@@ -131,7 +132,7 @@ class DeploymentState:
             raise QueueFullError
         if not self.replicas:
             if self._on_demand is not None:
-                self._on_demand(self.name)
+                self._on_demand(self.key)
         return await self._wait()
 
     async def _wait(self) -> Replica:

@@ -4,14 +4,22 @@ the autoscaler.
 
 The window is reset by each periodic report, so ``requests_per_s`` and the percentiles
 describe the last second or so: recent enough to scale on, long enough not to be noise.
+
+A deployment is known by its key, ``{workspace}/{name}`` (`kaon.core.gateway.deployment_key`):
+that is the value of each series' ``deployment`` label, and `render` shows a caller the
+series of the deployments it may call only.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from kaon.core.gateway import DeploymentLoad
 from kaon.gateway.routing import DeploymentState
@@ -43,6 +51,7 @@ class Window:
         values = sorted(self.latencies_s)
         return DeploymentLoad(
             name=state.name,
+            workspace=state.route.workspace,
             in_flight=state.in_flight,
             queued=state.queued,
             requests_per_s=self.arrivals / elapsed,
@@ -57,7 +66,7 @@ class _Series:
     """The bound label children of one deployment."""
 
     def __init__(self, metrics: GatewayMetrics, state: DeploymentState) -> None:
-        name = state.name
+        name = state.key
         self._metrics = metrics
         self._name = name
         self.latency = metrics.latency.labels(name)
@@ -143,33 +152,57 @@ class GatewayMetrics:
         self._windows: dict[str, Window] = {}
 
     def attach(self, state: DeploymentState) -> None:
-        if state.name not in self._series:
-            self._series[state.name] = _Series(self, state)
-            self._windows[state.name] = Window()
+        if state.key not in self._series:
+            self._series[state.key] = _Series(self, state)
+            self._windows[state.key] = Window()
 
-    def streams(self, name: str) -> StreamSeries:
-        series = self._streams.get(name)
+    def streams(self, key: str) -> StreamSeries:
+        series = self._streams.get(key)
         if series is None:
-            series = self._streams[name] = StreamSeries(self, name)
+            series = self._streams[key] = StreamSeries(self, key)
         return series
 
-    def arrived(self, name: str) -> None:
-        self._windows[name].arrivals += 1
+    def arrived(self, key: str) -> None:
+        self._windows[key].arrivals += 1
 
-    def answered(self, name: str, status: int, seconds: float) -> None:
-        self._series[name].observe(status, seconds)
-        window = self._windows[name]
+    def answered(self, key: str, status: int, seconds: float) -> None:
+        self._series[key].observe(status, seconds)
+        window = self._windows[key]
         window.latencies_s.append(seconds)
         if status >= 500:
             window.errors += 1
 
     def loads(self, states: list[DeploymentState], reset: bool) -> list[DeploymentLoad]:
         now = time.monotonic()
-        loads = [self._windows[s.name].summary(s, now) for s in states]
+        loads = [self._windows[s.key].summary(s, now) for s in states]
         if reset:
             for s in states:
-                self._windows[s.name] = Window()
+                self._windows[s.key] = Window()
         return loads
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, keys: frozenset[str] | None = None) -> bytes:
+        """The Prometheus text of every series, or of the deployments in `keys` only."""
+        if keys is None:
+            return generate_latest(self.registry)
+        shown = CollectorRegistry(auto_describe=False)
+        shown.register(_Only(self.registry, keys))
+        return generate_latest(shown)
+
+
+class _Only(Collector):
+    """Another registry's metrics, with the samples of the deployments in `keys` only.
+    Built per scrape: scrapes are seconds apart, requests are not."""
+
+    def __init__(self, registry: CollectorRegistry, keys: frozenset[str]) -> None:
+        self._registry = registry
+        self._keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = list(_samples_of(family.samples, self._keys))
+            yield kept
+
+
+def _samples_of(samples: Iterable[Sample], keys: frozenset[str]) -> Iterator[Sample]:
+    return (s for s in samples if s.labels.get("deployment") in keys)

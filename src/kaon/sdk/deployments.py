@@ -40,6 +40,14 @@ class DeploymentFailedError(KaonError):
         self.replica = replica
 
 
+def gateway_path(view: DeploymentView) -> str:
+    """Where the gateway serves a deployment: ``/{workspace}/{name}``, its handlers below.
+    Names are unique within a workspace only, so this is the path that always means this
+    deployment (the short form ``/{name}`` works while the name is unambiguous among the
+    deployments a token may call)."""
+    return f"/{view.workspace}/{view.name}"
+
+
 def crashed_replica(view: DeploymentView) -> ReplicaView | None:
     """The newest crashed replica of the current generation when none of it is ready.
 

@@ -97,7 +97,9 @@ async def desired(plane: ControlPlane) -> int:
 
 
 def report(in_flight: int) -> GatewayReport:
-    load = DeploymentLoad(name="clf", in_flight=in_flight, queued=0, requests_per_s=1.0)
+    load = DeploymentLoad(
+        name="clf", workspace="default", in_flight=in_flight, queued=0, requests_per_s=1.0
+    )
     return GatewayReport(gateway_id="gw", time=0.0, window_s=1.0, deployments=[load])
 
 

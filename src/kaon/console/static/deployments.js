@@ -135,7 +135,7 @@ export function DeploymentPage({ workspace, name }) {
     ${d.hidden_replicas > 0 && html`<p class="muted">${d.hidden_replicas} older ended replicas not shown</p>`}
     <h2>Call it</h2>
     <p class="muted">Clients call a deployment through the gateway, with a deployment token (<code>kaon deploy token ${d.name}</code>):</p>
-    <pre class="spec">curl -H "Authorization: Bearer $TOKEN" -d '{"x": [1, 2]}' $KAON_GATEWAY/${d.name}/predict</pre>
+    <pre class="spec">curl -H "Authorization: Bearer $TOKEN" -d '{"x": [1, 2]}' $KAON_GATEWAY/${workspace}/${d.name}/predict</pre>
     <h2>Spec</h2>
     <pre class="spec">${JSON.stringify(d.spec, null, 2)}</pre>
   </section>`;

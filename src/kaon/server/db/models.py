@@ -242,13 +242,17 @@ class Quota(Base):
 
 class Deployment(Base):
     """A served model: its spec (desired state) and what the reconciler last decided.
-    Names are unique across workspaces, since they are the gateway's URL paths."""
+    Names are unique within a workspace: the gateway's canonical path of one is
+    ``/{workspace}/{name}``, and no name says anything about another workspace's."""
 
     __tablename__ = "deployments"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "name", name="uq_deployments_workspace_name"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
     spec: Mapped[dict[str, Any]] = mapped_column()
     generation: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[str] = mapped_column(String(16), default="pending")

@@ -10,6 +10,8 @@ stopping; this one never touches a process.
 What lives in memory here, and why a restart is safe: the gateways' load reports
 (`LoadBoard`, replaced by the next report within a second) and each deployment's
 `ScalingState` (rebuilt by `ScalingState.initial`, which only ever delays a scaling step).
+Load and scaling history are keyed by ``{workspace}/{name}``
+(`kaon.core.gateway.deployment_key`): names are unique within a workspace only.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaon.autoscaling import LoadBoard, ScalingState, decide
 from kaon.core.deployments import DeploymentSpec, replica_env, replica_job_spec
+from kaon.core.gateway import deployment_key
 from kaon.core.jobs import JobStatus
 from kaon.core.replicas import LIVE_STATES, ReplicaStatus
-from kaon.server.db.models import Deployment, Job, Node, Replica, Worker, utcnow
+from kaon.server.db.models import Deployment, Job, Node, Replica, Worker, Workspace, utcnow
 from kaon.server.db.session import Database
 from kaon.server.reconcilers.deployment_steps import DeploymentFacts, Plan, ReplicaFacts, plan
 from kaon.server.reconcilers.loop import Loop
@@ -79,6 +82,7 @@ class DeploymentReconciler(Loop):
         self.interval_s = interval_s
         self.drain_s = drain_s
         self.scaling: dict[str, ScalingState] = {}  # deployment id -> the policy's memory
+        self.keys: dict[str, str] = {}  # deployment id -> `deployment_key`, as of the last pass
         self._http: httpx.AsyncClient | None = None
 
     async def started(self) -> None:
@@ -91,8 +95,15 @@ class DeploymentReconciler(Loop):
     async def run_once(self) -> bool:
         """One pass over every deployment. True while some replica is on its way up."""
         async with self.db.session() as s:
-            deployments = list((await s.execute(select(Deployment))).scalars())
+            named = await s.execute(
+                select(Deployment, Workspace.name).join(
+                    Workspace, Workspace.id == Deployment.workspace_id
+                )
+            )
+            found = named.tuples().all()
             rows = await _replica_rows(s, self.clock())
+        deployments = [d for d, _ in found]
+        self.keys = {d.id: deployment_key(workspace, d.name) for d, workspace in found}
         probes = await self._probe(deployments, rows)
         busy = False
         for d in deployments:
@@ -141,20 +152,21 @@ class DeploymentReconciler(Loop):
         waits for a ready replica)."""
         now = self.clock().timestamp()
         state = self.scaling.get(d.id) or ScalingState.initial(d.desired_replicas, now)
-        load = self.loads.load(d.name, now)
+        key = self.keys.get(d.id, d.name)
+        load = self.loads.load(key, now)
         state = state.observe(load, replicas=d.desired_replicas, warming=warming)
         decision = decide(spec.autoscaling, state, now)
         self.scaling[d.id] = decision.state
         if decision.replicas != d.desired_replicas:
             logger.info(
                 "deployment %s: %d -> %d replicas (%s)",
-                d.name,
+                key,
                 d.desired_replicas,
                 decision.replicas,
                 decision.reason,
             )
             before = d.desired_replicas
-            self.timeline.scaled(d.name, before, decision.replicas, decision.reason, now)
+            self.timeline.scaled(key, before, decision.replicas, decision.reason, now)
         return decision.replicas
 
     async def _apply(
@@ -171,8 +183,9 @@ class DeploymentReconciler(Loop):
             if step.remove:
                 await s.execute(delete(Deployment).where(Deployment.id == d.id))
                 self.scaling.pop(d.id, None)
-                self.loads.forget(d.name)
-                self.timeline.forget(d.name)
+                key = self.keys.get(d.id, d.name)
+                self.loads.forget(key)
+                self.timeline.forget(key)
                 return
             await _record_states(s, step, by_id, now)
             await _drain(s, step.drain, by_id, now, self.drain_s)

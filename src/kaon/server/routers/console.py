@@ -32,6 +32,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from kaon.console import INDEX, STATIC_DIR
 from kaon.core.deployments import HandlerCall, HandlerReply
 from kaon.core.errors import InvalidSpecError, NotFoundError, UnavailableError
+from kaon.core.gateway import deployment_key
+from kaon.core.tls import client_context
 from kaon.server.deps import CallerDep, PlaneDep, SessionDep
 from kaon.server.security.principal import bearer
 from kaon.server.services import deployments, history
@@ -103,10 +105,14 @@ def gateway_url() -> str:
     return (os.environ.get(GATEWAY_ENV) or DEFAULT_GATEWAY).rstrip("/")
 
 
+GATEWAY_CA_ENV = "KAON_GATEWAY_CA_FILE"  # `kaon up` over TLS: the gateway's certificate
+
+
 @functools.cache
 def _tls() -> ssl.SSLContext:
-    """One TLS context for every forwarded call: building one per client costs ~70 ms."""
-    return ssl.create_default_context()
+    """One TLS context for every forwarded call: building one per client costs ~70 ms.
+    An https gateway is verified by `GATEWAY_CA_ENV`'s file alone where it is set."""
+    return client_context(ca_file=os.environ.get(GATEWAY_CA_ENV) or None)
 
 
 @api.post("/{name}/try", response_model=HandlerReply)
@@ -128,7 +134,7 @@ async def try_handler(
     view = await deployments.get(session, caller, workspace, name)
     await session.close()  # the call may take long: hold no connection meanwhile
     token = call.token.strip() if call.token and call.token.strip() else bearer(authorization)
-    url = f"{gateway_url()}/{name}/{handler}"
+    url = f"{gateway_url()}/{workspace}/{name}/{handler}"  # canonical: names are per workspace
     timeout = min(view.spec.request_timeout_s + 5.0, 600.0)
     started = time.perf_counter()
     try:
@@ -170,7 +176,7 @@ async def timeline(
     decisions over the last minutes, from the control plane's memory (a restart forgets
     them)."""
     await deployments.get(session, caller, workspace, name)  # 404 unless the caller sees it
-    return plane.timeline.view(name)
+    return plane.timeline.view(deployment_key(workspace, name), name)
 
 
 # --- the overview's and quotas page's API ----------------------------------------------

@@ -4,6 +4,10 @@ A deployment's replicas are jobs of kind ``replica``, so the one scheduler place
 with everyone else's jobs and quotas and priorities hold for serving too. The deployment
 reconciler decides how many there should be and which to stop; this module holds the
 rules that run inside a request.
+
+Deployment names are unique within a workspace, never across workspaces: whether a name is
+taken elsewhere is none of the caller's business (the gateway's canonical path,
+``/{workspace}/{name}/...``, tells deployments of the same name apart).
 """
 
 from __future__ import annotations
@@ -60,8 +64,10 @@ async def create(
     db: Database | None = None,
 ) -> DeploymentView:
     workspace_id = caller.workspace_id(workspace)
-    if await session.scalar(select(Deployment.id).where(Deployment.name == spec.name)):
-        raise ConflictError(f"a deployment named {spec.name!r} exists; pick another name")
+    if await _find(session, workspace_id, spec.name) is not None:
+        raise ConflictError(
+            f"a deployment named {spec.name!r} exists in workspace {workspace}; pick another name"
+        )
     model_dir = await _validate(session, workspace_id, spec, checkpoint_dir)
     spec, model_dir = await _with_model(db, session, workspace_id, spec, model_dir)
     spec = await _with_job_code(session, spec)
@@ -129,11 +135,17 @@ async def _with_job_code(session: AsyncSession, spec: DeploymentSpec) -> Deploym
 
 
 async def _load(session: AsyncSession, caller: Principal, workspace: str, name: str) -> Deployment:
-    workspace_id = caller.workspace_id(workspace)
-    found = await session.scalar(select(Deployment).where(Deployment.name == name))
-    if found is None or found.workspace_id != workspace_id:
+    found = await _find(session, caller.workspace_id(workspace), name)
+    if found is None:
         raise NotFoundError(f"deployment {name!r} not found")
     return found
+
+
+async def _find(session: AsyncSession, workspace_id: str, name: str) -> Deployment | None:
+    """A deployment is known by its workspace and name (unique together, not alone)."""
+    return await session.scalar(
+        select(Deployment).where(Deployment.workspace_id == workspace_id, Deployment.name == name)
+    )
 
 
 async def get(

@@ -1,5 +1,9 @@
 """What the control plane tells its gateways (the route table), and what it hears back
-(load reports). The protocol itself: `kaon.core.gateway`."""
+(load reports). The protocol itself: `kaon.core.gateway`.
+
+Deployment names are unique within a workspace: each route carries its workspace's name,
+and gateways key their deployments, and the load they report, by
+``{workspace}/{name}`` (`kaon.core.gateway.deployment_key`)."""
 
 from __future__ import annotations
 
@@ -21,9 +25,12 @@ from kaon.server.db.models import (
     Replica,
     Token,
     TokenWorkspace,
+    User,
+    Workspace,
     utcnow,
 )
 from kaon.server.security.principal import Principal, may_call_deployments
+from kaon.server.security.roles import ADMIN
 from kaon.server.security.tokens import replica_key
 from kaon.server.services.timeline import DeploymentTimeline
 from kaon.server.wake import Wake
@@ -53,11 +60,13 @@ def route_for(
     replicas: list[str],
     token_hashes: list[str],
     replica_keys: dict[str, str] | None = None,
+    workspace: str = "",
 ) -> Route:
-    """The route of one deployment: its READY replicas (with the credential each expects
-    from the gateway) and the tokens that may call it."""
+    """The route of one deployment of `workspace`: its READY replicas (with the
+    credential each expects from the gateway) and the tokens that may call it."""
     return Route(
         name=spec.name,
+        workspace=workspace,
         replicas=replicas,
         token_hashes=token_hashes,
         replica_keys=replica_keys or {},
@@ -74,21 +83,27 @@ async def route_table(
 ) -> RouteTable:
     """Every deployment, its READY replicas with their credentials (derived from
     `token_key`, see `security.tokens.replica_key`), and the hashes of the tokens that may
-    call it: its own deployment tokens and the live tokens of its workspace's members."""
+    call it: its own deployment tokens and the live tokens of its workspace's members.
+    The instance admin's live tokens see every deployment on the gateway's ``/metrics``."""
     caller.require_gateway()
-    deployments = list((await session.execute(select(Deployment))).scalars())
+    rows = await session.execute(
+        select(Deployment, Workspace.name).join(Workspace, Workspace.id == Deployment.workspace_id)
+    )
     urls, keys = await _ready_replicas(session, token_key)
     own = await _deployment_token_hashes(session)
     members = await _member_token_hashes(session)
     routes = []
-    for d in deployments:
+    for d, workspace in rows.tuples():
         if d.deleting:
             continue
         allowed = sorted(set(own.get(d.id, []) + members.get(d.workspace_id, [])))
         spec = DeploymentSpec.model_validate(d.spec)
         mine = sorted(urls.get(d.id, []))
-        routes.append(route_for(spec, mine, allowed, {url: keys[url] for url in mine}))
-    return versions.stamp(RouteTable(routes=routes))
+        found = {url: keys[url] for url in mine}
+        routes.append(route_for(spec, mine, allowed, found, workspace=workspace))
+    routes.sort(key=lambda r: r.key)
+    admins = await _instance_admin_token_hashes(session)
+    return versions.stamp(RouteTable(routes=routes, metrics_token_hashes=admins))
 
 
 def record_report(
@@ -148,6 +163,20 @@ async def _member_token_hashes(session: AsyncSession) -> dict[str, list[str]]:
         .where(may_call_deployments())  # viewers read; calling is a member's
     )
     return _grouped(rows.tuples())
+
+
+async def _instance_admin_token_hashes(session: AsyncSession) -> list[str]:
+    """Hashes of the live tokens that act as the instance's admin
+    (`security.roles.instance_admin`: an admin token of an admin user, or of no user)."""
+    admin_user = select(User.id).where(User.id == Token.user_id, User.is_admin.is_(True))
+    rows = await session.scalars(
+        select(Token.hash)
+        .where(Token.role == ADMIN, Token.revoked_at.is_(None))
+        .where(or_(Token.expires_at.is_(None), Token.expires_at > utcnow()))
+        .where(or_(Token.user_id.is_(None), admin_user.exists()))
+        .order_by(Token.hash)
+    )
+    return list(rows)
 
 
 def _grouped(pairs: Iterable[tuple[Any, Any]]) -> dict[str, list[str]]:

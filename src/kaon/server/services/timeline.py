@@ -78,7 +78,8 @@ def _merge(a: TrafficSample, b: TrafficSample) -> TrafficSample:
 
 
 class DeploymentTimeline:
-    """The last `samples` seconds of traffic and `events` scaling decisions per deployment."""
+    """The last `samples` seconds of traffic and `events` scaling decisions per deployment,
+    by its key, ``{workspace}/{name}`` (`kaon.core.gateway.deployment_key`)."""
 
     def __init__(self, samples: int = SAMPLES, events: int = EVENTS) -> None:
         self._samples = samples
@@ -107,7 +108,7 @@ class DeploymentTimeline:
                 in_flight=d.in_flight,
                 queued=d.queued,
             )
-            samples = self._history(d.name).samples
+            samples = self._history(d.key).samples
             if samples and samples[-1].time == second:
                 samples[-1] = _merge(samples[-1], sample)
             else:
@@ -122,8 +123,9 @@ class DeploymentTimeline:
         """A deleted deployment's history (a new one of the same name starts afresh)."""
         self._by_name.pop(name, None)
 
-    def view(self, name: str) -> DeploymentTimelineView:
-        found = self._by_name.get(name)
+    def view(self, key: str, name: str) -> DeploymentTimelineView:
+        """The history of deployment `key` (``{workspace}/{name}``), shown as `name`."""
+        found = self._by_name.get(key)
         return DeploymentTimelineView(
             name=name,
             window_s=self._samples,
