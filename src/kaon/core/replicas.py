@@ -15,6 +15,9 @@ replica pays nothing for it at cold start.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
+import secrets
 
 from kaon.core.errors import IllegalTransitionError
 
@@ -38,6 +41,40 @@ file); the gateway adds it to every request it forwards, and the control plane t
 health probes. A replica started with one refuses every request without it, so a local
 process cannot call a replica's port directly and skip the gateway's token check. Without
 one (``kaon serve``, no control plane) a replica is open."""
+
+HELLO_PATH = "/.kaon/hello"
+CHALLENGE_HEADER = "x-kaon-replica-challenge"
+PROOF_HEADER = "x-kaon-replica-proof"
+"""How a replica proves it holds its credential before it is sent one. A port is only a
+number: when a replica's process ends, a process of another workspace on the same node
+may bind its port before the route table drops it, and would then receive the requests
+(and the credential) meant for the replica. So on each new connection the gateway, and
+each health probe, first asks ``GET HELLO_PATH`` with a fresh random challenge and no
+credential; only a process that answers with `proof` of it (an HMAC keyed by the
+credential) is sent anything else. The answer is no oracle worth having: a process that
+can ask the replica holding a key is not on that replica's port."""
+
+_PROOF_CONTEXT = b"kaon-replica-proof:"
+MAX_CHALLENGE = 64  # characters: a hex nonce of 32 bytes
+
+
+def challenge() -> str:
+    """A fresh random challenge for `proof`."""
+    return secrets.token_hex(16)
+
+
+def proof(key: str, challenge: str) -> str:
+    """What a replica holding `key` answers to `challenge` (hex HMAC-SHA256, kept apart
+    from any other use of the key by its context)."""
+    return hmac.new(key.encode(), _PROOF_CONTEXT + challenge.encode(), hashlib.sha256).hexdigest()
+
+
+def proves(key: str, challenge: str, answer: str | bytes | None) -> bool:
+    """Whether `answer` proves `key` for `challenge` (compared in constant time)."""
+    if answer is None:
+        return False
+    given = answer.decode("latin-1") if isinstance(answer, bytes) else answer
+    return hmac.compare_digest(given, proof(key, challenge))
 
 
 class ReplicaStatus(enum.StrEnum):

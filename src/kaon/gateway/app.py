@@ -439,7 +439,7 @@ class Gateway:
         headers += replica.key_line
         try:
             return await self._pool.request(
-                replica.host, replica.port, method, target, headers, body, timeout
+                replica.host, replica.port, method, target, headers, body, timeout, replica.key
             )
         except TimeoutError:
             raise _Answer(504, f"replica did not answer within {timeout} s") from None

@@ -52,9 +52,11 @@ class Replica:
     outstanding: int = 0
     ejected_until: float = 0.0
     key_line: bytes = b""  # the header line with its credential, added to each request
+    key: str | None = None  # which a new connection's process must prove it holds
 
     def set_key(self, key: str | None) -> None:
         """Built once per route table, not per request: the gateway's budget is tight."""
+        self.key = key
         self.key_line = b"%s: %s\r\n" % (REPLICA_KEY_HEADER.encode(), key.encode()) if key else b""
 
     @classmethod

@@ -31,6 +31,8 @@ from typing import cast
 
 import httptools
 
+from kaon.core.replicas import CHALLENGE_HEADER, HELLO_PATH, PROOF_HEADER, challenge, proves
+
 __all__ = ["UpstreamError", "UpstreamPool", "UpstreamReply", "UpstreamStream", "MAX_REPLY_BYTES"]
 
 MAX_REPLY_BYTES = 256 * 2**20
@@ -299,6 +301,33 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+async def _hello(conn: _Connection, host: str, port: int, key: str, timeout_s: float) -> None:
+    """Ask the process on a new connection to prove it holds the replica's `key`
+    (`kaon.core.replicas.HELLO_PATH`): once per connection, not per request, since
+    connections are kept alive. One that cannot is closed, and the request may go to
+    another replica (nothing of it was sent)."""
+    asked = challenge()
+    request = b"GET %s HTTP/1.1\r\nhost: %s:%d\r\n%s: %s\r\ncontent-length: 0\r\n\r\n" % (
+        HELLO_PATH.encode(), host.encode(), port, CHALLENGE_HEADER.encode(), asked.encode()
+    )  # fmt: skip
+    try:
+        reply = await conn.exchange(request, timeout_s)
+    except TimeoutError:
+        raise UpstreamError("replica did not answer its challenge", retry_safe=True) from None
+    except UpstreamError as exc:
+        raise UpstreamError(f"replica's challenge failed: {exc}", retry_safe=True) from exc
+    answer = next((v for k, v in reply.headers if k == _PROOF), None)
+    if reply.status != 200 or not proves(key, asked, answer) or conn.closed:
+        conn.close()
+        raise UpstreamError(
+            f"the process on {host}:{port} is not the replica (it cannot prove its key)",
+            retry_safe=True,
+        )
+
+
+_PROOF = PROOF_HEADER.encode()
+
+
 class UpstreamPool:
     """Keep-alive connections to every replica, reused LIFO (the warmest first).
 
@@ -320,15 +349,18 @@ class UpstreamPool:
         headers: bytes,
         body: bytes,
         timeout_s: float = 300.0,
+        key: str | None = None,
     ) -> UpstreamReply:
         """Send one request; raises `UpstreamError`, or `TimeoutError` when no full reply
         came within `timeout_s` seconds (connecting included). Cancelling it is safe too: the
-        connection is then closed rather than reused."""
+        connection is then closed rather than reused. With the replica's `key`, a new
+        connection is used only once the process on it proved it holds the key (`_hello`),
+        so neither the request nor the credential in `headers` reaches another process."""
         deadline = time.monotonic() + timeout_s
         head = b"%s %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-length: %d\r\n%s\r\n" % (
             method.encode(), target, host.encode(), port, len(body), headers
         )  # fmt: skip
-        conn = await self._connection(host, port, timeout_s)
+        conn = await self._connection(host, port, timeout_s, key)
         ok = False
         try:
             remaining = max(0.0, deadline - time.monotonic())
@@ -345,7 +377,9 @@ class UpstreamPool:
             else:
                 conn.close()
 
-    async def _connection(self, host: str, port: int, timeout_s: float) -> _Connection:
+    async def _connection(
+        self, host: str, port: int, timeout_s: float, key: str | None = None
+    ) -> _Connection:
         idle = self._idle.get((host, port))
         now = time.monotonic()
         while idle:
@@ -360,6 +394,8 @@ class UpstreamPool:
         except (OSError, TimeoutError) as exc:
             why = exc or "timed out"
             raise UpstreamError(f"cannot connect to replica: {why}", retry_safe=True) from exc
+        if key is not None:
+            await _hello(conn, host, port, key, timeout_s)
         return conn
 
     def _put(self, host: str, port: int, conn: _Connection) -> None:

@@ -49,7 +49,15 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from kaon.core.errors import KaonError
-from kaon.core.replicas import REPLICA_KEY_HEADER, ReplicaStatus
+from kaon.core.replicas import (
+    CHALLENGE_HEADER,
+    HELLO_PATH,
+    MAX_CHALLENGE,
+    PROOF_HEADER,
+    REPLICA_KEY_HEADER,
+    ReplicaStatus,
+    proof,
+)
 from kaon.serving import asgi
 from kaon.serving.batching import Batcher
 from kaon.serving.endpoint import Endpoint, build_endpoint, error_details
@@ -68,6 +76,8 @@ _HTML = b"text/html; charset=utf-8"
 
 
 _KEY_HEADER = REPLICA_KEY_HEADER.encode()
+_CHALLENGE_HEADER = CHALLENGE_HEADER.encode()
+_PROOF_HEADER = PROOF_HEADER.encode()
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 _END = object()  # what a stream's next item is once it has none
 
@@ -255,6 +265,10 @@ class ReplicaApp:
             await asgi.lifespan(receive, send, self.startup, self.shutdown)
 
     async def _http(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["path"] == HELLO_PATH and self._key is not None:
+            reply = self._hello(scope["headers"])
+            await asgi.respond(send, reply.status, reply.body, extra=reply.extra)
+            return
         if self._key is not None and not self._from_gateway(scope["headers"]):
             reply = _error(403, "this replica takes requests only from the gateway")
             await asgi.respond(send, reply.status, reply.body)
@@ -280,6 +294,19 @@ class ReplicaApp:
         assert self._key is not None
         given = next((v for k, v in headers if k == _KEY_HEADER), b"")
         return hmac.compare_digest(given, self._key)
+
+    def _hello(self, headers: list[tuple[bytes, bytes]]) -> _Reply:
+        """The proof that this process holds the replica's credential, for the challenge
+        the gateway or a probe sent (`kaon.core.replicas.HELLO_PATH`), before they send it
+        the credential itself."""
+        assert self._key is not None
+        given = next((v for k, v in headers if k == _CHALLENGE_HEADER), b"")
+        if not given or len(given) > MAX_CHALLENGE:
+            return _error(
+                400, f"{CHALLENGE_HEADER}: a challenge of 1 to {MAX_CHALLENGE} characters"
+            )
+        answer = proof(self._key.decode(), given.decode("latin-1"))
+        return _Reply(200, b"{}", ((_PROOF_HEADER, answer.encode()),))
 
     def _runner_for(self, key: tuple[str, str]) -> _Runner | None:
         ep = self._endpoints.get(key)
