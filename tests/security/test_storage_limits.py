@@ -141,3 +141,39 @@ class TestLimit:
         assert client.storage()["used"] == 0
         client.artifacts.push("new", tmp_path / "new")
         assert client.storage()["blobs"] >= 30_000
+
+
+class TestLimitPerWorkspace:
+    def test_a_workspaces_quota_sets_its_own_limit_and_only_its_own(
+        self, client: Client, tmp_path: Path
+    ) -> None:
+        client.workspaces.create("team-b")
+        view = client.quotas.set("team-b", storage="128Ki")
+        assert view.quota.storage == 128 * 1024
+        assert client.storage("team-b")["limit"] == 128 * 1024
+        assert client.storage()["limit"] == LIMIT  # the others keep the default
+
+        random_file(tmp_path / "b1", "b.bin", 100_000)  # past the default, within its own
+        client.artifacts.push("b1", tmp_path / "b1", workspace="team-b")
+        random_file(tmp_path / "b2", "b.bin", 40_000)
+        with pytest.raises(PayloadTooLargeError) as refused:
+            client.artifacts.push("b2", tmp_path / "b2", workspace="team-b")
+        assert "128 KiB" in str(refused.value) and "its quota's storage" in str(refused.value)
+
+        client.quotas.set("team-b", storage="1Mi")  # raised: the same upload fits now
+        client.artifacts.push("b2", tmp_path / "b2", workspace="team-b")
+        client.quotas.delete("team-b")  # back to the default, already past it
+        assert client.storage("team-b")["limit"] == LIMIT
+        with pytest.raises(PayloadTooLargeError, match="KAON_WORKSPACE_STORAGE_LIMIT"):
+            client.artifacts.push(
+                "b3", random_file(tmp_path / "b3", "c.bin", 1_000).parent, workspace="team-b"
+            )
+
+    def test_a_bad_value_is_refused_naming_the_field(self, limited: RunningServer) -> None:
+        response = httpx.put(
+            f"{limited.url}/api/v1/quotas/default",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            json={"storage": "lots"},
+        )
+        assert response.status_code == 422
+        assert "storage" in response.text

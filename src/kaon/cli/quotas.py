@@ -49,6 +49,13 @@ def set_(
         typer.Option("--borrow-cpus", "--borrow-cpu", help="idle CPUs it may borrow"),
     ] = None,
     borrow_memory: Annotated[str | None, typer.Option(help="idle memory it may borrow")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="bytes it may store (artifacts, code snapshots), e.g. 500Gi; unset: the "
+            "instance's default (KAON_WORKSPACE_STORAGE_LIMIT)"
+        ),
+    ] = None,
     client: ClientOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -57,11 +64,11 @@ def set_(
     --borrow-limit covers GPUs only; --borrow-cpus and --borrow-memory set what it may
     borrow of the others. --cpu is accepted for --cpus, as kaon job run spells it.
 
-    kaon quota set team-a --gpus 8 --cpus 64 --memory 256Gi --borrow-limit 8
+    kaon quota set team-a --gpus 8 --cpus 64 --memory 256Gi --borrow-limit 8 --storage 500Gi
     """
     with exit_on_error():
         view = make_client(client).quotas.set(
-            workspace, gpus, cpus, memory, borrow_limit, borrow_cpus, borrow_memory
+            workspace, gpus, cpus, memory, borrow_limit, borrow_cpus, borrow_memory, storage
         )
     if json_:
         print_json(view)

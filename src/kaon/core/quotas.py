@@ -21,8 +21,15 @@ class QuotaSpec(BaseModel):
     borrow_limit: float | None = Field(default=None, ge=0, description="GPUs it may borrow")
     borrow_cpus: float | None = Field(default=None, ge=0)
     borrow_memory: int | None = Field(default=None, ge=0, le=MAX_BYTES)
+    storage: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_BYTES,
+        description="bytes the workspace may store (artifacts, code snapshots), or '500Gi'; "
+        "unset: the instance's default (KAON_WORKSPACE_STORAGE_LIMIT)",
+    )
 
-    @field_validator("memory", "borrow_memory", mode="before")
+    @field_validator("memory", "borrow_memory", "storage", mode="before")
     @classmethod
     def _memory(cls, value: object) -> object:
         return parse_memory(value) if isinstance(value, str) else value

@@ -127,8 +127,10 @@ class Quotas:
         borrow_limit: float | None = None,
         borrow_cpus: float | None = None,
         borrow_memory: str | int | None = None,
+        storage: str | int | None = None,
     ) -> QuotaView:
-        """Unset values are unlimited; `borrow_limit` is in GPUs."""
+        """Unset values are unlimited, but `storage` (bytes the workspace may store),
+        which unset is the instance's default; `borrow_limit` is in GPUs."""
         body = {
             "gpus": gpus,
             "cpus": cpus,
@@ -136,6 +138,7 @@ class Quotas:
             "borrow_limit": borrow_limit,
             "borrow_cpus": borrow_cpus,
             "borrow_memory": borrow_memory,
+            "storage": storage,
         }
         response = self._c.request("PUT", f"/api/v1/quotas/{workspace}", json=body)
         return QuotaView.model_validate(response.json())

@@ -237,6 +237,7 @@ class Quota(Base):
     borrow_gpus: Mapped[float | None] = mapped_column(Float, default=None)
     borrow_cpu: Mapped[float | None] = mapped_column(Float, default=None)
     borrow_memory: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    storage: Mapped[int | None] = mapped_column(BigInteger, default=None)  # NULL: the default
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

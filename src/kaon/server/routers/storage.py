@@ -1,4 +1,4 @@
-"""What a workspace stores, against its storage limit (``KAON_WORKSPACE_STORAGE_LIMIT``)."""
+"""What a workspace stores, against its storage limit (its quota's, else the default)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ class StorageView(BaseModel):
 async def get_storage(
     workspace: str, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> StorageView:
-    use = await storage_use.stored(session, caller.workspace_id(workspace))
+    workspace_id = caller.workspace_id(workspace)
+    use = await storage_use.stored(session, workspace_id)
+    limit = await storage_use.limit_of(session, workspace_id)
     return StorageView(
         workspace=workspace,
         used=use.total,
         blobs=use.blobs,
         snapshots=use.snapshots,
-        limit=settings.workspace_storage_limit,
+        limit=settings.workspace_storage_limit if limit is None else limit.bytes,
     )

@@ -38,6 +38,7 @@ async def set_quota(
         spec.borrow_cpus,
         spec.borrow_memory,
     )
+    row.storage = spec.storage
     row.updated_at = utcnow()
     await session.commit()
     wake.jobs()
@@ -64,6 +65,7 @@ def _spec(row: Quota) -> QuotaSpec:
         borrow_limit=row.borrow_gpus,
         borrow_cpus=row.borrow_cpu,
         borrow_memory=row.borrow_memory,
+        storage=row.storage,
     )
 
 

@@ -1,4 +1,6 @@
-"""The bytes a workspace stores, and the limit on them (``KAON_WORKSPACE_STORAGE_LIMIT``).
+"""The bytes a workspace stores, and the limit on them: the workspace's own (its quota's
+``storage``, `kaon quota set WS --storage 500Gi`), else the instance's default
+(``KAON_WORKSPACE_STORAGE_LIMIT``).
 
 A workspace stores artifact blobs (``blobs``, counted as sealed in the store) and code
 snapshots (``snapshots``, as uploaded). One member's uploads must not fill the disk every
@@ -19,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from kaon.core.errors import PayloadTooLargeError
 from kaon.core.resources import describe_memory
-from kaon.server.db.models import Blob, Snapshot
+from kaon.server.db.models import Blob, Quota, Snapshot
 from kaon.server.db.session import Database
 
 LIMIT_SETTING = "KAON_WORKSPACE_STORAGE_LIMIT"
@@ -43,10 +45,27 @@ def attach_limit(db: Database, limit: int) -> None:
     _LIMITS[db.engine] = limit
 
 
-def limit_of(session: AsyncSession) -> int | None:
-    """The storage limit of the plane `session` belongs to (None: no plane set one)."""
+def default_limit(session: AsyncSession) -> int | None:
+    """The default storage limit of the plane `session` belongs to (None: no plane set
+    one)."""
     bind = session.bind
     return _LIMITS.get(bind) if isinstance(bind, AsyncEngine) else None
+
+
+@dataclass(frozen=True)
+class StorageLimit:
+    bytes: int
+    own: bool  # the workspace's quota sets it (not the instance's default)
+
+
+async def limit_of(session: AsyncSession, workspace_id: str) -> StorageLimit | None:
+    """The workspace's storage limit: its quota's, else the plane's default (None: no
+    plane set one)."""
+    own = await session.scalar(select(Quota.storage).where(Quota.workspace_id == workspace_id))
+    if own is not None:
+        return StorageLimit(own, own=True)
+    default = default_limit(session)
+    return None if default is None else StorageLimit(default, own=False)
 
 
 async def stored(session: AsyncSession, workspace_id: str) -> StorageUse:
@@ -63,14 +82,15 @@ async def stored(session: AsyncSession, workspace_id: str) -> StorageUse:
     return StorageUse(blobs=int(blobs or 0), snapshots=int(snapshots or 0))
 
 
-def refusal(used: int, adding: int, limit: int) -> str | None:
+def refusal(used: int, adding: int, limit: int, own: bool = False) -> str | None:
     """Why storing `adding` more bytes on top of `used` is refused, or None when it fits.
     Pure: the message names the limit, the use and what to do."""
     if used + adding <= limit:
         return None
+    setting = "its quota's storage" if own else LIMIT_SETTING
     return (
         f"the workspace stores {describe_memory(used)} of its storage limit of "
-        f"{describe_memory(limit)} ({LIMIT_SETTING}); this upload of "
+        f"{describe_memory(limit)} ({setting}); this upload of "
         f"{describe_memory(adding)} would pass it. Delete artifact versions it no longer "
         "needs, or ask an administrator to raise the limit"
     )
@@ -78,10 +98,10 @@ def refusal(used: int, adding: int, limit: int) -> str | None:
 
 async def check_room(session: AsyncSession, workspace_id: str, adding: int) -> None:
     """413 when `adding` bytes more would take the workspace past the limit."""
-    limit = limit_of(session)
+    limit = await limit_of(session, workspace_id)
     if limit is None:
         return
     use = await stored(session, workspace_id)
-    message = refusal(use.total, adding, limit)
+    message = refusal(use.total, adding, limit.bytes, limit.own)
     if message is not None:
         raise PayloadTooLargeError(message)
