@@ -72,9 +72,14 @@ def _tokens(url: str, settings: Settings) -> Tokens:
     with httpx.Client(base_url=url, headers=admin) as http:
         member = http.post("/api/v1/tokens", json={"name": "member", "workspaces": ["default"]})
         member.raise_for_status()
-        http.post("/api/v1/users", json={"name": "vera"}).raise_for_status()
-        http.put("/api/v1/workspaces/default/members/vera", json={"role": "viewer"})
-        body = {"name": "viewer", "user": "vera", "role": "viewer", "workspaces": ["default"]}
+        http.post("/api/v1/users", json={"name": "quiet-viewer"}).raise_for_status()
+        http.put("/api/v1/workspaces/default/members/quiet-viewer", json={"role": "viewer"})
+        body = {
+            "name": "viewer",
+            "user": "quiet-viewer",
+            "role": "viewer",
+            "workspaces": ["default"],
+        }
         viewer = http.post("/api/v1/tokens", json=body)
         viewer.raise_for_status()
         gateway = http.post("/api/v1/tokens", json={"name": "gateway", "role": "gateway"})

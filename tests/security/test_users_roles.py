@@ -217,7 +217,13 @@ class TestWorkspaceAdmin:
             added = _ok(ada.put(f"{WS}/default/members/olga", json={"role": "viewer"}))
             assert added == {"user": "olga", "workspace": "default", "role": "viewer"}
             members = {m["user"]: m["role"] for m in _ok(ada.get(f"{WS}/default/members"))}
-            assert members == {"ada": "admin", "mel": "member", "olga": "viewer", "vera": "viewer"}
+            assert members == {
+                "ada": "admin",
+                "mel": "member",
+                "olga": "viewer",
+                "vera": "viewer",
+                "quiet-viewer": "viewer",  # the fixture's viewer token's user
+            }
             bad = ada.put(f"{WS}/default/members/olga", json={"role": "owner"})
             assert bad.status_code == 422 and "role" in bad.text
             assert (
@@ -361,6 +367,46 @@ class TestDeletingAUser:
                 assert gone.get("/api/v1/whoami").status_code == 401
         with team.http(team.viewer) as vera:
             _ok(vera.get("/api/v1/whoami"))  # nobody else's token
+
+
+class TestDisablingAUser:
+    def test_its_tokens_are_refused_until_it_is_enabled(self, team: Team, quiet: Quiet) -> None:
+        with team.http(team.member) as mel:
+            child = _ok(mel.post("/api/v1/tokens", json={"name": "mel-ci"}), 201)["token"]
+        with team.http(team.admin) as admin:
+            view = _ok(admin.patch("/api/v1/users/mel", json={"disabled": True}))
+            assert view["disabled"] is True and view["name"] == "mel"
+            users = {u["name"]: u["disabled"] for u in _ok(admin.get("/api/v1/users"))}
+            assert users["mel"] is True and users["vera"] is False
+        for secret in (team.member, child):
+            with team.http(secret) as mel:
+                refused = mel.get(f"{WS}/default/jobs")
+                assert refused.status_code == 401
+                assert "disabled" in refused.json()["detail"]
+        allowed = asyncio.run(_callers(quiet.settings.database_url))
+        assert hash_token(team.member) not in allowed["default"]  # the gateway drops it
+        assert hash_token(team.ws_admin) in allowed["default"]
+
+        with team.http(team.admin) as admin:
+            assert (
+                _ok(admin.patch("/api/v1/users/mel", json={"disabled": False}))["disabled"]
+                is False
+            )
+        with team.http(team.member) as mel:
+            _ok(mel.get(f"{WS}/default/jobs"))  # nothing was revoked
+        assert (
+            hash_token(team.member)
+            in asyncio.run(_callers(quiet.settings.database_url))["default"]
+        )
+
+    def test_only_the_instance_admin_disables_and_never_its_own_user(self, team: Team) -> None:
+        with team.http(team.ws_admin) as ada:
+            assert ada.patch("/api/v1/users/mel", json={"disabled": True}).status_code == 403
+        with team.http(team.admin) as admin:
+            assert admin.patch("/api/v1/users/admin", json={"disabled": True}).status_code == 409
+            assert admin.patch("/api/v1/users/nobody", json={"disabled": True}).status_code == 404
+            assert admin.patch("/api/v1/users/mel", json={"disabled": "x"}).status_code == 422
+            assert admin.patch("/api/v1/users/mel", json={"role": "x"}).status_code == 422
 
 
 class TestMintingCaps:
@@ -542,6 +588,12 @@ class TestCli:
         assert refused.exit_code == 4, refused.output
         bad = kaon.invoke(cli, ["workspace", "add-member", "default", "dora", "--role", "owner"])
         assert bad.exit_code == 2
+        assert "disabled user dora" in run("user", "disable", "dora")
+        assert {u["name"]: u["disabled"] for u in json.loads(run("user", "list", "--json"))}[
+            "dora"
+        ]
+        assert "disabled" in run("user", "list")
+        assert "enabled user dora" in run("user", "enable", "dora")
         run("workspace", "remove-member", "default", "dora")
         assert "dora" not in run("workspace", "members", "default")
         run("user", "delete", "dora")

@@ -53,11 +53,28 @@ def list_(client: ClientOpt = None, json_: JsonOpt = False) -> None:
         (
             u.name,
             "yes" if u.is_admin else "",
+            "disabled" if u.disabled else "active",
             ", ".join(f"{ws}:{role}" for ws, role in sorted(u.workspaces.items())),
         )
         for u in users
     ]
-    console.print(rows_table(("USER", "ADMIN", "WORKSPACES"), rows))
+    console.print(rows_table(("USER", "ADMIN", "STATE", "WORKSPACES"), rows))
+
+
+@app.command("disable")
+def disable(name: str, client: ClientOpt = None) -> None:
+    """Disable a user: its tokens are refused until `kaon user enable` (nothing revoked)."""
+    with exit_on_error():
+        user = Users(make_client(client)).disable(name)
+    console.print(f"disabled user {user.name}; its tokens are refused until it is enabled")
+
+
+@app.command("enable")
+def enable(name: str, client: ClientOpt = None) -> None:
+    """Enable a disabled user: its tokens work again."""
+    with exit_on_error():
+        user = Users(make_client(client)).enable(name)
+    console.print(f"enabled user {user.name}")
 
 
 @app.command("delete")

@@ -35,6 +35,12 @@ class UserView(BaseModel):
     workspaces: dict[str, str] = Field(
         default_factory=dict, description="workspace -> the user's role there"
     )
+    disabled: bool = Field(default=False, description="its tokens are refused until enabled")
+
+
+class UpdateUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    disabled: bool = Field(description="refuse the user's tokens (true) or accept them again")
 
 
 class SetMember(BaseModel):

@@ -107,6 +107,17 @@ class Users:
     def list(self) -> list[UserView]:
         return [UserView.model_validate(u) for u in self._c.request("GET", "/api/v1/users").json()]
 
+    def disable(self, name: str) -> UserView:
+        """Refuse the user's tokens until `enable`; nothing is revoked."""
+        return self._update(name, disabled=True)
+
+    def enable(self, name: str) -> UserView:
+        return self._update(name, disabled=False)
+
+    def _update(self, name: str, **fields: object) -> UserView:
+        response = self._c.request("PATCH", f"/api/v1/users/{name}", json=fields)
+        return UserView.model_validate(response.json())
+
     def delete(self, name: str) -> UserView:
         """Remove a user; its tokens, and the tokens they minted, are revoked."""
         return UserView.model_validate(self._c.request("DELETE", f"/api/v1/users/{name}").json())

@@ -477,6 +477,7 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(63), default=None)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(timezone=True), default=None)
 
 
 class Membership(Base):

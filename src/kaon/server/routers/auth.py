@@ -13,7 +13,7 @@ from kaon.core.auth import (
     WhoAmI,
     WorkspaceView,
 )
-from kaon.core.users import CreateUser, MemberView, SetMember, UserView
+from kaon.core.users import CreateUser, MemberView, SetMember, UpdateUser, UserView
 from kaon.server.db.models import User
 from kaon.server.deps import CallerDep, SessionDep
 from kaon.server.services import auth
@@ -86,6 +86,14 @@ async def create_user(body: CreateUser, caller: CallerDep, session: SessionDep) 
 @router.get("/users", response_model=list[UserView])
 async def list_users(caller: CallerDep, session: SessionDep) -> list[UserView]:
     return await auth.list_users(session, caller)
+
+
+@router.patch("/users/{name}", response_model=UserView)
+async def update_user(
+    name: str, body: UpdateUser, caller: CallerDep, session: SessionDep
+) -> UserView:
+    """Disable a user (its tokens are refused until it is enabled again), or enable it."""
+    return await auth.set_disabled(session, caller, name, body.disabled)
 
 
 @router.delete("/users/{name}", response_model=UserView)

@@ -116,6 +116,9 @@ async def authenticate(session: AsyncSession, token: str | None) -> Principal:
     if row is None or row.revoked_at is not None or (row.user_id and user_is_admin is None):
         note_auth_failure()  # a token whose user is gone is dead, however it got there
         raise AuthError("invalid or revoked token")
+    if rows[0][2] is not None:
+        note_auth_failure()
+        raise AuthError("the user this token acts for is disabled; an admin can enable it")
     now = utcnow()
     if expired(row.expires_at, now):
         note_auth_failure()
@@ -123,7 +126,7 @@ async def authenticate(session: AsyncSession, token: str | None) -> Principal:
     has_user, is_admin_user = row.user_id is not None, bool(user_is_admin)
     roles: dict[str, str] = {}
     workspaces: dict[str, str] = {}
-    for _, _, name, workspace_id, membership in rows:
+    for _, _, _, name, workspace_id, membership in rows:
         role = effective_role(row.role, has_user, is_admin_user, membership)
         if name is not None and workspace_id is not None and role is not None:
             workspaces[name], roles[name] = workspace_id, role
@@ -145,13 +148,20 @@ async def authenticate(session: AsyncSession, token: str | None) -> Principal:
 
 def _lookup(
     token_hash: str,
-) -> Select[Token, bool | None, str | None, str | None, str | None]:
+) -> Select[Token, bool | None, datetime | None, str | None, str | None, str | None]:
     """One query: the token (by its hash's unique index), whether its user is the
-    instance's admin, and each of its workspaces with its user's role there. A removed
-    membership therefore counts from the next request on, and no chain of parents or
-    users is walked."""
+    instance's admin and since when it is disabled, and each of its workspaces with its
+    user's role there. A removed membership or a disabled user therefore counts from the
+    next request on, and no chain of parents or users is walked."""
     return (
-        select(Token, User.is_admin, Workspace.name, Workspace.id, Membership.role)
+        select(
+            Token,
+            User.is_admin,
+            User.disabled_at,
+            Workspace.name,
+            Workspace.id,
+            Membership.role,
+        )
         .outerjoin(User, User.id == Token.user_id)
         .outerjoin(TokenWorkspace, TokenWorkspace.token_id == Token.id)
         .outerjoin(Workspace, Workspace.id == TokenWorkspace.workspace_id)
@@ -198,4 +208,12 @@ def may_call_deployments() -> ColumnElement[bool]:
     return and_(
         Token.role.in_((MEMBER, ADMIN)),
         or_(Token.user_id.is_(None), admin_user, member_there),
+        user_enabled(),
     )
+
+
+def user_enabled() -> ColumnElement[bool]:
+    """Which tokens act for a user that is not disabled (or for no user): the others are
+    refused at authentication, and the gateway must not admit them either."""
+    disabled = exists().where(User.id == Token.user_id, User.disabled_at.is_not(None))
+    return ~disabled

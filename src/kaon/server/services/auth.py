@@ -386,16 +386,36 @@ async def list_users(session: AsyncSession, caller: Principal) -> list[UserView]
     roles: dict[str, dict[str, str]] = {}
     for user_id, workspace, role in rows.tuples():
         roles.setdefault(user_id, {})[workspace] = role
-    return [
-        UserView(
-            name=u.name,
-            is_admin=u.is_admin,
-            created_at=u.created_at,
-            created_by=u.created_by,
-            workspaces=roles.get(u.id, {}),
-        )
-        for u in users
-    ]
+    return [_user_view(u, roles.get(u.id, {})) for u in users]
+
+
+def _user_view(user: User, workspaces: dict[str, str] | None = None) -> UserView:
+    return UserView(
+        name=user.name,
+        is_admin=user.is_admin,
+        created_at=user.created_at,
+        created_by=user.created_by,
+        workspaces=workspaces or {},
+        disabled=user.disabled_at is not None,
+    )
+
+
+async def set_disabled(
+    session: AsyncSession, caller: Principal, name: str, disabled: bool
+) -> UserView:
+    """Disable a user (its tokens are refused at once, by the API and, with its next
+    route table, the gateway; nothing is revoked, so enabling it gives them back), or
+    enable it again. The user the calling token acts for cannot be disabled with it."""
+    caller.require_admin()
+    user = await session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFoundError(f"user {name!r} not found")
+    if disabled and user.id == caller.user_id:
+        raise ConflictError("a token cannot disable the user it acts for; use another admin's")
+    if disabled != (user.disabled_at is not None):
+        user.disabled_at = utcnow() if disabled else None
+        await session.commit()
+    return _user_view(user)
 
 
 async def delete_user(session: AsyncSession, caller: Principal, name: str) -> UserView:
@@ -408,12 +428,7 @@ async def delete_user(session: AsyncSession, caller: Principal, name: str) -> Us
         raise NotFoundError(f"user {name!r} not found")
     if user.id == caller.user_id:
         raise ConflictError("a token cannot delete the user it acts for; use another admin's")
-    view = UserView(
-        name=user.name,
-        is_admin=user.is_admin,
-        created_at=user.created_at,
-        created_by=user.created_by,
-    )
+    view = _user_view(user)
     owned = list(await session.scalars(select(Token.id).where(Token.user_id == user.id)))
     if owned:
         await _revoke_with_descendants(session, owned)

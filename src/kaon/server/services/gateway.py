@@ -29,7 +29,7 @@ from kaon.server.db.models import (
     Workspace,
     utcnow,
 )
-from kaon.server.security.principal import Principal, may_call_deployments
+from kaon.server.security.principal import Principal, may_call_deployments, user_enabled
 from kaon.server.security.roles import ADMIN
 from kaon.server.security.tokens import replica_key
 from kaon.server.services.timeline import DeploymentTimeline
@@ -174,6 +174,7 @@ async def _instance_admin_token_hashes(session: AsyncSession) -> list[str]:
         .where(Token.role == ADMIN, Token.revoked_at.is_(None))
         .where(or_(Token.expires_at.is_(None), Token.expires_at > utcnow()))
         .where(or_(Token.user_id.is_(None), admin_user.exists()))
+        .where(user_enabled())
         .order_by(Token.hash)
     )
     return list(rows)
