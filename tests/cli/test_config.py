@@ -45,3 +45,32 @@ def test_environment_values_win_and_are_never_written_down(
     save_gateway_url("http://127.0.0.1:9471")
     assert load_config().gateway_url == "http://gw.example:8471"
     assert json.loads(config_path().read_text()) == {"gateway_url": "http://127.0.0.1:9471"}
+
+
+def test_a_daemon_never_inherits_the_shells_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kaon up` starts its processes with the caller's environment, less the tokens a
+    shell may hold for the CLI: other processes of the user can read a process's
+    environment, and a gateway or control plane needs none of them."""
+    import time
+
+    from kaon.cli.daemon import Daemon
+
+    monkeypatch.setenv("KAON_TOKEN", "kaon_shell-token")
+    monkeypatch.setenv("KAON_GATEWAY_TOKEN", "kaon_shell-gateway-token")
+    monkeypatch.setenv("KAON_SOMETHING_ELSE", "kept")
+    out = tmp_path / "env.json"
+    (tmp_path / "dump_env.py").write_text(
+        "import json, os, sys\njson.dump(dict(os.environ), open(sys.argv[1], 'w'))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    daemon = Daemon(tmp_path, "dump", "dump_env")
+    daemon.start({"PYTHONPATH": str(tmp_path), "GIVEN": "yes"}, [str(out)])
+    deadline = time.monotonic() + 30
+    while not out.exists() or not out.read_text().endswith("}"):
+        assert time.monotonic() < deadline, daemon.log_file.read_text()
+        time.sleep(0.05)
+    seen = json.loads(out.read_text())
+    assert "KAON_TOKEN" not in seen and "KAON_GATEWAY_TOKEN" not in seen
+    assert seen["KAON_SOMETHING_ELSE"] == "kept" and seen["GIVEN"] == "yes"

@@ -82,7 +82,7 @@ class Daemon:
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", self.module, *(args or [])],
-                env={**os.environ, **env},
+                env={**_inherited(), **env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -212,3 +212,13 @@ def says_address_in_use(log: str) -> bool:
     """Whether a server's log says it could not bind its port (uvicorn on Linux and macOS:
     ``[Errno 98] ... address already in use``)."""
     return "address already in use" in log.lower()
+
+
+CLIENT_CREDENTIALS = ("KAON_TOKEN", "KAON_GATEWAY_TOKEN")
+"""Tokens a shell may hold for the CLI (or a gateway started by hand): never passed on
+to a process `kaon up` starts, whose environment other processes of the user can read.
+What a process needs is given to it explicitly, in `Daemon.start`'s `env`."""
+
+
+def _inherited() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in CLIENT_CREDENTIALS}
