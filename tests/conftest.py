@@ -37,6 +37,13 @@ PG_ENV = "KAON_TEST_DATABASE_URL"
 # inherits this, so they agree.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+# A control plane run as root runs jobs as users of their own unless told otherwise (CI
+# runs as root). Most tests write and read their jobs' files as the test's own user, so
+# the control planes they start run workers as that user; the tests of workers as users
+# of their own (tests/security) and of the default itself say so explicitly.
+WORKER_UIDS_OFF = {"KAON_WORKER_UIDS": "off"}
+os.environ.setdefault("KAON_WORKER_UIDS", "off")
+
 
 def _pg_admin_url() -> str | None:
     return os.environ.get(PG_ENV) or None

@@ -28,7 +28,7 @@ import kaon as kaon_sdk
 from kaon.cli import render
 from kaon.cli.main import app, build_command
 from kaon.core.jobs import JobStatus
-from tests.conftest import RunningServer, kill_workers
+from tests.conftest import WORKER_UIDS_OFF, RunningServer, kill_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -266,7 +266,7 @@ def kaon_up(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProces
     control plane and the gateway are stopped afterwards, and so are the replicas, which
     `kaon down` leaves running by design."""
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAON_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAON_")} | WORKER_UIDS_OFF
     env.update(KAON_HOME=str(home), COLUMNS="200", KAON_LOCAL_NODES="1")
 
     def kaon(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import WORKER_UIDS_OFF
+
 pytestmark = pytest.mark.e2e
 
 KAON = [sys.executable, "-c", "from kaon.cli.main import main; main()"]
@@ -39,7 +41,7 @@ def _free(port: int) -> bool:
 
 
 def kaon(home: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAON_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAON_")} | WORKER_UIDS_OFF
     env.update(KAON_HOME=str(home), COLUMNS="200", KAON_LOCAL_NODES="1")
     return subprocess.run([*KAON, *args], env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -25,7 +25,7 @@ from kaon.sdk.secrets import secret
 from kaon.server.config import Settings
 from kaon.server.security.tls import ensure_self_signed
 from tests.cli.test_up import free_port_pair, kaon
-from tests.conftest import ADMIN_TOKEN, ThreadServer, test_settings
+from tests.conftest import ADMIN_TOKEN, WORKER_UIDS_OFF, ThreadServer, test_settings
 
 PY = sys.executable
 
@@ -76,7 +76,7 @@ def up_home(tmp_path: Path) -> Iterator[Path]:
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAON_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAON_")} | WORKER_UIDS_OFF
     return {**env, "KAON_HOME": str(home), "COLUMNS": "200", **extra}
 
 

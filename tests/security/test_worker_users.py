@@ -20,8 +20,9 @@ import pytest
 from kaon.core.jobs import JobStatus
 from kaon.sdk.client import Client
 from kaon.server.config import normalize_database_url
-from kaon.server.security.uids import workspace_uids
+from kaon.server.security.uids import DEFAULT_WORKER_UIDS, worker_uids_setting, workspace_uids
 from tests.conftest import RunningServer, ThreadServer, test_settings
+from tests.e2e.conftest import ServerProcess
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run workers as users")
 UIDS = (40000, 40999)
@@ -106,3 +107,48 @@ class TestWorkersAsOtherUsers:
         assert {k: more[k] for k in first} == first  # a new workspace moves no one
         tight = workspace_uids([f"ws-{i}" for i in range(10)], (50000, 50009))
         assert sorted(tight.values()) == list(range(50000, 50010))
+
+
+class TestTheDefaultAsRoot:
+    def test_a_root_control_plane_runs_no_job_as_root_unless_told(self) -> None:
+        """Started as root with no ``KAON_WORKER_UIDS``, a control plane runs jobs as
+        users of `DEFAULT_WORKER_UIDS`; ``off`` is the only way to run them as root."""
+        base = Path(tempfile.mkdtemp(prefix="kaon-default-uids-"))
+        os.chmod(base, 0o755)
+        home = base / "home"
+        server = ServerProcess(
+            home, normalize_database_url(str(home / "kaon.db")), {"KAON_WORKER_UIDS": ""}
+        )
+        try:
+            server.start()
+            with server.client() as client:
+                _, log = _run(client, "id -u")
+            assert DEFAULT_WORKER_UIDS[0] <= int(log.split()[0]) <= DEFAULT_WORKER_UIDS[1]
+        finally:
+            server.kill()
+            shutil.rmtree(base, ignore_errors=True)
+
+    def test_the_setting(self) -> None:
+        assert worker_uids_setting(None, euid=0) == DEFAULT_WORKER_UIDS
+        assert worker_uids_setting("", euid=0) == DEFAULT_WORKER_UIDS
+        assert worker_uids_setting(None, euid=1000) is None  # an ordinary user cannot switch
+        assert worker_uids_setting("off", euid=0) is None
+        assert worker_uids_setting("30000-30999", euid=0) == (30000, 30999)
+        with pytest.raises(ValueError, match="from 1000 up"):
+            worker_uids_setting("0-10", euid=0)
+
+
+def test_a_command_its_user_may_not_run_says_what_to_do(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    closed = tmp_path / "closed"  # like /root: 0700, root's
+    closed.mkdir(mode=0o700)
+    script = closed / "train.sh"
+    script.write_text("#!/bin/sh\necho never\n")
+    script.chmod(0o755)
+    with server.client() as client:
+        job = client.jobs.submit([str(script)], cpu=0.5)
+        done = client.jobs.wait(job.id, timeout=60)
+        log = client.jobs.logs(job.id)
+    assert done.status is JobStatus.FAILED
+    assert "Permission denied" in log and "KAON_WORKER_UIDS=off" in log, log

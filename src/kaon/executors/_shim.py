@@ -32,6 +32,7 @@ job is placed again elsewhere.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -212,6 +213,18 @@ def _describe(code: int, sandboxed: bool = False) -> tuple[int, str | None]:
     return 128 + sig, f"killed by {name}"
 
 
+def _uid_hint(error: OSError, uid: object) -> str:
+    """What to do when a worker run as its workspace's own user may not run its command:
+    a program under a folder closed to other users (``/root/...``) is the usual cause."""
+    if uid is None or error.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    return (
+        f" (the job runs as uid {uid}, its workspace's own user: the command and its "
+        "interpreter must be where every user may run them; KAON_WORKER_UIDS=off runs "
+        "jobs as the control plane's own user instead)"
+    )
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -372,9 +385,10 @@ def _supervise(
     try:
         child_pid = _spawn(spec, log.fileno())
     except OSError as e:
-        log.write(f"kaon: cannot start {spec['command'][0]!r}: {e}\n".encode())
+        why = f"{e}{_uid_hint(e, spec.get('uid'))}"
+        log.write(f"kaon: cannot start {spec['command'][0]!r}: {why}\n".encode())
         exit_path = os.path.join(worker_dir, "exit.json")
-        _write_json(exit_path, {"exit_code": 127, "reason": f"cannot start: {e}"})
+        _write_json(exit_path, {"exit_code": 127, "reason": f"cannot start: {why}"})
         return 0
     state["child"] = child_pid
     if state["kill_at"] is not None:  # asked to stop while the worker was being started

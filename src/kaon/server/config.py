@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kaon.core.resources import parse_memory
-from kaon.server.security.uids import parse_uid_range
+from kaon.server.security.uids import worker_uids_setting
 
 DEFAULT_PORT = 8470
 DEFAULT_GATEWAY_PORT = 8471
@@ -158,7 +158,7 @@ class Settings:
             max_workers_per_job=int(env.get("KAON_MAX_WORKERS_PER_JOB", "128")),
             max_queued_jobs=int(env.get("KAON_MAX_QUEUED_JOBS", "1000")),
             db_busy_timeout_s=float(env.get("KAON_DB_BUSY_TIMEOUT_S", "5")),
-            worker_uids=parse_uid_range(uids) if (uids := env.get("KAON_WORKER_UIDS")) else None,
+            worker_uids=worker_uids_setting(env.get("KAON_WORKER_UIDS"), os.geteuid()),
             checkpoint_upload_limit=parse_memory(env.get("KAON_CHECKPOINT_UPLOAD_LIMIT", "64Gi")),
             stop_grace_s=float(env.get("KAON_STOP_GRACE_S", "10")),
             node_cpus=float(cpus) if cpus else None,

@@ -15,6 +15,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+DEFAULT_WORKER_UIDS = (200000, 209999)
+"""The range a control plane run as root uses when ``KAON_WORKER_UIDS`` is not set: high
+enough to be no one's login uid on an ordinary machine (``useradd`` starts at 1000, and
+the usual subordinate ranges of user namespaces at 100000 with 65536 each)."""
+
+OFF = "off"  # KAON_WORKER_UIDS=off: workers run as the control plane's own user
+
+
+def worker_uids_setting(value: str | None, euid: int) -> tuple[int, int] | None:
+    """The uid range workers run in: the one given; off; or, left unset, the default
+    range when the control plane runs as root (a root control plane never runs a job as
+    root unless told ``off``) and none otherwise (an ordinary user cannot switch)."""
+    if value is None or not value.strip():
+        return DEFAULT_WORKER_UIDS if euid == 0 else None
+    if value.strip().lower() == OFF:
+        return None
+    return parse_uid_range(value)
+
 
 def parse_uid_range(text: str) -> tuple[int, int]:
     """``"20000-29999"`` -> (20000, 29999); ValueError for anything else, root's uid 0
