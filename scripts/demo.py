@@ -51,7 +51,11 @@ def main() -> int:
     args = parse_args()
     kaon_cli = str(Path(sys.executable).with_name("kaon"))
     ports = ["--port", str(args.port), "--gateway-port", str(args.gateway_port)]
-    code = subprocess.run([kaon_cli, "up", *ports]).returncode
+    # The demo is one person's: its job runs as that person even when they are root (a
+    # root control plane otherwise runs each workspace's jobs as a user of its own, which
+    # needs a Python every user may run; docs/security.md).
+    env = {"KAON_WORKER_UIDS": "off", **os.environ}
+    code = subprocess.run([kaon_cli, "up", *ports], env=env).returncode
     if code == EXIT_INPUT:
         console.print("choose the demo's ports: make demo PORT=N GATEWAY_PORT=M", highlight=False)
     if code:
