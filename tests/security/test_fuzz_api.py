@@ -4,8 +4,9 @@ not, gets a server error (5xx) from a real control plane on loopback.
 Schemathesis generates requests for every operation, both ones that follow the schema
 (positive) and ones that break it (negative). Each request is sent with the token of one
 role (admin, member or viewer of the default workspace, a gateway's, or, on the job-token
-routes, a launched attempt's own token) and, half the time, with the path naming things that exist (the
-default workspace, a real job), so requests get past the 404 into the code behind it.
+routes, a launched attempt's own token) and, half the time, with the path naming things
+that exist (the default workspace, a real job), so requests get past the 404 into the
+code behind it.
 
 Bounded so the whole run stays well under a minute per database: a few examples per
 operation and mode, and a time budget after which the rest of the operations get one
