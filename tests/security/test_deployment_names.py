@@ -23,6 +23,7 @@ on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from kaon.gateway.sources import StaticRouteSource
 from kaon.gateway.upstream import UpstreamReply
 from kaon.sdk.client import Client
 from kaon.server.db.models import UTCDateTime
-from kaon.server.db.session import MIGRATIONS, Database
+from kaon.server.db.session import Database, migrate_to
 from tests.conftest import ADMIN_TOKEN, RunningServer, kill_workers
 from tests.e2e.conftest import Gateway, ServerProcess
 from tests.e2e.conftest import gateway as gateway  # a fixture: the gateway process
@@ -235,15 +236,6 @@ DEPLOYMENT_SECRET = "kaon_dep-before-0010-00000000000000000000000"
 async def _database_at_0009(url: str) -> None:
     """A database migrated to 0009 with a deployment ``echo`` in ``default`` and a token
     of it, as a server from before names were per workspace left it."""
-    from alembic import command
-    from alembic.config import Config
-
-    def upgrade(connection: sa.Connection) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0009")
-
     utc = UTCDateTime(timezone=True)
     now = datetime.now(UTC)
     spec = {"name": "echo", "service": "echo:Echo", "autoscaling": {"min_replicas": 0}}
@@ -266,7 +258,7 @@ async def _database_at_0009(url: str) -> None:
     db = Database(url)
     try:
         async with db.engine.begin() as conn:
-            await conn.run_sync(upgrade)
+            await conn.run_sync(functools.partial(migrate_to, revision="0009"))
             await conn.execute(
                 workspaces.insert().values(id="ws-d", name="default", created_at=now)
             )

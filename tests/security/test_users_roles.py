@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typer.testing import CliRunner
 from kaon.cli.main import app as cli
 from kaon.core.tokens import hash_token
 from kaon.server.db.models import UTCDateTime, Workspace
-from kaon.server.db.session import MIGRATIONS, Database
+from kaon.server.db.session import Database, migrate_to
 from kaon.server.security.principal import authenticate
 from kaon.server.services.gateway import _member_token_hashes
 from tests.conftest import ADMIN_TOKEN
@@ -460,15 +461,6 @@ REVOKED_SECRET = "kaon_revoked-before-users-000000000000000000"
 async def _database_at_0008(url: str) -> None:
     """A database migrated to 0008 holding tokens of every role, as a server before users
     left it."""
-    from alembic import command
-    from alembic.config import Config
-
-    def upgrade(connection: sa.Connection) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0008")
-
     utc = UTCDateTime(timezone=True)
     tokens = sa.table(
         "tokens",
@@ -479,7 +471,7 @@ async def _database_at_0008(url: str) -> None:
     db = Database(url)
     try:
         async with db.engine.begin() as conn:
-            await conn.run_sync(upgrade)
+            await conn.run_sync(functools.partial(migrate_to, revision="0008"))
             now = datetime.now(UTC)
             workspaces = sa.table(
                 "workspaces", sa.column("id"), sa.column("name"), sa.column("created_at", utc)

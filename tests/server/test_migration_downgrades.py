@@ -6,12 +6,13 @@ and PostgreSQL: down to 0010 and up again, every row still there."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kaon.server.db.session import MIGRATIONS, Database
+from kaon.server.db.session import Database, migrate_to
 
 NOW = datetime(2026, 11, 30, 10, tzinfo=UTC)
 ROWS = {
@@ -20,19 +21,6 @@ ROWS = {
     "memberships": "SELECT count(*) FROM memberships WHERE role = 'member'",
     "quotas": "SELECT count(*) FROM quotas WHERE gpus = 2",
 }
-
-
-def _to(revision: str, down: bool) -> object:
-    def run(connection: sa.Connection) -> None:
-        from alembic import command
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
-
-    return run
 
 
 async def _counts(conn: AsyncConnection) -> dict[str, int]:
@@ -75,9 +63,9 @@ async def _round_trip(url: str) -> list[dict[str, int]]:
         seen = []
         async with db.engine.begin() as conn:
             seen.append(await _counts(conn))
-            await conn.run_sync(_to("0010", down=True))  # type: ignore[arg-type]
+            await conn.run_sync(functools.partial(migrate_to, revision="0010", down=True))
             seen.append(await _counts(conn))
-            await conn.run_sync(_to("head", down=False))  # type: ignore[arg-type]
+            await conn.run_sync(migrate_to)
             seen.append(await _counts(conn))
         return seen
     finally:

@@ -119,7 +119,7 @@ class Database:
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (runs on every start)."""
         async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+            await conn.run_sync(migrate_to)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -166,14 +166,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_ms: int) -> None:
     cursor.close()
 
 
-def _upgrade(connection: Connection) -> None:
+def migrate_to(connection: Connection, revision: str = "head", down: bool = False) -> None:
+    """Run the migrations on `connection` up (or `down`) to `revision`: what every start
+    does to ``head``, and what the tests of a migration do to an older revision."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    (command.downgrade if down else command.upgrade)(config, revision)
 
 
 def run_migrations_sync(url: str) -> None:  # pragma: no cover - used by tooling
