@@ -73,6 +73,23 @@ def _run_operation(
         pass  # nothing to break in this operation (negative mode with no parameters)
 
 
+def _breakable(operation: Any) -> bool:
+    """Whether a request that breaks the operation's schema can be made at all: it has a
+    body, or a parameter constrained beyond "any string". Path parameters that take any
+    string cannot be broken, and asking Hypothesis for such a request makes it search for
+    seconds before giving up."""
+    raw = operation.definition.raw
+    return "requestBody" in raw or not all(
+        _any_string(p.get("schema", {})) for p in raw.get("parameters", [])
+    )
+
+
+def _any_string(schema: dict[str, Any]) -> bool:
+    if "anyOf" in schema:
+        return all(_any_string(s) for s in schema["anyOf"])
+    return schema.get("type") in ("string", "null") and set(schema) <= {"type", "title"}
+
+
 def _name_real_things(path: dict[str, Any], job_id: str) -> None:
     if "workspace" in path:
         path["workspace"] = "default"
@@ -89,6 +106,8 @@ def test_no_generated_request_gets_a_server_error(quiet: Quiet) -> None:
     started = time.monotonic()
     for operation in operations:
         for mode, examples in EXAMPLES.items():
+            if mode is GenerationMode.NEGATIVE and not _breakable(operation):
+                continue
             if time.monotonic() - started > BUDGET_S:
                 examples = 1
             _run_operation(quiet, operation, mode, examples, errors)
