@@ -43,6 +43,7 @@ THEIRS = "kaon_gateway-hardening-2"  # another workspace's member
 ADMIN = "kaon_gateway-hardening-admin"  # the instance admin: every deployment's series
 LIMIT = 5
 SLOW_CONNECTIONS = 300
+PER_ADDRESS = 400  # above SLOW_CONNECTIONS: those all come from 127.0.0.1
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -101,6 +102,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     env = {**os.environ, "KAON_AUTH_FAILURE_LIMIT": str(LIMIT)}
     args = ["--routes", str(table), "--host", "0.0.0.0", "--port", str(port)]
     args += ["--header-timeout", "1", "--body-timeout", "2"]
+    args += ["--max-connections-per-address", str(PER_ADDRESS)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kaon.gateway", *args], env=env, stdout=out, stderr=out
@@ -275,6 +277,29 @@ class TestSlowClients:
             with contextlib.suppress(OSError):  # it may close before all is sent
                 s.sendall(big)
             assert s.recv(4096).startswith(b"HTTP/1.1 431")
+
+
+class TestConnectionsPerAddress:
+    def test_one_address_past_its_cap_is_refused_and_others_served(self, gateway: Gateway) -> None:
+        """127.0.0.3 opens `PER_ADDRESS` connections and holds them: the next one it
+        opens gets 429 and is closed; 127.0.0.4 is served meanwhile; once they close,
+        127.0.0.3 is served again."""
+        where = ("127.0.0.1", gateway.port)
+        held = [
+            socket.create_connection(where, timeout=10, source_address=("127.0.0.3", 0))
+            for _ in range(PER_ADDRESS)
+        ]
+        try:
+            refused = _raw(gateway.port, _get("/dep/echo"), source="127.0.0.3")
+            assert _status(refused) == 429 and b"too many open connections" in refused
+            assert _status(_raw(gateway.port, _get("/dep/echo"), source="127.0.0.4")) == 200
+        finally:
+            for conn in held:
+                conn.close()
+        deadline = time.monotonic() + 10
+        while _status(_raw(gateway.port, _get("/dep/echo"), source="127.0.0.3")) != 200:
+            assert time.monotonic() < deadline, "the address's count never went down"
+            time.sleep(0.05)
 
 
 class TestBadTokens:

@@ -26,7 +26,12 @@ from kaon.core.gateway import RouteTable
 from kaon.core.ratelimit import FailureLimiter
 from kaon.core.tls import server_context
 from kaon.gateway.app import Gateway
-from kaon.gateway.server import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, GatewayServer
+from kaon.gateway.server import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    GatewayServer,
+)
 from kaon.gateway.sources import HttpReportSink, HttpRouteSource, StaticRouteSource
 
 logger = logging.getLogger("kaon.gateway")
@@ -87,10 +92,17 @@ def run(
     header_s: float = HEADER_TIMEOUT_S,
     body_s: float = BODY_TIMEOUT_S,
     tls: ssl.SSLContext | None = None,
+    max_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
 ) -> None:
     """Serve with the gateway's own HTTP server (`kaon.gateway.server`) until SIGTERM."""
     GatewayServer(
-        gateway, host, port, header_timeout_s=header_s, body_timeout_s=body_s, tls=tls
+        gateway,
+        host,
+        port,
+        header_timeout_s=header_s,
+        body_timeout_s=body_s,
+        tls=tls,
+        max_per_address=max_per_address,
     ).run()
 
 
@@ -126,6 +138,14 @@ def _parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("KAON_GATEWAY_BODY_TIMEOUT_S", BODY_TIMEOUT_S)),
         help="seconds a client then has for the request's body",
     )
+    parser.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=int(
+            os.environ.get("KAON_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", MAX_CONNECTIONS_PER_ADDRESS)
+        ),
+        help="open connections one client address may hold (behind a proxy: raise it)",
+    )
     return parser
 
 
@@ -139,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ssl.SSLError) as exc:
         parser.error(f"TLS: {exc}")
     timeouts = (args.header_timeout, args.body_timeout)
+    cap = args.max_connections_per_address
     if args.routes:
-        run(static_gateway(args.routes), args.host, args.port, *timeouts, tls)
+        run(static_gateway(args.routes), args.host, args.port, *timeouts, tls, cap)
         return 0
     token = args.token
     if args.token_file:
@@ -151,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         parser.error("--token-file, --token or KAON_GATEWAY_TOKEN is required")
     gateway = build_gateway(args.control_plane, token, args.poll)
-    run(gateway, args.host, args.port, *timeouts, tls)
+    run(gateway, args.host, args.port, *timeouts, tls, cap)
     return 0
 
 

@@ -61,6 +61,15 @@ KEEP_ALIVE_S = 75.0
 HEADER_TIMEOUT_S = 10.0  # a new connection or a begun request: request line and headers
 BODY_TIMEOUT_S = 60.0  # then the whole body
 MAX_HEAD_BYTES = 64 * 2**10  # request line and headers together
+MAX_CONNECTIONS_PER_ADDRESS = 512
+"""Open connections one peer address may hold: the slow ones are closed by the deadlines,
+but a client that keeps many fast ones open could still take every file descriptor.
+Behind a proxy every client has the proxy's address: raise it there."""
+_TOO_MANY = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: 56\r\n\r\n"
+    b'{"detail":"too many open connections from your address"}'
+)
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -97,11 +106,18 @@ class _Connection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None  # for the request being read
         self._in_body = False
         self._head_size = 0
+        self._address: str | None = None  # the peer, while it counts towards its cap
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._address = self._peer()
+        if not self._server.admit_connection(self._address):
+            self._address = None  # not counted
+            transport.write(_TOO_MANY)  # type: ignore[attr-defined]
+            transport.close()
+            return
         self._server.connections.add(self)
         self._arm_deadline(self._server.header_timeout_s)  # not the keep-alive: nothing yet
 
@@ -135,6 +151,7 @@ class _Connection(asyncio.Protocol):
             writable.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._server.release_connection(self._address)
         self._server.connections.discard(self)
         self._disarm_idle()
         self._disarm_deadline()
@@ -377,8 +394,11 @@ class GatewayServer:
         header_timeout_s: float = HEADER_TIMEOUT_S,
         body_timeout_s: float = BODY_TIMEOUT_S,
         tls: ssl.SSLContext | None = None,
+        max_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
     ) -> None:
         self.gateway = gateway
+        self.max_per_address = max_per_address
+        self._per_address: dict[str, int] = {}
         self.host = host
         self.port = port
         self.header_timeout_s = header_timeout_s
@@ -388,6 +408,26 @@ class GatewayServer:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
+
+    def admit_connection(self, address: str | None) -> bool:
+        """Count a new connection from `address`; False (not counted) past the cap."""
+        if address is None:
+            return True
+        held = self._per_address.get(address, 0)
+        if held >= self.max_per_address:
+            logger.warning("refused a connection from %s: it holds %d already", address, held)
+            return False
+        self._per_address[address] = held + 1
+        return True
+
+    def release_connection(self, address: str | None) -> None:
+        if address is None:
+            return
+        held = self._per_address.get(address, 0) - 1
+        if held > 0:
+            self._per_address[address] = held
+        else:
+            self._per_address.pop(address, None)  # the map holds only live addresses
 
     async def start(self) -> None:
         """Start the gateway's tasks and listen; `port` 0 picks a free port."""
