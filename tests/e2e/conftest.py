@@ -96,15 +96,22 @@ class Gateway:
             "0.2",
         ]
         self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+        # Up once it has its first route table: `/metrics` knows the admin's token only
+        # from there (before it, a call without a token to a public deployment is 401).
+        # (Each early 401 counts towards the gateway's failed-authentication limit of 30 a
+        # minute: a few at most, hence /healthz first and no hurry after it.)
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.05)
+        for path, pause in (("/healthz", 0.05), ("/metrics", 0.1)):
+            while not self._answers(path, server.token):
+                assert time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(pause)
+
+    def _answers(self, path: str, token: str) -> bool:
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            return httpx.get(f"{self.url}{path}", headers=headers, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def predict(
         self, name: str, token: str | None, x: list[float], timeout: float = 30
