@@ -338,8 +338,7 @@ class LocalExecutor:
         inputs = () if uid is not None else gang.inputs
         hidden = [Path(p).resolve() for p in self.sandbox.hidden if os.path.lexists(p)]
         own = (
-            wdir / "home",
-            wdir / "tmp",
+            *(wdir / name for name in PRIVATE_DIRS),
             cwd,
             self.checkpoint_dir(gang.job_id),
             self.output_dir(gang.job_id),
@@ -527,12 +526,15 @@ def _give(folder: Path, uid: int) -> None:
     os.chmod(folder, 0o700)
 
 
+PRIVATE_DIRS = ("home", "tmp")  # in a worker's folder: its HOME and TMPDIR
+
+
 def private_dirs(base: dict[str, str], wdir: Path, uid: int | None = None) -> dict[str, str]:
     """`base` with HOME and TMPDIR in the worker's own folder: a job must not find the
     server's files (``~/.kaon``, its tokens and config) through ``~``, nor share a
     temporary folder with the server or with another job. Owned by `uid` when the
     worker runs as that user."""
-    home, tmp = wdir / "home", wdir / "tmp"
+    home, tmp = (wdir / name for name in PRIVATE_DIRS)
     for folder in (home, tmp):
         folder.mkdir(mode=0o700, exist_ok=True)
         if uid is not None:

@@ -208,12 +208,16 @@ def may_call_deployments() -> ColumnElement[bool]:
     return and_(
         Token.role.in_((MEMBER, ADMIN)),
         or_(Token.user_id.is_(None), admin_user, member_there),
-        user_enabled(),
     )
 
 
-def user_enabled() -> ColumnElement[bool]:
-    """Which tokens act for a user that is not disabled (or for no user): the others are
-    refused at authentication, and the gateway must not admit them either."""
+def live_tokens() -> ColumnElement[bool]:
+    """Which tokens `authenticate` would accept now, as a condition for the gateway's
+    route table: not revoked, not expired, and acting for no user or for one that is not
+    disabled."""
     disabled = exists().where(User.id == Token.user_id, User.disabled_at.is_not(None))
-    return ~disabled
+    return and_(
+        Token.revoked_at.is_(None),
+        or_(Token.expires_at.is_(None), Token.expires_at > utcnow()),
+        ~disabled,
+    )

@@ -27,9 +27,8 @@ from kaon.server.db.models import (
     TokenWorkspace,
     User,
     Workspace,
-    utcnow,
 )
-from kaon.server.security.principal import Principal, may_call_deployments, user_enabled
+from kaon.server.security.principal import Principal, live_tokens, may_call_deployments
 from kaon.server.security.roles import ADMIN
 from kaon.server.security.tokens import replica_key
 from kaon.server.services.timeline import DeploymentTimeline
@@ -158,8 +157,7 @@ async def _member_token_hashes(session: AsyncSession) -> dict[str, list[str]]:
     rows = await session.execute(
         select(TokenWorkspace.workspace_id, Token.hash)
         .join(Token, Token.id == TokenWorkspace.token_id)
-        .where(Token.revoked_at.is_(None))
-        .where(or_(Token.expires_at.is_(None), Token.expires_at > utcnow()))
+        .where(live_tokens())
         .where(may_call_deployments())  # viewers read; calling is a member's
     )
     return _grouped(rows.tuples())
@@ -171,10 +169,8 @@ async def _instance_admin_token_hashes(session: AsyncSession) -> list[str]:
     admin_user = select(User.id).where(User.id == Token.user_id, User.is_admin.is_(True))
     rows = await session.scalars(
         select(Token.hash)
-        .where(Token.role == ADMIN, Token.revoked_at.is_(None))
-        .where(or_(Token.expires_at.is_(None), Token.expires_at > utcnow()))
+        .where(Token.role == ADMIN, live_tokens())
         .where(or_(Token.user_id.is_(None), admin_user.exists()))
-        .where(user_enabled())
         .order_by(Token.hash)
     )
     return list(rows)
